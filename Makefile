@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m sharekan.demo
+	$(PY) -m flows.detection
 
 test: $(STAMP)
 	$(PY) -m pytest -q

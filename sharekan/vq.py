@@ -31,14 +31,28 @@ def decompose(coeffs: torch.Tensor, eps: float = FLAT_EPS
     return shapes, torch.where(flat, torch.zeros_like(gain), gain), bias
 
 
-def nearest(points: torch.Tensor, codebook: torch.Tensor, chunk: int = 65_536) -> torch.Tensor:
-    """Index (int64) of the nearest codeword (L2) for each row of ``points``; first index on ties."""
+def nearest(points: torch.Tensor, codebook: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
+    """Index (int64) of the nearest codeword (L2) for each row of ``points``; first index on ties.
+
+    On CPU, FAISS's exact ``IndexFlatL2`` does the search when it is installed; otherwise (and on
+    GPU) points go in chunks so the distance block stays near 2^24 entries whatever K is."""
     if points.shape[-1] != codebook.shape[-1]:
         raise ValueError(f"points have dimension {points.shape[-1]} but the codebook has "
                          f"{codebook.shape[-1]}")
     check_finite("codebook", codebook)
+    if points.device.type == "cpu" and chunk is None:
+        try:
+            import faiss  # much faster than the torch path on CPU
+        except ImportError:
+            pass
+        else:
+            index = faiss.IndexFlatL2(codebook.shape[1])
+            index.add(codebook.detach().to(torch.float32).contiguous().numpy())
+            _, idx = index.search(points.detach().to(torch.float32).contiguous().numpy(), 1)
+            return torch.from_numpy(idx[:, 0].astype("int64"))
     cb = codebook.to(points.device, torch.float32)
     cb_sq = (cb * cb).sum(dim=1)
+    chunk = chunk or max(1, (1 << 24) // cb.shape[0])
     out = torch.empty(points.shape[0], dtype=torch.int64, device=points.device)
     for start in range(0, points.shape[0], chunk):
         p = points[start:start + chunk].to(torch.float32)

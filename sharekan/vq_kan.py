@@ -24,9 +24,9 @@ from .kmeans import check_k, fit_codebook
 from .quant import QuantizedTensor, quantize
 from .vq import decode, decompose, index_dtype, nearest
 
-__all__ = ["VQKANLinear", "VQKAN", "encode_layer", "compress_kan"]
+__all__ = ["VQKANLinear", "VQKAN", "encode_layer", "fit_codebooks", "compress_kan"]
 
-_CHUNK_ELEMENTS = 1 << 22  # transient [rows, out_chunk, in] elements per step
+_CHUNK_ELEMENTS = 1 << 20  # transient [rows, out_chunk, in] elements per step
 
 
 def _register_q(module: nn.Module, name: str, q: QuantizedTensor) -> None:
@@ -169,25 +169,33 @@ def encode_layer(layer: KANLinear, codebook: torch.Tensor, gain_dtype: str = "fp
                        quantize("base_weight", layer.base_weight, base_dtype), layer.grid.detach().clone())
 
 
-def compress_kan(model: KAN, k: int, scope: str = "head", gain_dtype: str = "fp16",
-                 base_dtype: str | None = None, codebook_dtype: str = "fp32", seed: int = 0,
-                 niter: int = 25) -> VQKAN:
-    """Fit codebook(s) of ``k`` shapes by k-means and encode every layer of ``model``."""
+def fit_codebooks(model: KAN, k: int, scope: str = "head", seed: int = 0, niter: int = 25
+                  ) -> list[torch.Tensor]:
+    """One codebook of ``k`` shapes per layer of ``model`` (the same tensor for ``scope="head"``)."""
     check_choice("scope", scope, ("head", "layer"))
-    check_choice("codebook_dtype", codebook_dtype, ("fp32", "fp16"))
-    for dtype_name, value in (("gain_dtype", gain_dtype), ("base_dtype", base_dtype or gain_dtype)):
-        check_choice(dtype_name, value, ("fp32", "fp16", "int8"))
     layers = list(model.layers)
     shapes = [decompose(layer.scaled_spline_weight())[0].reshape(-1, layer.n_coef) for layer in layers]
     if scope == "head":
         check_k(k, sum(s.shape[0] for s in shapes), "edges in the head")
-        cb = fit_codebook(torch.cat(shapes), k, seed=seed, niter=niter)
-        books = [cb] * len(layers)
-    else:
-        for n, s in enumerate(shapes):
-            check_k(k, s.shape[0], f"edges in layer {n}")
-        books = [fit_codebook(s, k, seed=seed + n, niter=niter) for n, s in enumerate(shapes)]
+        return [fit_codebook(torch.cat(shapes), k, seed=seed, niter=niter)] * len(layers)
+    for n, s in enumerate(shapes):
+        check_k(k, s.shape[0], f"edges in layer {n}")
+    return [fit_codebook(s, k, seed=seed + n, niter=niter) for n, s in enumerate(shapes)]
+
+
+def compress_kan(model: KAN, k: int, scope: str = "head", gain_dtype: str = "fp16",
+                 base_dtype: str | None = None, codebook_dtype: str = "fp32", seed: int = 0,
+                 niter: int = 25, codebooks: list[torch.Tensor] | None = None) -> VQKAN:
+    """Encode every layer of ``model`` against codebooks of ``k`` shapes: fitted here by k-means,
+    or ``codebooks`` from :func:`fit_codebooks` (to encode one fit at several dtypes)."""
+    check_choice("scope", scope, ("head", "layer"))
+    check_choice("codebook_dtype", codebook_dtype, ("fp32", "fp16"))
+    for dtype_name, value in (("gain_dtype", gain_dtype), ("base_dtype", base_dtype or gain_dtype)):
+        check_choice(dtype_name, value, ("fp32", "fp16", "int8"))
+    books = codebooks if codebooks is not None else fit_codebooks(model, k, scope, seed, niter)
+    if len(books) != len(model.layers):
+        raise ValueError(f"{len(books)} codebooks for {len(model.layers)} layers")
     if codebook_dtype == "fp16":
         cache: dict[int, torch.Tensor] = {}
         books = [cache.setdefault(id(b), b.to(torch.float16)) for b in books]
-    return VQKAN([encode_layer(layer, book, gain_dtype, base_dtype) for layer, book in zip(layers, books)])
+    return VQKAN([encode_layer(layer, book, gain_dtype, base_dtype) for layer, book in zip(model.layers, books)])

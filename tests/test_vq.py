@@ -95,7 +95,8 @@ def test_index_dtype_and_decode():
 def test_nearest_matches_brute_force():
     pts, cb = torch.randn(500, 13), torch.randn(37, 13)
     brute = torch.cdist(pts.double(), cb.double()).argmin(dim=1)
-    assert torch.equal(nearest(pts, cb, chunk=64), brute)
+    assert torch.equal(nearest(pts, cb, chunk=64), brute)  # torch path, chunked
+    assert torch.equal(nearest(pts, cb), brute)            # FAISS path
 
 
 def test_int8_gain_storage_error_bound():

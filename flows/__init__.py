@@ -1,0 +1,1 @@
+"""Pipeline compositions: each stage a call into sharekan (maths) and storage (bytes)."""

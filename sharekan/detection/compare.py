@@ -1,0 +1,83 @@
+"""Compression of a trained detection head, variant by variant, scored on the detector.
+
+Variants: dense fp32; int8 PTQ; magnitude pruning (global, by edge norm); Gain-Shape-Bias VQ
+with one head-shared codebook at several K, fp16 and int8 gains/biases/base weights. For each:
+mAP@0.5 (VOC all-points), Δ vs dense, storage bytes (the KAN's components plus the head's small
+non-KAN tensors, the same for every variant), compression ratio, and runtime memory measured
+during a head forward on the locations of 1 and of 8 images.
+
+mAP of a VQ variant is computed through its decoded dense form, which equals the compressed
+forward to float32 rounding (checked here on the first images, and in the tests); runtime
+memory is measured on the compressed forward itself.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from ..baselines import Int8KAN, prune_edges
+from ..kmeans import MAX_K
+from ..memory import runtime_bytes, storage_components
+from ..vq_kan import VQKAN, compress_kan, fit_codebooks
+from .evaluate import voc_ap
+from .head import KANDetectionHead
+from .train import ground_truth, predict
+from .voc import Sample
+
+__all__ = ["default_ks", "build_variants", "compare_variants"]
+
+
+def default_ks(edges: int) -> list[int]:
+    """K = 256, 4,096 and the largest K the edge count supports (≤ 65,536), deduplicated."""
+    return sorted({k for k in (256, 4096, min(edges, MAX_K)) if k <= edges})
+
+
+def build_variants(kan: nn.Module, ks: list[int], sparsities=(0.1, 0.3, 0.5), seed: int = 0,
+                   progress: bool = True) -> list[tuple[str, nn.Module]]:
+    variants: list[tuple[str, nn.Module]] = [("dense fp32", kan), ("int8 PTQ", Int8KAN(kan))]
+    variants += [(f"pruned {round(s * 100)}%", prune_edges(kan, s)) for s in sparsities]
+    for k in ks:
+        t = time.perf_counter()
+        books = fit_codebooks(kan, k, seed=seed)
+        for dt in ("fp16", "int8"):
+            variants.append((f"VQ K={k} {dt}", compress_kan(kan, k, gain_dtype=dt, codebooks=books)))
+        if progress:
+            print(f"  codebook K={k}: {time.perf_counter() - t:.1f}s", flush=True)
+    return variants
+
+
+@torch.no_grad()
+def compare_variants(head: KANDetectionHead, feats: torch.Tensor, samples: list[Sample], size: int,
+                     ks: list[int], seed: int = 0, progress: bool = True) -> list[dict]:
+    """One row per variant (see the module docstring)."""
+    gts = ground_truth(samples)
+    n, c, h, w = feats.shape
+    rows_1 = head.standardise(feats[:1].permute(0, 2, 3, 1).reshape(-1, c))
+    rows_8 = head.standardise(feats[:8].permute(0, 2, 3, 1).reshape(-1, c))
+    extra = head.extra_bytes()
+    rows = []
+    dense_map = dense_bytes = None
+    for name, variant in build_variants(head.kan, ks, seed=seed, progress=progress):
+        scoring = variant.decoded() if isinstance(variant, VQKAN) else variant
+        check = None
+        if isinstance(variant, VQKAN):
+            ref = scoring(rows_1)
+            check = float((variant(rows_1) - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+        result = voc_ap(predict(head, feats, samples, size, kan=scoring), gts, head.cfg.num_classes)
+        comps = storage_components(variant)
+        stored = sum(comps.values()) + extra
+        if dense_map is None:
+            dense_map, dense_bytes = result["map"], stored
+        rows.append({
+            "variant": name, "map50": result["map"], "delta_map50": result["map"] - dense_map,
+            "storage_bytes": stored, "compression": dense_bytes / stored,
+            "runtime_bytes_1img": runtime_bytes(variant, rows_1)["total"],
+            "runtime_bytes_8img": runtime_bytes(variant, rows_8)["total"],
+            "components": comps, "vq_forward_rel_diff": check,
+        })
+        if progress:
+            print(f"  {name}: mAP@0.5 {result['map']:.4f}, {stored:,} B", flush=True)
+    return rows

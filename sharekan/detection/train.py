@@ -1,0 +1,107 @@
+"""Training and inference of the KAN detection head on cached feature maps.
+
+Training samples are feature-map locations: :func:`location_targets` flattens ``[N, C, h, w]``
+features with their per-location targets once; :func:`train_head` runs AdamW with a one-cycle
+schedule over shuffled mini-batches of locations (seeded), showing progress, and hands each
+epoch's state to an optional ``on_epoch`` callback (the caller saves checkpoints).
+:func:`predict` turns feature maps into per-image detections in original pixels.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .evaluate import Detections, GroundTruth
+from .head import KANDetectionHead, assign_targets, decode, head_loss, location_centres
+from .voc import Sample
+
+__all__ = ["location_targets", "train_head", "predict", "ground_truth"]
+
+
+def _scaled(sample: Sample, size: int) -> torch.Tensor:
+    sx, sy = size / sample.width, size / sample.height
+    return torch.as_tensor(sample.boxes) * torch.tensor([sx, sy, sx, sy])
+
+
+def location_targets(feats: torch.Tensor, samples: list[Sample], size: int, stride: int
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x [M, C], cls [M], box [M, 4], centres [M, 2])`` for every location of every image."""
+    n, c, h, w = feats.shape
+    centres = location_centres(h, w, stride)
+    cls, box = [], []
+    for s in samples:
+        keep = torch.as_tensor(~s.difficult)
+        k, b = assign_targets(centres, _scaled(s, size)[keep], torch.as_tensor(s.labels)[keep], stride)
+        cls.append(k)
+        box.append(b)
+    x = feats.permute(0, 2, 3, 1).reshape(n * h * w, c)
+    return x, torch.cat(cls), torch.cat(box), centres.repeat(n, 1)
+
+
+def train_head(head: KANDetectionHead, x: torch.Tensor, cls: torch.Tensor, box: torch.Tensor,
+               centres: torch.Tensor, epochs: int = 10, batch_size: int = 2048, lr: float = 3e-3,
+               weight_decay: float = 1e-4, seed: int = 0, progress: bool = True,
+               on_epoch: Callable[[int, dict], None] | None = None) -> list[dict]:
+    """Train in place; returns per-epoch mean losses."""
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"epochs and batch_size must be ≥ 1, got {epochs}, {batch_size}")
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    head.train()
+    opt = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=lr,
+                            weight_decay=weight_decay)
+    steps_per_epoch = -(-x.shape[0] // batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch,
+                                                pct_start=0.1)
+    cfg = head.cfg
+    history = []
+    for epoch in range(epochs):
+        order = torch.randperm(x.shape[0], generator=gen)
+        totals = {"loss": 0.0, "focal": 0.0, "giou": 0.0}
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress,
+                   unit="step", leave=False)
+        for step in bar:
+            idx = order[step * batch_size:(step + 1) * batch_size]
+            loss, parts = head_loss(head(x[idx]), cls[idx], box[idx], centres[idx], cfg.num_classes, cfg.stride)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            totals["loss"] += loss.item()
+            totals["focal"] += parts["focal"]
+            totals["giou"] += parts["giou"]
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        history.append({k: v / steps_per_epoch for k, v in totals.items()})
+        if progress:
+            print(f"epoch {epoch + 1}/{epochs}: loss {history[-1]['loss']:.4f} "
+                  f"(focal {history[-1]['focal']:.4f}, giou {history[-1]['giou']:.4f})", flush=True)
+        if on_epoch is not None:
+            on_epoch(epoch, head.state_dict())
+    head.eval()
+    return history
+
+
+@torch.no_grad()
+def predict(head: KANDetectionHead, feats: torch.Tensor, samples: list[Sample], size: int,
+            kan: nn.Module | None = None, batch_images: int = 32, **decode_kw) -> list[Detections]:
+    """Detections per image (original pixels); ``kan`` swaps in a compressed KAN."""
+    n, c, h, w = feats.shape
+    centres = location_centres(h, w, head.cfg.stride)
+    dets = []
+    for start in range(0, n, batch_images):
+        chunk = feats[start:start + batch_images].permute(0, 2, 3, 1).reshape(-1, h * w, c)
+        out = head(chunk, kan=kan)
+        for o, s in zip(out, samples[start:start + batch_images]):
+            b, sc, lab = decode(o, centres, head.cfg.num_classes, head.cfg.stride,
+                                (s.width / size, s.height / size), (s.width, s.height), **decode_kw)
+            dets.append(Detections(b.numpy(), sc.numpy(), lab.numpy()))
+    return dets
+
+
+def ground_truth(samples: list[Sample]) -> list[GroundTruth]:
+    return [GroundTruth(s.boxes, s.labels, s.difficult) for s in samples]

@@ -1,0 +1,1 @@
+"""Everything the pipeline keeps on disk: checkpoints, feature caches, reports."""

@@ -1,0 +1,343 @@
+"""Versioned artifact store on Icechunk (a transactional, versioned Zarr v3 store).
+
+Every artifact is a Zarr group ``/{stage}/{version}`` of arrays plus attributes recording its
+stage, parameters, input versions (lineage) and code version. A version id is a content hash of
+``(stage, parameters, input versions, code version)``: the same inputs and parameters always give
+the same id, so a stage that finds its id already stored does no work.
+
+Atomicity comes from Icechunk: an artifact is written in one session and becomes visible with
+one commit; a writer killed before its commit leaves nothing visible and the earlier versions
+intact. Sharded artifacts (written by parallel workers through ``Session.fork``/``merge``) need
+the arrays created in a first commit, so their group carries ``complete = False`` until the
+commit that merges the workers' data; readers treat incomplete groups as absent and a re-run
+finishes them. Concurrent committers are rebased onto the new branch head (Icechunk's
+``ConflictDetector``); two writers of the same version resolve to the one that landed. On local
+disk commits are serialised with a file lock, since a filesystem has no conditional writes.
+
+Location: a local folder (default ``artifacts/store``) or S3-compatible object storage
+(``S3Location``), e.g. MinIO or any S3 endpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import icechunk
+import numpy as np
+import zarr
+
+__all__ = ["S3Location", "StoreError", "VersionNotFound", "Artifact", "ArtifactStore", "version_id",
+           "open_artifact_group"]
+
+BRANCH = "main"
+FORMAT = "sharekan-artifacts/1"
+
+
+class StoreError(RuntimeError):
+    """The store cannot be opened or written; the message names the store or version."""
+
+
+class VersionNotFound(KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class S3Location:
+    bucket: str
+    prefix: str = "sharekan"
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    allow_http: bool = False
+
+    def __str__(self) -> str:
+        where = f" at {self.endpoint_url}" if self.endpoint_url else ""
+        return f"s3://{self.bucket}/{self.prefix}{where}"
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def version_id(stage: str, params: dict, inputs: list[str], code: str) -> str:
+    """Content hash of what determines an artifact: 20 hex digits prefixed by the stage."""
+    digest = hashlib.sha256(_canonical([stage, params, sorted(inputs), code]).encode()).hexdigest()
+    return f"{stage}-{digest[:20]}"
+
+
+@dataclass
+class Artifact:
+    """A stored version: its attributes and lazily-read arrays."""
+
+    version: str
+    stage: str
+    params: dict
+    inputs: list[str]
+    code: str
+    meta: dict
+    created: str
+    group: zarr.Group = field(repr=False)
+
+    def array(self, name: str) -> zarr.Array:
+        if name not in self.group:
+            raise KeyError(f"artifact {self.version} has no array {name!r} "
+                           f"(has {sorted(self.group.array_keys())})")
+        return self.group[name]
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {name: self.group[name][...] for name in sorted(self.group.array_keys())}
+
+
+class ArtifactStore:
+    """Open (or create) the store at ``location``: a folder path or an :class:`S3Location`."""
+
+    def __init__(self, location: str | Path | S3Location = "artifacts/store", create: bool = True):
+        self.location = location
+        self._lock_path: Path | None = None
+        if isinstance(location, S3Location):
+            storage = icechunk.s3_storage(
+                bucket=location.bucket, prefix=location.prefix, endpoint_url=location.endpoint_url,
+                region=location.region, allow_http=location.allow_http, force_path_style=True,
+                access_key_id=location.access_key_id, secret_access_key=location.secret_access_key)
+        else:
+            path = Path(location).resolve()
+            if path.exists() and not path.is_dir():
+                raise StoreError(f"artifact store {path} is a file, not a store folder")
+            if path.is_dir() and any(path.iterdir()) and not (path / "repo").exists() \
+                    and not (path / "refs").exists():
+                raise StoreError(f"{path} is not an artifact store (no Icechunk repository there)")
+            if not create and not path.is_dir():
+                raise StoreError(f"artifact store {path} does not exist")
+            path.mkdir(parents=True, exist_ok=True)
+            storage = icechunk.local_filesystem_storage(str(path))
+            self._lock_path = path / ".commit.lock"
+        try:
+            if create:
+                self.repo = icechunk.Repository.open_or_create(storage)
+            else:
+                self.repo = icechunk.Repository.open(storage)
+        except Exception as e:
+            raise StoreError(f"cannot open artifact store {location}: {e}") from None
+        self._check_format()
+
+    # -- reading ---------------------------------------------------------------------------
+    def _root(self, snapshot: str | None = None) -> zarr.Group:
+        session = (self.repo.readonly_session(snapshot_id=snapshot) if snapshot
+                   else self.repo.readonly_session(branch=BRANCH))
+        return zarr.open_group(session.store, mode="r")
+
+    def _check_format(self) -> None:
+        root = self._root()
+        fmt = root.attrs.get("format")
+        if fmt is None:
+            if list(root.group_keys()):
+                raise StoreError(f"{self.location}: an Icechunk repository but not a SHARe-KAN "
+                                 f"artifact store (no format marker)")
+            with self._writing("initialise artifact store", {"format": FORMAT}) as g:
+                g.attrs["format"] = FORMAT
+        elif fmt != FORMAT:
+            raise StoreError(f"{self.location}: unsupported store format {fmt!r} (expected {FORMAT!r})")
+
+    def _find(self, version: str, root: zarr.Group) -> zarr.Group | None:
+        stage = version.rsplit("-", 1)[0]
+        try:
+            group = root[f"{stage}/{version}"]
+        except (KeyError, FileNotFoundError):
+            return None
+        return group if group.attrs.get("complete") else None
+
+    def has(self, version: str) -> bool:
+        return self._find(version, self._root()) is not None
+
+    def get(self, version: str, snapshot: str | None = None) -> Artifact:
+        """The artifact ``version`` (at the branch head, or at an older ``snapshot``)."""
+        group = self._find(version, self._root(snapshot))
+        if group is None:
+            raise VersionNotFound(f"artifact version {version!r} not found in {self.location}")
+        a = dict(group.attrs)
+        try:
+            return Artifact(version, a["stage"], a["params"], list(a["inputs"]), a["code"],
+                            a.get("meta", {}), a["created"], group)
+        except KeyError as e:
+            raise StoreError(f"artifact {version} in {self.location} is corrupt: attribute {e} missing") from None
+
+    def ls(self, stage: str | None = None) -> list[Artifact]:
+        root = self._root()
+        stages = [stage] if stage else sorted(root.group_keys())
+        out = []
+        for s in stages:
+            if s not in root:
+                continue
+            for v in sorted(root[s].group_keys()):
+                if root[f"{s}/{v}"].attrs.get("complete"):
+                    out.append(self.get(v))
+        return sorted(out, key=lambda a: a.created)
+
+    def lineage(self, version: str) -> dict:
+        """``{"version", "stage", "inputs": [lineage of each input]}``, recursively."""
+        a = self.get(version)
+        return {"version": version, "stage": a.stage, "inputs": [self.lineage(v) for v in a.inputs]}
+
+    def history(self) -> list[icechunk.SnapshotInfo]:
+        return list(self.repo.ancestry(branch=BRANCH))
+
+    # -- writing ---------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _commit_lock(self) -> Iterator[None]:
+        if self._lock_path is None:
+            yield
+            return
+        with open(self._lock_path, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _commit(self, session: icechunk.Session, message: str, metadata: dict) -> str:
+        with self._commit_lock():
+            try:
+                return session.commit(message, metadata=metadata,
+                                      rebase_with=icechunk.ConflictDetector(), rebase_tries=10)
+            except (icechunk.ConflictError, icechunk.RebaseFailedError) as e:
+                raise StoreError(f"commit '{message}' to {self.location} conflicts with a concurrent "
+                                 f"writer that changed the same arrays: {e}") from None
+
+    @contextlib.contextmanager
+    def _writing(self, message: str, metadata: dict) -> Iterator[zarr.Group]:
+        session = self.repo.writable_session(BRANCH)
+        yield zarr.open_group(session.store, mode="a")
+        self._commit(session, message, metadata)
+
+    def _attrs(self, stage, version, params, inputs, code, meta, complete) -> dict:
+        return {"stage": stage, "version": version, "params": json.loads(_canonical(params)),
+                "inputs": list(inputs), "code": code, "meta": json.loads(_canonical(meta or {})),
+                "created": datetime.now(timezone.utc).isoformat(), "complete": complete}
+
+    def _check_inputs(self, inputs: list[str]) -> None:
+        root = self._root()
+        for v in inputs:
+            if self._find(v, root) is None:
+                raise VersionNotFound(f"input artifact version {v!r} not found in {self.location}")
+
+    def put(self, stage: str, params: dict, inputs: list[str], code: str,
+            arrays: dict[str, np.ndarray], meta: dict | None = None,
+            chunks: dict[str, tuple[int, ...]] | None = None) -> tuple[Artifact, bool]:
+        """Store an artifact in one commit; returns ``(artifact, created)``. An existing version
+        is returned as is (``created = False``) without writing anything."""
+        version = version_id(stage, params, inputs, code)
+        if self.has(version):
+            return self.get(version), False
+        self._check_inputs(inputs)
+        for name, arr in arrays.items():
+            if not isinstance(arr, np.ndarray):
+                raise TypeError(f"array {name!r} of stage {stage!r} must be a numpy array, got {type(arr).__name__}")
+        session = self.repo.writable_session(BRANCH)
+        root = zarr.open_group(session.store, mode="a")
+        group = root.require_group(stage).create_group(version, overwrite=True)
+        for name, arr in arrays.items():
+            ch = (chunks or {}).get(name, arr.shape or None)
+            z = group.create_array(name, shape=arr.shape, dtype=arr.dtype, chunks=ch or "auto")
+            z[...] = arr
+        group.attrs.update(self._attrs(stage, version, params, inputs, code, meta, True))
+        try:
+            self._commit(session, f"{stage} {version}", {"stage": stage, "version": version})
+        except StoreError:
+            if self.has(version):  # the same version landed from another writer
+                return self.get(version), False
+            raise
+        return self.get(version), True
+
+    def put_sharded(self, stage: str, params: dict, inputs: list[str], code: str,
+                    layout: dict[str, tuple[tuple[int, ...], str]], rows: int, chunk_rows: int,
+                    chunks_per_shard: int, write_shards: Callable[[icechunk.Session, list[tuple[int, int]]], list],
+                    meta: dict | None = None) -> tuple[Artifact, bool]:
+        """Store arrays sharded along their first axis, written in parallel.
+
+        ``layout`` maps each array name to ``(trailing shape, dtype)``; arrays are
+        ``[rows, *trailing]``, chunked by ``chunk_rows`` rows with ``chunks_per_shard`` chunks per
+        shard file. ``write_shards(session, ranges)`` receives a clean writable session and the
+        shard-aligned row ranges, forks the session for its workers (each writes whole shards of
+        the group's arrays through :func:`open_artifact_group`) and returns their fork sessions,
+        which are merged and committed once.
+        """
+        version = version_id(stage, params, inputs, code)
+        if self.has(version):
+            return self.get(version), False
+        self._check_inputs(inputs)
+        shard_rows = chunk_rows * chunks_per_shard
+        with self._writing(f"{stage} {version} (create arrays)", {"stage": stage, "version": version}) as root:
+            group = root.require_group(stage).create_group(version, overwrite=True)
+            for name, (trailing, dtype) in layout.items():
+                group.create_array(name, shape=(rows, *trailing), dtype=dtype,
+                                   chunks=(chunk_rows, *trailing), shards=(shard_rows, *trailing))
+            group.attrs.update(self._attrs(stage, version, params, inputs, code, meta, False))
+        ranges = [(s, min(s + shard_rows, rows)) for s in range(0, rows, shard_rows)]
+        session = self.repo.writable_session(BRANCH)
+        forks = write_shards(session, ranges)
+        session.merge(*forks)
+        group = zarr.open_group(session.store, mode="a")[f"{stage}/{version}"]
+        group.attrs["complete"] = True
+        self._commit(session, f"{stage} {version}", {"stage": stage, "version": version})
+        return self.get(version), True
+
+    def tag(self, version: str, name: str) -> str:
+        """Tag the snapshot in which ``version`` became complete; returns the snapshot id."""
+        self.get(version)
+        for snap in self.history():
+            if snap.metadata.get("version") == version and "create arrays" not in snap.message:
+                self.repo.create_tag(name, snap.id)
+                return snap.id
+        raise StoreError(f"no commit of {version} found in the history of {self.location}")
+
+    def tags(self) -> dict[str, str]:
+        return {t: self.repo.lookup_tag(t) for t in sorted(self.repo.list_tags())}
+
+    def gc(self, keep: list[str] | None = None, dry_run: bool = False) -> dict:
+        """Delete versions that are not tagged, not in ``keep`` and no input of a kept version
+        (incomplete groups included), then expire old snapshots and delete unreachable chunks."""
+        keep_set: set[str] = set(keep or [])
+        for snap in self.tags().values():
+            root = self._root(snap)
+            for s in root.group_keys():
+                keep_set.update(v for v in root[s].group_keys() if root[f"{s}/{v}"].attrs.get("complete"))
+        closure, todo = set(), list(keep_set)
+        while todo:
+            v = todo.pop()
+            if v in closure:
+                continue
+            closure.add(v)
+            if self.has(v):
+                todo.extend(self.get(v).inputs)
+        root = self._root()
+        doomed = [f"{s}/{v}" for s in root.group_keys() for v in root[s].group_keys() if v not in closure]
+        summary = {"deleted_versions": sorted(p.split("/")[1] for p in doomed), "kept": sorted(closure)}
+        if dry_run or not doomed:
+            return summary
+        session = self.repo.writable_session(BRANCH)
+        root = zarr.open_group(session.store, mode="a")
+        for p in doomed:
+            del root[p]
+        self._commit(session, f"gc: delete {len(doomed)} versions", {"gc": True})
+        cutoff = datetime.now(timezone.utc)
+        time.sleep(0.01)
+        self.repo.expire_snapshots(older_than=cutoff)
+        result = self.repo.garbage_collect(cutoff)
+        summary["bytes_deleted"] = int(getattr(result, "bytes_deleted", 0))
+        return summary
+
+
+def open_artifact_group(session, stage: str, version: str) -> zarr.Group:
+    """The artifact's group inside a (forked) session, for workers of :meth:`ArtifactStore.put_sharded`."""
+    return zarr.open_group(session.store, mode="a")[f"{stage}/{version}"]
+

@@ -1,0 +1,105 @@
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from torchvision.datasets import VOCDetection
+
+from sharekan.detection.synthetic import generate_voc
+from sharekan.detection.voc import VOC_CLASSES, BadSampleError, VOCData
+
+
+def _digest(base: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(base.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(base)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def voc_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("voc")
+    generate_voc(root, n_train=12, n_test=4, seed=3)
+    return root
+
+
+def test_generator_is_deterministic(tmp_path, voc_root):
+    generate_voc(tmp_path, n_train=12, n_test=4, seed=3)
+    assert _digest(tmp_path / "VOCdevkit") == _digest(voc_root / "VOCdevkit")
+    other = tmp_path / "other"
+    generate_voc(other, n_train=12, n_test=4, seed=4)
+    assert _digest(other / "VOCdevkit") != _digest(voc_root / "VOCdevkit")
+
+
+def test_generated_set_is_valid_voc(voc_root):
+    ds = VOCDetection(str(voc_root), year="2007", image_set="train", download=False)
+    assert len(ds) == 12
+    img, target = ds[0]
+    ann = target["annotation"]
+    assert int(ann["size"]["width"]) == img.width
+    objs = ann["object"]
+    assert all(o["name"] in VOC_CLASSES for o in objs)
+    assert len(VOCDetection(str(voc_root), year="2007", image_set="val", download=False)) == 4
+    data = VOCData(voc_root, [("2007", "train")])
+    s = data.samples[0]
+    assert s.boxes.dtype == np.float32 and s.boxes.shape[1] == 4
+    assert np.all(s.boxes[:, 2] > s.boxes[:, 0]) and np.all(s.boxes[:, 3] <= s.height)
+    labels = np.concatenate([s.labels for s in data.samples])
+    assert len(set(labels.tolist())) > 5  # several classes appear
+
+
+@pytest.fixture
+def broken(tmp_path, voc_root):
+    root = tmp_path / "broken"
+    shutil.copytree(voc_root, root)
+    return root / "VOCdevkit" / "VOC2007"
+
+
+def _edit(ann: Path, old: str, new: str):
+    text = ann.read_text()
+    assert old in text
+    ann.write_text(text.replace(old, new, 1))
+
+
+@pytest.mark.parametrize("case,match", [
+    ("malformed", "malformed XML"),
+    ("missing_image", "image missing"),
+    ("zero_area", "zero-area box"),
+    ("outside", "outside the"),
+    ("unknown_class", "unknown class name 'unicorn'"),
+])
+def test_bad_samples_named_or_skipped(broken, case, match):
+    ann = broken / "Annotations" / "000002.xml"
+    if case == "malformed":
+        ann.write_text(ann.read_text()[:-30])
+    elif case == "missing_image":
+        (broken / "JPEGImages" / "000002.jpg").unlink()
+    elif case == "zero_area":
+        text = ann.read_text()
+        xmin = text.split("<xmin>")[1].split("</xmin>")[0]
+        xmax = text.split("<xmax>")[1].split("</xmax>")[0]
+        _edit(ann, f"<xmax>{xmax}</xmax>", f"<xmax>{int(xmin) - 1}</xmax>")
+    elif case == "outside":
+        text = ann.read_text()
+        ymax = text.split("<ymax>")[1].split("</ymax>")[0]
+        _edit(ann, f"<ymax>{ymax}</ymax>", "<ymax>5000</ymax>")
+    elif case == "unknown_class":
+        text = ann.read_text()
+        name = text.split("<name>")[1].split("</name>")[0]
+        _edit(ann, f"<name>{name}</name>", "<name>unicorn</name>")
+    root = broken.parent.parent
+    with pytest.raises(BadSampleError, match=match) as err:
+        VOCData(root, [("2007", "train")])
+    assert "000002" in str(err.value)
+    data = VOCData(root, [("2007", "train")], skip_bad=True)
+    assert len(data) == 11 and len(data.skipped) == 1 and "000002" in data.skipped[0]
+
+
+def test_missing_root_and_split_are_named(tmp_path, voc_root):
+    with pytest.raises(FileNotFoundError, match="no VOCdevkit"):
+        VOCData(tmp_path / "nowhere", [("2007", "train")])
+    with pytest.raises(FileNotFoundError, match="VOC2012"):
+        VOCData(voc_root, [("2012", "train")])

@@ -1,0 +1,58 @@
+"""The detection pipeline end to end on a tiny synthetic set with a small real backbone."""
+
+import json
+
+import pytest
+import torch
+from pycocotools.coco import COCO
+
+from flows.detection import detection_pipeline
+from sharekan.detection.head import HeadConfig, KANDetectionHead
+from storage.files import load_tensors
+
+KW = dict(size=64, backbone="resnet18", hidden=8, epochs=2, batch_size=256, n_train=16, n_test=6,
+          progress=False)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "detection"
+    with pytest.warns(UserWarning, match="RANDOM INITIALISATION"):
+        report = detection_pipeline(out=str(out), **KW)
+    return out, report
+
+
+def test_report_and_exports(run):
+    out, report = run
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["backbone"]["pretrained"] is False and saved["backbone"]["weights"] == "random init"
+    assert 0.0 <= saved["map50"] <= 1.0
+    assert saved["head_edges"] == 256 * 8 + 8 * 24
+    names = [r["variant"] for r in saved["compression"]]
+    assert names[:5] == ["dense fp32", "int8 PTQ", "pruned 10%", "pruned 30%", "pruned 50%"]
+    assert "VQ K=256 fp16" in names and f"VQ K={256 * 8 + 8 * 24} int8" in names
+    for row in saved["compression"]:
+        assert row["storage_bytes"] > 0 and row["runtime_bytes_8img"] >= row["runtime_bytes_1img"] > 0
+        if row["variant"].startswith("VQ"):
+            assert row["vq_forward_rel_diff"] < 1e-4
+    coco = COCO(str(out / "coco_gt.json"))
+    assert len(coco.getImgIds()) == 6
+    dets = json.loads((out / "coco_detections.json").read_text())
+    assert all(d["category_id"] in coco.getCatIds() for d in dets)
+
+
+def test_checkpoint_restores_the_head(run):
+    out, report = run
+    tensors, meta = load_tensors(out / "head.safetensors")
+    assert meta["epoch"] == 2 and meta["backbone"]["name"] == "resnet18"
+    cfg = HeadConfig(**{**meta["config"], "grid_range": tuple(meta["config"]["grid_range"])})
+    head = KANDetectionHead(cfg)
+    head.load_state_dict(tensors)
+    assert head(torch.randn(3, cfg.in_channels)).shape == (3, 24)
+
+
+def test_rerun_hits_the_feature_cache(run, capsys):
+    out, report = run
+    detection_pipeline(out=str(out), compress=False, **KW)
+    printed = capsys.readouterr().out
+    assert "train features (16, 256, 4, 4) (cached)" in printed
