@@ -73,6 +73,13 @@ class VQKANLinear(nn.Module):
                              f"got shape {tuple(x.shape)}")
         lead = x.shape[:-1]
         x = x.reshape(-1, self.in_features).to(torch.float32)
+        out = torch.empty(x.shape[0], self.out_features, dtype=torch.float32, device=x.device)
+        block = max(1, _CHUNK_ELEMENTS // (4 * self.in_features))  # rows per block
+        for r0 in range(0, x.shape[0], block):
+            out[r0:r0 + block] = self._forward_rows(x[r0:r0 + block])
+        return out.reshape(*lead, self.out_features)
+
+    def _forward_rows(self, x: torch.Tensor) -> torch.Tensor:
         first, w = cubic_active(x, self.t0, self.h, self.grid.shape[1], self.grid)
         wsum = w.sum(dim=-1)                                   # ΣB(x): [rows, in]
         silu = F.silu(x)
@@ -91,7 +98,7 @@ class VQKANLinear(nn.Module):
             y = (dot * self._q("gain", sl).unsqueeze(0)).sum(dim=-1)
             y += wsum @ self._q("bias", sl).T + silu @ self._q("base", sl).T
             out[:, sl] = y
-        return out.reshape(*lead, self.out_features)
+        return out
 
     def coefficients(self) -> torch.Tensor:
         """Reconstructed coefficients ``ĉ [out, in, C]`` (for metrics and the dense reference)."""

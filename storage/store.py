@@ -1,6 +1,6 @@
 """Versioned artifact store on Icechunk (a transactional, versioned Zarr v3 store).
 
-Every artifact is a Zarr group ``/{stage}/{version}`` of arrays plus attributes recording its
+Every artifact is a Zarr group ``/{version}`` of arrays plus attributes recording its
 stage, parameters, input versions (lineage) and code version. A version id is a content hash of
 ``(stage, parameters, input versions, code version)``: the same inputs and parameters always give
 the same id, so a stage that finds its id already stored does no work.
@@ -24,6 +24,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -33,12 +34,16 @@ from typing import Any, Callable, Iterator
 import icechunk
 import numpy as np
 import zarr
+import zarr.errors
 
 __all__ = ["S3Location", "StoreError", "VersionNotFound", "Artifact", "ArtifactStore", "version_id",
-           "open_artifact_group"]
+           "open_artifact_group", "parse_location", "code_version"]
 
 BRANCH = "main"
 FORMAT = "sharekan-artifacts/1"
+if "ICECHUNK_LOG" not in os.environ:
+    # commits to local disk are serialised by our file lock: Icechunk's warning does not apply
+    icechunk.set_logs_filter("warn,icechunk::storage::object_store=error")
 
 
 class StoreError(RuntimeError):
@@ -128,19 +133,29 @@ class ArtifactStore:
                 self.repo = icechunk.Repository.open(storage)
         except Exception as e:
             raise StoreError(f"cannot open artifact store {location}: {e}") from None
-        self._check_format()
+        try:
+            self._check_format()
+        except icechunk.IcechunkError as e:
+            raise StoreError(f"artifact store {location} is damaged or unreadable: {e}") from None
 
     # -- reading ---------------------------------------------------------------------------
     def _root(self, snapshot: str | None = None) -> zarr.Group:
-        session = (self.repo.readonly_session(snapshot_id=snapshot) if snapshot
-                   else self.repo.readonly_session(branch=BRANCH))
-        return zarr.open_group(session.store, mode="r")
+        try:
+            session = (self.repo.readonly_session(snapshot_id=snapshot) if snapshot
+                       else self.repo.readonly_session(branch=BRANCH))
+            return zarr.open_group(session.store, mode="r")
+        except icechunk.IcechunkError as e:
+            raise StoreError(f"cannot read artifact store {self.location}"
+                             f"{f' at snapshot {snapshot}' if snapshot else ''}: {e}") from None
 
     def _check_format(self) -> None:
-        root = self._root()
-        fmt = root.attrs.get("format")
+        try:
+            root = self._root()
+        except zarr.errors.GroupNotFoundError:  # a new, empty repository
+            root = None
+        fmt = root.attrs.get("format") if root is not None else None
         if fmt is None:
-            if list(root.group_keys()):
+            if root is not None and (list(root.group_keys()) or list(root.array_keys())):
                 raise StoreError(f"{self.location}: an Icechunk repository but not a SHARe-KAN "
                                  f"artifact store (no format marker)")
             with self._writing("initialise artifact store", {"format": FORMAT}) as g:
@@ -149,12 +164,11 @@ class ArtifactStore:
             raise StoreError(f"{self.location}: unsupported store format {fmt!r} (expected {FORMAT!r})")
 
     def _find(self, version: str, root: zarr.Group) -> zarr.Group | None:
-        stage = version.rsplit("-", 1)[0]
         try:
-            group = root[f"{stage}/{version}"]
+            group = root[version]
         except (KeyError, FileNotFoundError):
             return None
-        return group if group.attrs.get("complete") else None
+        return group if isinstance(group, zarr.Group) and group.attrs.get("complete") else None
 
     def has(self, version: str) -> bool:
         return self._find(version, self._root()) is not None
@@ -172,15 +186,10 @@ class ArtifactStore:
             raise StoreError(f"artifact {version} in {self.location} is corrupt: attribute {e} missing") from None
 
     def ls(self, stage: str | None = None) -> list[Artifact]:
+        """Complete versions (of ``stage``), oldest first."""
         root = self._root()
-        stages = [stage] if stage else sorted(root.group_keys())
-        out = []
-        for s in stages:
-            if s not in root:
-                continue
-            for v in sorted(root[s].group_keys()):
-                if root[f"{s}/{v}"].attrs.get("complete"):
-                    out.append(self.get(v))
+        out = [self.get(v) for v in sorted(root.group_keys())
+               if root[v].attrs.get("complete") and (stage is None or root[v].attrs.get("stage") == stage)]
         return sorted(out, key=lambda a: a.created)
 
     def lineage(self, version: str) -> dict:
@@ -244,7 +253,7 @@ class ArtifactStore:
                 raise TypeError(f"array {name!r} of stage {stage!r} must be a numpy array, got {type(arr).__name__}")
         session = self.repo.writable_session(BRANCH)
         root = zarr.open_group(session.store, mode="a")
-        group = root.require_group(stage).create_group(version, overwrite=True)
+        group = root.create_group(version, overwrite=True)
         for name, arr in arrays.items():
             ch = (chunks or {}).get(name, arr.shape or None)
             z = group.create_array(name, shape=arr.shape, dtype=arr.dtype, chunks=ch or "auto")
@@ -266,7 +275,7 @@ class ArtifactStore:
 
         ``layout`` maps each array name to ``(trailing shape, dtype)``; arrays are
         ``[rows, *trailing]``, chunked by ``chunk_rows`` rows with ``chunks_per_shard`` chunks per
-        shard file. ``write_shards(session, ranges)`` receives a clean writable session and the
+        shard file, uncompressed (spline coefficients barely compress; throughput matters). ``write_shards(session, ranges)`` receives a clean writable session and the
         shard-aligned row ranges, forks the session for its workers (each writes whole shards of
         the group's arrays through :func:`open_artifact_group`) and returns their fork sessions,
         which are merged and committed once.
@@ -277,16 +286,16 @@ class ArtifactStore:
         self._check_inputs(inputs)
         shard_rows = chunk_rows * chunks_per_shard
         with self._writing(f"{stage} {version} (create arrays)", {"stage": stage, "version": version}) as root:
-            group = root.require_group(stage).create_group(version, overwrite=True)
+            group = root.create_group(version, overwrite=True)
             for name, (trailing, dtype) in layout.items():
-                group.create_array(name, shape=(rows, *trailing), dtype=dtype,
+                group.create_array(name, shape=(rows, *trailing), dtype=dtype, compressors=None,
                                    chunks=(chunk_rows, *trailing), shards=(shard_rows, *trailing))
             group.attrs.update(self._attrs(stage, version, params, inputs, code, meta, False))
         ranges = [(s, min(s + shard_rows, rows)) for s in range(0, rows, shard_rows)]
         session = self.repo.writable_session(BRANCH)
         forks = write_shards(session, ranges)
         session.merge(*forks)
-        group = zarr.open_group(session.store, mode="a")[f"{stage}/{version}"]
+        group = zarr.open_group(session.store, mode="a")[version]
         group.attrs["complete"] = True
         self._commit(session, f"{stage} {version}", {"stage": stage, "version": version})
         return self.get(version), True
@@ -309,8 +318,7 @@ class ArtifactStore:
         keep_set: set[str] = set(keep or [])
         for snap in self.tags().values():
             root = self._root(snap)
-            for s in root.group_keys():
-                keep_set.update(v for v in root[s].group_keys() if root[f"{s}/{v}"].attrs.get("complete"))
+            keep_set.update(v for v in root.group_keys() if root[v].attrs.get("complete"))
         closure, todo = set(), list(keep_set)
         while todo:
             v = todo.pop()
@@ -320,8 +328,8 @@ class ArtifactStore:
             if self.has(v):
                 todo.extend(self.get(v).inputs)
         root = self._root()
-        doomed = [f"{s}/{v}" for s in root.group_keys() for v in root[s].group_keys() if v not in closure]
-        summary = {"deleted_versions": sorted(p.split("/")[1] for p in doomed), "kept": sorted(closure)}
+        doomed = [v for v in root.group_keys() if v not in closure]
+        summary = {"deleted_versions": sorted(doomed), "kept": sorted(closure)}
         if dry_run or not doomed:
             return summary
         session = self.repo.writable_session(BRANCH)
@@ -339,5 +347,35 @@ class ArtifactStore:
 
 def open_artifact_group(session, stage: str, version: str) -> zarr.Group:
     """The artifact's group inside a (forked) session, for workers of :meth:`ArtifactStore.put_sharded`."""
-    return zarr.open_group(session.store, mode="a")[f"{stage}/{version}"]
+    return zarr.open_group(session.store, mode="a")[version]
 
+
+
+def parse_location(text: str | None = None) -> str | S3Location:
+    """A store location from ``text`` or ``$SHAREKAN_STORE`` (default ``artifacts/store``).
+
+    ``s3://bucket/prefix`` selects object storage; the endpoint, region and credentials come from
+    ``AWS_ENDPOINT_URL``, ``AWS_REGION``, ``AWS_ACCESS_KEY_ID`` and ``AWS_SECRET_ACCESS_KEY``.
+    """
+    text = text or os.environ.get("SHAREKAN_STORE") or "artifacts/store"
+    if not text.startswith("s3://"):
+        return text
+    bucket, _, prefix = text[5:].partition("/")
+    if not bucket:
+        raise ValueError(f"store location {text!r} names no bucket (expected s3://BUCKET/PREFIX)")
+    endpoint = os.environ.get("AWS_ENDPOINT_URL")
+    return S3Location(bucket=bucket, prefix=prefix.strip("/") or "sharekan", endpoint_url=endpoint,
+                      region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
+                      access_key_id=os.environ.get("AWS_ACCESS_KEY_ID"),
+                      secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
+                      allow_http=bool(endpoint and endpoint.startswith("http://")))
+
+
+def code_version(*modules) -> str:
+    """Hash of the source of the modules that implement a stage (its "code version")."""
+    import inspect
+
+    h = hashlib.sha256()
+    for m in modules:
+        h.update(inspect.getsource(m).encode())
+    return h.hexdigest()[:12]

@@ -13,21 +13,19 @@ memory is measured on the compressed forward itself.
 
 from __future__ import annotations
 
-import time
-
 import torch
 from torch import nn
 
 from ..baselines import Int8KAN, prune_edges
 from ..kmeans import MAX_K
 from ..memory import runtime_bytes, storage_components
-from ..vq_kan import VQKAN, compress_kan, fit_codebooks
+from ..vq_kan import VQKAN, compress_kan
 from .evaluate import voc_ap
 from .head import KANDetectionHead
 from .train import ground_truth, predict
 from .voc import Sample
 
-__all__ = ["default_ks", "build_variants", "compare_variants"]
+__all__ = ["default_ks", "baseline_variants", "vq_variants", "compare_variants"]
 
 
 def default_ks(edges: int) -> list[int]:
@@ -35,32 +33,32 @@ def default_ks(edges: int) -> list[int]:
     return sorted({k for k in (256, 4096, min(edges, MAX_K)) if k <= edges})
 
 
-def build_variants(kan: nn.Module, ks: list[int], sparsities=(0.1, 0.3, 0.5), seed: int = 0,
-                   progress: bool = True) -> list[tuple[str, nn.Module]]:
-    variants: list[tuple[str, nn.Module]] = [("dense fp32", kan), ("int8 PTQ", Int8KAN(kan))]
-    variants += [(f"pruned {round(s * 100)}%", prune_edges(kan, s)) for s in sparsities]
-    for k in ks:
-        t = time.perf_counter()
-        books = fit_codebooks(kan, k, seed=seed)
-        for dt in ("fp16", "int8"):
-            variants.append((f"VQ K={k} {dt}", compress_kan(kan, k, gain_dtype=dt, codebooks=books)))
-        if progress:
-            print(f"  codebook K={k}: {time.perf_counter() - t:.1f}s", flush=True)
-    return variants
+def baseline_variants(kan: nn.Module, sparsities=(0.1, 0.3, 0.5)) -> list[tuple[str, nn.Module]]:
+    """Dense fp32, int8 PTQ and magnitude pruning (global, by edge norm) at ``sparsities``."""
+    return ([("dense fp32", kan), ("int8 PTQ", Int8KAN(kan))]
+            + [(f"pruned {round(s * 100)}%", prune_edges(kan, s)) for s in sparsities])
+
+
+def vq_variants(kan: nn.Module, codebooks: dict[int, torch.Tensor],
+                gain_dtypes=("fp16", "int8")) -> list[tuple[str, VQKAN]]:
+    """A head-shared VQ variant per (K, gain dtype) from fitted ``codebooks`` ``{K: [K, C]}``."""
+    n_layers = len(kan.layers)
+    return [(f"VQ K={k} {dt}", compress_kan(kan, k, gain_dtype=dt, codebooks=[cb] * n_layers))
+            for k, cb in sorted(codebooks.items()) for dt in gain_dtypes]
 
 
 @torch.no_grad()
 def compare_variants(head: KANDetectionHead, feats: torch.Tensor, samples: list[Sample], size: int,
-                     ks: list[int], seed: int = 0, progress: bool = True) -> list[dict]:
-    """One row per variant (see the module docstring)."""
+                     variants: list[tuple[str, nn.Module]], progress: bool = True) -> list[dict]:
+    """One row per variant (see the module docstring); the first variant is the reference."""
     gts = ground_truth(samples)
     n, c, h, w = feats.shape
     rows_1 = head.standardise(feats[:1].permute(0, 2, 3, 1).reshape(-1, c))
     rows_8 = head.standardise(feats[:8].permute(0, 2, 3, 1).reshape(-1, c))
     extra = head.extra_bytes()
     rows = []
-    dense_map = dense_bytes = None
-    for name, variant in build_variants(head.kan, ks, seed=seed, progress=progress):
+    ref_map = ref_bytes = None
+    for name, variant in variants:
         scoring = variant.decoded() if isinstance(variant, VQKAN) else variant
         check = None
         if isinstance(variant, VQKAN):
@@ -69,11 +67,11 @@ def compare_variants(head: KANDetectionHead, feats: torch.Tensor, samples: list[
         result = voc_ap(predict(head, feats, samples, size, kan=scoring), gts, head.cfg.num_classes)
         comps = storage_components(variant)
         stored = sum(comps.values()) + extra
-        if dense_map is None:
-            dense_map, dense_bytes = result["map"], stored
+        if ref_map is None:
+            ref_map, ref_bytes = result["map"], stored
         rows.append({
-            "variant": name, "map50": result["map"], "delta_map50": result["map"] - dense_map,
-            "storage_bytes": stored, "compression": dense_bytes / stored,
+            "variant": name, "map50": result["map"], "delta_map50": result["map"] - ref_map,
+            "storage_bytes": stored, "compression": ref_bytes / stored,
             "runtime_bytes_1img": runtime_bytes(variant, rows_1)["total"],
             "runtime_bytes_8img": runtime_bytes(variant, rows_8)["total"],
             "components": comps, "vq_forward_rel_diff": check,

@@ -1,0 +1,228 @@
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from flows.cli import main as cli
+from storage.shards import put_rows, read_shard
+from storage.store import ArtifactStore, StoreError, VersionNotFound, version_id
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def store(tmp_path):
+    return ArtifactStore(tmp_path / "store")
+
+
+def test_put_is_content_addressed_and_idempotent(store):
+    f = np.arange(12, dtype=np.float32).reshape(3, 4)
+    a, created = store.put("features", {"size": 3}, [], "c1", {"f": f})
+    assert created and a.version == version_id("features", {"size": 3}, [], "c1")
+    snapshots = len(store.history())
+    again, created = store.put("features", {"size": 3}, [], "c1", {"f": f * 0})
+    assert not created and again.version == a.version
+    assert len(store.history()) == snapshots  # no work, no commit
+    assert np.array_equal(store.get(a.version).arrays()["f"], f)
+    other, _ = store.put("features", {"size": 4}, [], "c1", {"f": f})
+    code, _ = store.put("features", {"size": 3}, [], "c2", {"f": f})
+    assert len({a.version, other.version, code.version}) == 3
+
+
+def test_lineage_and_missing_inputs(store):
+    d, _ = store.put("dataset", {"n": 2}, [], "c", {})
+    f, _ = store.put("features", {}, [d.version], "c", {"x": np.ones(2)})
+    h, _ = store.put("head", {}, [f.version, d.version], "c", {"w": np.ones(3)})
+    tree = store.lineage(h.version)
+    assert tree["stage"] == "head"
+    assert {c["version"] for c in tree["inputs"]} == {f.version, d.version}
+    with pytest.raises(VersionNotFound, match="input artifact version 'features-nope'"):
+        store.put("head", {}, ["features-nope"], "c", {})
+    with pytest.raises(VersionNotFound, match="'head-0000' not found"):
+        store.get("head-0000")
+
+
+def test_sharded_rows_parallel_and_read_one_shard(store):
+    rng = np.random.default_rng(0)
+    coef = rng.standard_normal((1000, 13)).astype(np.float32)
+    gains = rng.random(1000).astype(np.float16)
+    a, created = put_rows(store, "splines", {"n": 1000}, [], "c", {"coefficients": coef, "gains": gains},
+                          chunk_rows=100, chunks_per_shard=2, workers=2)
+    assert created
+    assert np.array_equal(a.array("coefficients")[...], coef)
+    assert np.array_equal(a.array("gains")[...], gains)
+    assert a.array("coefficients").shards == (200, 13)
+    assert np.array_equal(read_shard(a, "coefficients", 4), coef[800:1000])
+    with pytest.raises(IndexError, match="5 shards"):
+        read_shard(a, "coefficients", 5)
+    _, created = put_rows(store, "splines", {"n": 1000}, [], "c", {"coefficients": coef, "gains": gains},
+                          chunk_rows=100, chunks_per_shard=2, workers=2)
+    assert not created
+
+
+def test_tag_gc_and_time_travel(store):
+    keep, _ = store.put("dataset", {"n": 1}, [], "c", {"x": np.ones(2)})
+    child, _ = store.put("head", {"n": 1}, [keep.version], "c", {"w": np.ones(2)})
+    junk, _ = store.put("head", {"n": 2}, [keep.version], "c", {"w": np.zeros(2)})
+    snap = store.tag(child.version, "release")
+    assert store.tags() == {"release": snap}
+    summary = store.gc()
+    assert summary["deleted_versions"] == [junk.version]
+    assert store.has(child.version) and store.has(keep.version) and not store.has(junk.version)
+    # the deleted version is still readable at an earlier snapshot reachable from the tag
+    assert store.get(child.version, snapshot=snap).arrays()["w"].tolist() == [1.0, 1.0]
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import sys, numpy as np
+    from storage.store import ArtifactStore
+    from storage.shards import put_rows
+    if __name__ == "__main__":
+        store = ArtifactStore(sys.argv[1])
+        rows = np.random.default_rng(1).standard_normal((4_000_000, 13)).astype(np.float32)
+        print("writing", flush=True)
+        if sys.argv[2] == "sharded":
+            put_rows(store, "splines", {"n": 4}, [], "c", {"coefficients": rows}, chunk_rows=50_000,
+                     chunks_per_shard=2, workers=2)
+        else:
+            store.put("features", {"n": 4}, [], "c", {"f": rows}, chunks={"f": (50_000, 13)})
+        print("done", flush=True)
+""")
+
+
+@pytest.mark.parametrize("mode", ["single", "sharded"])
+def test_sigkill_mid_write_leaves_store_intact(tmp_path, mode):
+    path = tmp_path / "store"
+    store = ArtifactStore(path)
+    before, _ = store.put("dataset", {"n": 1}, [], "c", {"x": np.arange(5.0)})
+    script = tmp_path / "writer.py"
+    script.write_text(KILL_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, str(script), str(path), mode], stdout=subprocess.PIPE,
+                            text=True, env=env, start_new_session=True)
+    chunks = path / "chunks"
+    count = lambda: len(list(chunks.iterdir())) if chunks.is_dir() else 0
+    baseline = count()
+    assert proc.stdout.readline().strip() == "writing"
+    deadline = time.time() + 60
+    while count() <= baseline:  # kill at the first data written: mid-write
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.001)
+    os.killpg(proc.pid, signal.SIGKILL)  # the writer and its worker processes
+    proc.wait()
+    reopened = ArtifactStore(path)
+    assert [a.version for a in reopened.ls()] == [before.version]
+    assert reopened.get(before.version).arrays()["x"].tolist() == [0, 1, 2, 3, 4]
+    done = subprocess.run([sys.executable, str(script), str(path), mode], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    stage = "splines" if mode == "sharded" else "features"
+    (art,) = ArtifactStore(path).ls(stage)
+    name = "coefficients" if mode == "sharded" else "f"
+    expected = np.random.default_rng(1).standard_normal((4_000_000, 13)).astype(np.float32)
+    assert np.array_equal(art.array(name)[-3:], expected[-3:])
+
+
+CONCURRENT_SCRIPT = textwrap.dedent("""
+    import sys, time, numpy as np
+    from storage.store import ArtifactStore
+    store = ArtifactStore(sys.argv[1])
+    start = float(sys.argv[3])
+    time.sleep(max(0.0, start - time.time()))
+    a, created = store.put("features", {"writer": sys.argv[2]}, [], "c",
+                           {"f": np.full((200_000, 13), float(len(sys.argv[2])), np.float32)})
+    print(a.version, created)
+""")
+
+
+def test_two_writers_commit_at_once(tmp_path):
+    path = tmp_path / "store"
+    ArtifactStore(path)
+    script = tmp_path / "w.py"
+    script.write_text(CONCURRENT_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    start = time.time() + 3
+    procs = [subprocess.Popen([sys.executable, str(script), str(path), name, str(start)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for name in ("a", "bb", "a")]  # two distinct versions and one duplicate
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-500:] for o in outs]
+    store = ArtifactStore(path)
+    versions = sorted(a.version for a in store.ls())
+    assert len(versions) == 2
+    for a in store.ls():
+        value = 1.0 if a.params["writer"] == "a" else 2.0
+        assert float(a.array("f")[-1, -1]) == value
+    created = [o[0].split()[1] for o in outs]
+    assert created.count("True") >= 2
+
+
+def test_bad_locations_are_named(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(StoreError, match="is a file"):
+        ArtifactStore(f)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "readme.txt").write_text("x")
+    with pytest.raises(StoreError, match="not an artifact store"):
+        ArtifactStore(other)
+    with pytest.raises(StoreError, match="does not exist"):
+        ArtifactStore(tmp_path / "absent", create=False)
+
+
+def test_unsupported_format_and_corrupt_version(tmp_path):
+    import zarr
+    store = ArtifactStore(tmp_path / "s")
+    a, _ = store.put("dataset", {}, [], "c", {"x": np.ones(2)})
+    session = store.repo.writable_session("main")
+    root = zarr.open_group(session.store, mode="a")
+    del root[a.version].attrs["stage"]
+    session.commit("damage")
+    with pytest.raises(StoreError, match="corrupt: attribute 'stage' missing"):
+        store.get(a.version)
+    session = store.repo.writable_session("main")
+    zarr.open_group(session.store, mode="a").attrs["format"] = "other/9"
+    session.commit("other format")
+    with pytest.raises(StoreError, match="unsupported store format 'other/9'"):
+        ArtifactStore(tmp_path / "s")
+
+
+def test_damaged_repository_files_are_named(tmp_path):
+    path = tmp_path / "s"
+    ArtifactStore(path).put("dataset", {}, [], "c", {"x": np.ones(2)})
+    for snap in (path / "snapshots").iterdir():
+        snap.write_bytes(b"garbage")
+    with pytest.raises(StoreError, match=str(path.name)):
+        ArtifactStore(path).ls()
+
+
+def test_cli_ls_show_lineage_tag_gc(tmp_path):
+    path = tmp_path / "s"
+    store = ArtifactStore(path)
+    d, _ = store.put("dataset", {"n": 1}, [], "c", {"x": np.ones(2)})
+    h, _ = store.put("head", {"n": 1}, [d.version], "c", {"w": np.ones(3, np.float32)})
+    j, _ = store.put("head", {"n": 2}, [d.version], "c", {"w": np.ones(3, np.float32)})
+    run = lambda *args: CliRunner().invoke(cli, ["artifacts", "--store", str(path), *args])
+    r = run("ls")
+    assert r.exit_code == 0 and d.version in r.output and h.version in r.output
+    shown = json.loads(run("show", h.version).output)
+    assert shown["arrays"]["w"] == {"shape": [3], "dtype": "float32"} and shown["inputs"] == [d.version]
+    assert run("lineage", h.version).output.splitlines() == [h.version, "  " + d.version]
+    assert "tagged" in run("tag", h.version, "best").output
+    r = run("gc", "--dry-run")
+    assert "would delete 1 versions" in r.output and j.version in r.output
+    assert "deleted 1 versions" in run("gc").output
+    missing = run("show", "head-123")
+    assert missing.exit_code != 0 and "head-123" in missing.output
+    absent = CliRunner().invoke(cli, ["artifacts", "--store", str(tmp_path / "nope"), "ls"])
+    assert absent.exit_code != 0 and "does not exist" in absent.output
