@@ -2,7 +2,8 @@
 
 Writes and reads ``--edges`` rows × 13 coefficients (float32 and float16) through the Icechunk
 store (``storage.shards.put_rows``: sharded along edges, forked sessions, one commit) and through
-``numpy.save``/``numpy.load``, with 1 and 2 parallel writers. Each writer produces its own rows
+``numpy.save``/``numpy.load``, with 1 and 2 parallel writers. "store" keeps one 65,536-row chunk
+per file; "codec" packs 8 chunks per shard file with Zarr's sharding codec. Each writer produces its own rows
 from a seed (nothing large crosses processes, for either side); a 2-writer numpy run writes one
 ``.npy`` file per writer. Reads are whole-array reads by the coordinator. Prints a table and
 writes JSON.
@@ -62,13 +63,14 @@ def numpy_roundtrip(folder: Path, edges: int, dtype: str, writers: int) -> tuple
     return write, time.perf_counter() - t
 
 
-def store_roundtrip(folder: Path, edges: int, dtype: str, writers: int) -> tuple[float, float]:
+def store_roundtrip(folder: Path, edges: int, dtype: str, writers: int,
+                    chunks_per_shard: int) -> tuple[float, float]:
     store = ArtifactStore(folder / "store")
     t = time.perf_counter()
     art, created = put_rows(store, "splines", {"edges": edges, "dtype": dtype}, [], "bench",
                             source=partial(make_rows, dtype=dtype), rows=edges,
                             layout={"coefficients": ((C,), np.dtype(dtype).str)},
-                            chunk_rows=65_536, chunks_per_shard=8, workers=writers)
+                            chunk_rows=65_536, chunks_per_shard=chunks_per_shard, workers=writers)
     os.sync()
     write = time.perf_counter() - t
     assert created
@@ -90,7 +92,8 @@ def main(argv: list[str] | None = None) -> None:
         mb = a.edges * C * np.dtype(dtype).itemsize / 1e6
         for writers in (1, 2):
             result = {"dtype": dtype, "writers": writers, "MB": mb}
-            for name, fn in (("numpy", numpy_roundtrip), ("store", store_roundtrip)):
+            for name, fn in (("numpy", numpy_roundtrip), ("store", partial(store_roundtrip, chunks_per_shard=1)),
+                             ("codec", partial(store_roundtrip, chunks_per_shard=8))):
                 scratch = Path(tempfile.mkdtemp(dir=a.dir))
                 try:
                     w, r = fn(scratch, a.edges, dtype, writers)
@@ -98,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
                     shutil.rmtree(scratch, ignore_errors=True)
                 result[f"{name}_write_MBps"] = mb / w
                 result[f"{name}_read_MBps"] = mb / r
+            result["codec_read_ratio"] = result["codec_read_MBps"] / result["numpy_read_MBps"]
             result["write_ratio"] = result["store_write_MBps"] / result["numpy_write_MBps"]
             result["read_ratio"] = result["store_read_MBps"] / result["numpy_read_MBps"]
             rows.append(result)
@@ -109,7 +113,9 @@ def main(argv: list[str] | None = None) -> None:
                               ("write_ratio", "store/numpy write", ".2f"),
                               ("numpy_read_MBps", "numpy read MB/s", ".0f"),
                               ("store_read_MBps", "store read MB/s", ".0f"),
-                              ("read_ratio", "store/numpy read", ".2f")]))
+                              ("read_ratio", "store/numpy read", ".2f"),
+                              ("codec_write_MBps", "codec write MB/s", ".0f"),
+                              ("codec_read_MBps", "codec read MB/s", ".0f")]))
     for dtype in ("float32", "float16"):
         one, two = (r for r in rows if r["dtype"] == dtype)
         print(f"{dtype}: store write scaling 1→2 writers {two['store_write_MBps'] / one['store_write_MBps']:.2f}x")

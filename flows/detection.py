@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -48,15 +49,16 @@ from storage.store import Artifact, ArtifactStore, code_version, parse_location
 
 __all__ = ["synthetic_root", "detection_pipeline", "main"]
 
+_FLOW = sys.modules[__name__]  # the composition itself (seeding, parameters) is part of every stage
 CODE = {
-    "dataset": code_version(sharekan.detection.synthetic),
-    "features": code_version(sharekan.detection.backbone),
-    "head": code_version(sharekan.kan, sharekan.bspline, sharekan.detection.head, sharekan.detection.train),
-    "splines": code_version(sharekan.vq),
-    "codebook": code_version(sharekan.kmeans),
-    "encoded": code_version(sharekan.vq_kan),
-    "evaluation": code_version(sharekan.detection.evaluate, sharekan.detection.train),
-    "compression": code_version(sharekan.detection.compare, sharekan.vq_kan),
+    "dataset": code_version(_FLOW, sharekan.detection.synthetic),
+    "features": code_version(_FLOW, sharekan.detection.backbone),
+    "head": code_version(_FLOW, sharekan.kan, sharekan.bspline, sharekan.detection.head, sharekan.detection.train),
+    "splines": code_version(_FLOW, sharekan.vq),
+    "codebook": code_version(_FLOW, sharekan.kmeans),
+    "encoded": code_version(_FLOW, sharekan.vq_kan),
+    "evaluation": code_version(_FLOW, sharekan.detection.evaluate, sharekan.detection.train),
+    "compression": code_version(_FLOW, sharekan.detection.compare, sharekan.vq_kan),
 }
 
 
@@ -170,6 +172,7 @@ def detection_pipeline(data: str | None = None, train_splits: str = "2007:train"
 
     t = time.perf_counter()
     cfg = HeadConfig(in_channels=info.channels, hidden=hidden, grid_size=grid_size, stride=info.stride)
+    torch.manual_seed(seed)
     head = KANDetectionHead(cfg)
     head_params = {"config": cfg.to_dict(), "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed}
     head_inputs = [st.versions["features_train"], dataset.version]
@@ -177,7 +180,6 @@ def detection_pipeline(data: str | None = None, train_splits: str = "2007:train"
     if st.store.has(_vid("head", head_params, head_inputs)):
         arrays = {}
     else:
-        torch.manual_seed(seed)
         x, cls, box, centres = location_targets(feats["train"], train.samples, size, info.stride)
         head.fit_standardisation(x)
         ckpt = out_dir / "checkpoints" / "head.safetensors"
@@ -249,7 +251,7 @@ def _compress(st: _Stages, head: KANDetectionHead, head_art: Artifact, feats: to
         st.store, "splines", {"layers": [[lay.out_features, lay.in_features] for lay in layers]},
         [head_art.version], CODE["splines"],
         {"coefficients": coef, "shapes": shapes.numpy(), "gains": gains.numpy(), "biases": biases.numpy()},
-        chunk_rows=16_384, chunks_per_shard=2, workers=workers), t)
+        chunk_rows=16_384, workers=workers), t)
     codebooks = {}
     for k in default_ks(edges):
         t = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Codebook fitting on FAISS k-means (single process).
+"""Codebook fitting: FAISS k-means in one process, and the maths of distributed k-means.
 
 Shapes are unit vectors, so the codebook is fitted by spherical k-means (centroids renormalised
 each iteration): a codeword then has the norm of the shapes it stands for and ``g = ‖c − b‖``
@@ -13,7 +13,8 @@ import torch
 
 from .checks import check_finite, check_positive_int
 
-__all__ = ["MAX_K", "fit_codebook", "check_k"]
+__all__ = ["MAX_K", "fit_codebook", "check_k", "assign_stats", "update_centroids", "reseed_empty",
+           "init_centroids", "minibatch_update"]
 
 MAX_K = 65_536
 
@@ -46,3 +47,73 @@ def fit_codebook(points: torch.Tensor | np.ndarray, k: int, seed: int = 0, niter
                       min_points_per_centroid=1, verbose=False)
     km.train(x)
     return torch.from_numpy(np.array(km.centroids, dtype=np.float32, copy=True))
+
+
+# -- the maths of distributed k-means: shards return sums, the driver updates ---------------------
+
+def assign_stats(points: np.ndarray, centroids: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
+    """Assign ``points [n, d]`` to their nearest centroid; return the per-centroid ``sums`` (float64),
+    ``counts``, the objective (sum of squared distances) and the labels."""
+    from .vq import nearest
+
+    pts = np.ascontiguousarray(points, dtype=np.float32)
+    cb = np.ascontiguousarray(centroids, dtype=np.float32)
+    labels = nearest(torch.from_numpy(pts), torch.from_numpy(cb)).numpy()
+    k, d = cb.shape
+    sums = np.stack([np.bincount(labels, weights=pts[:, j], minlength=k) for j in range(d)], axis=1)
+    counts = np.bincount(labels, minlength=k).astype(np.int64)
+    diff = pts.astype(np.float64) - cb[labels].astype(np.float64)
+    return sums, counts, float(np.einsum("ij,ij->", diff, diff)), labels
+
+
+def update_centroids(sums: np.ndarray, counts: np.ndarray, previous: np.ndarray,
+                     spherical: bool = True) -> np.ndarray:
+    """Means of the assigned points (renormalised when ``spherical``); an empty cluster keeps its
+    previous centroid until :func:`reseed_empty` moves it."""
+    out = previous.astype(np.float64).copy()
+    live = counts > 0
+    out[live] = sums[live] / counts[live, None]
+    if spherical:
+        norms = np.linalg.norm(out[live], axis=1, keepdims=True)
+        out[live] = out[live] / np.where(norms > 0, norms, 1.0)
+    return out.astype(np.float32)
+
+
+def reseed_empty(centroids: np.ndarray, counts: np.ndarray, seed: int, iteration: int
+                 ) -> tuple[np.ndarray, int]:
+    """Split the largest cluster for each empty one (FAISS's rule): the two halves move apart by a
+    tiny seeded perturbation. Deterministic in ``(seed, iteration)``; returns how many were reseeded."""
+    counts = counts.astype(np.float64).copy()
+    out = centroids.copy()
+    empty = np.flatnonzero(counts == 0)
+    rng = np.random.default_rng([seed, iteration])
+    for j in empty:
+        big = int(np.argmax(counts))
+        eps = rng.standard_normal(out.shape[1]).astype(np.float32) * 1e-4
+        out[j] = out[big] + eps
+        out[big] = out[big] - eps
+        counts[j] = counts[big] / 2
+        counts[big] /= 2
+    return out, len(empty)
+
+
+def init_centroids(points: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """``k`` distinct points drawn at random (seeded) as the initial centroids."""
+    check_k(k, len(points), "points")
+    idx = np.sort(np.random.default_rng(seed).choice(len(points), size=k, replace=False))
+    return np.ascontiguousarray(points[idx], dtype=np.float32)
+
+
+def minibatch_update(centroids: np.ndarray, totals: np.ndarray, sums: np.ndarray, counts: np.ndarray,
+                     spherical: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Sculley's mini-batch step (the paper's algorithm): each centroid moves toward its batch
+    mean with rate ``n_batch / n_seen``; ``totals`` counts points seen per centroid so far."""
+    totals = totals + counts
+    out = centroids.astype(np.float64).copy()
+    live = counts > 0
+    rate = counts[live] / totals[live]
+    out[live] = (1 - rate)[:, None] * out[live] + rate[:, None] * (sums[live] / counts[live, None])
+    if spherical:
+        out[live] /= np.linalg.norm(out[live], axis=1, keepdims=True).clip(min=1e-12)
+    return out.astype(np.float32), totals

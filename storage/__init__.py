@@ -1,1 +1,2 @@
-"""Everything the pipeline keeps on disk: checkpoints, feature caches, reports."""
+"""Everything the pipeline keeps: the versioned Icechunk artifact store (``store``), row-sharded
+artifacts written in parallel (``shards``), and plain atomic files (``files``)."""

@@ -1,4 +1,4 @@
-"""Atomic files: tensors (safetensors), JSON, and a keyed tensor cache.
+"""Atomic files outside the versioned store: training checkpoints (safetensors) and reports (JSON).
 
 Every write goes to a temporary file in the target folder, is flushed to disk, then renamed over
 the target, so a killed writer leaves either the previous file or the new one, never half of one.
@@ -6,7 +6,6 @@ the target, so a killed writer leaves either the previous file or the new one, n
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -17,7 +16,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from safetensors import safe_open
 
-__all__ = ["atomic_write", "save_tensors", "load_tensors", "save_json", "content_key", "cached_tensors"]
+__all__ = ["atomic_write", "save_tensors", "load_tensors", "save_json"]
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -59,20 +58,3 @@ def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
 def save_json(path: str | Path, obj) -> Path:
     text = json.dumps(obj, indent=2, sort_keys=False, default=str)
     return atomic_write(path, lambda p: p.write_text(text + "\n"))
-
-
-def content_key(*parts) -> str:
-    """A short hash of JSON-serialisable ``parts``."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def cached_tensors(cache_dir: str | Path, name: str, key: str,
-                   compute: Callable[[], dict[str, torch.Tensor]], metadata: dict | None = None
-                   ) -> tuple[dict[str, torch.Tensor], bool]:
-    """Load ``cache_dir/name-key.safetensors`` or compute and store it; returns ``(tensors, hit)``."""
-    path = Path(cache_dir) / f"{name}-{key}.safetensors"
-    if path.is_file():
-        return load_tensors(path)[0], True
-    tensors = compute()
-    save_tensors(path, tensors, {"key": key, **(metadata or {})})
-    return tensors, False

@@ -33,7 +33,7 @@ def put_rows(store: ArtifactStore, stage: str, params: dict, inputs: list[str], 
              arrays: dict[str, np.ndarray] | None = None, *,
              source: Callable[[int, int], dict[str, np.ndarray]] | None = None, rows: int | None = None,
              layout: dict[str, tuple[tuple[int, ...], str]] | None = None, chunk_rows: int = 65_536,
-             chunks_per_shard: int = 4, workers: int = 2, meta: dict | None = None) -> tuple[Artifact, bool]:
+             chunks_per_shard: int = 1, workers: int = 2, meta: dict | None = None) -> tuple[Artifact, bool]:
     """Store row arrays sharded along rows, written by ``workers`` processes.
 
     Either ``arrays`` (same first dimension; each worker is sent only its rows), or a picklable
@@ -73,7 +73,7 @@ def put_rows(store: ArtifactStore, stage: str, params: dict, inputs: list[str], 
 def read_shard(artifact: Artifact, name: str, index: int) -> np.ndarray:
     """Rows of shard ``index`` of array ``name`` (reads that shard's file only)."""
     arr = artifact.array(name)
-    shard_rows = arr.shards[0] if arr.shards else arr.chunks[0]
+    shard_rows = (arr.shards or arr.chunks)[0]
     n = -(-arr.shape[0] // shard_rows)
     if not 0 <= index < n:
         raise IndexError(f"{artifact.version}/{name} has {n} shards, no shard {index}")

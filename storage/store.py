@@ -275,7 +275,8 @@ class ArtifactStore:
 
         ``layout`` maps each array name to ``(trailing shape, dtype)``; arrays are
         ``[rows, *trailing]``, chunked by ``chunk_rows`` rows with ``chunks_per_shard`` chunks per
-        shard file, uncompressed (spline coefficients barely compress; throughput matters). ``write_shards(session, ranges)`` receives a clean writable session and the
+        shard file (Zarr's sharding codec; with 1, each chunk is its own file, which reads about 3×
+        faster here — bench/NOTES.md), uncompressed (spline coefficients barely compress). ``write_shards(session, ranges)`` receives a clean writable session and the
         shard-aligned row ranges, forks the session for its workers (each writes whole shards of
         the group's arrays through :func:`open_artifact_group`) and returns their fork sessions,
         which are merged and committed once.
@@ -289,7 +290,8 @@ class ArtifactStore:
             group = root.create_group(version, overwrite=True)
             for name, (trailing, dtype) in layout.items():
                 group.create_array(name, shape=(rows, *trailing), dtype=dtype, compressors=None,
-                                   chunks=(chunk_rows, *trailing), shards=(shard_rows, *trailing))
+                                   chunks=(chunk_rows, *trailing),
+                                   shards=(shard_rows, *trailing) if chunks_per_shard > 1 else None)
             group.attrs.update(self._attrs(stage, version, params, inputs, code, meta, False))
         ranges = [(s, min(s + shard_rows, rows)) for s in range(0, rows, shard_rows)]
         session = self.repo.writable_session(BRANCH)
