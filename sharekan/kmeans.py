@@ -14,7 +14,7 @@ import torch
 from .checks import check_finite, check_positive_int
 
 __all__ = ["MAX_K", "fit_codebook", "check_k", "assign_stats", "update_centroids", "reseed_empty",
-           "init_centroids", "minibatch_update"]
+           "init_centroids", "minibatch_update", "lloyd"]
 
 MAX_K = 65_536
 
@@ -117,3 +117,29 @@ def minibatch_update(centroids: np.ndarray, totals: np.ndarray, sums: np.ndarray
     if spherical:
         out[live] /= np.linalg.norm(out[live], axis=1, keepdims=True).clip(min=1e-12)
     return out.astype(np.float32), totals
+
+
+def lloyd(stats, init: np.ndarray, niter: int = 25, tol: float = 1e-4, seed: int = 0,
+          spherical: bool = True, progress=None) -> tuple[np.ndarray, list[dict]]:
+    """Full-batch k-means driven by ``stats(centroids) -> (sums, counts, objective, moved)``: a
+    single array's :func:`assign_stats`, or per-shard statistics gathered from workers.
+
+    Stops after ``niter`` iterations or when the objective improves by less than ``tol``
+    (relative). Empty clusters are reseeded each iteration. Returns the centroids and a history
+    of ``{iteration, objective, moved, reseeded}`` (the objective of the centroids going in).
+    """
+    check_positive_int("niter", niter)
+    centroids = np.ascontiguousarray(init, dtype=np.float32)
+    history: list[dict] = []
+    for it in range(niter):
+        sums, counts, objective, moved = stats(centroids)
+        new = update_centroids(sums, counts, centroids, spherical)
+        new, reseeded = reseed_empty(new, counts, seed, it)
+        history.append({"iteration": it, "objective": objective, "moved": int(moved),
+                        "reseeded": reseeded})
+        if progress is not None:
+            progress(history[-1])
+        centroids = new
+        if it and history[-2]["objective"] - objective <= tol * abs(history[-2]["objective"]):
+            break
+    return centroids, history

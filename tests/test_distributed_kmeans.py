@@ -1,0 +1,141 @@
+"""Distributed k-means on a real local Ray cluster (one per test module), shards from the store."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+
+from sharekan.kmeans import assign_stats, init_centroids, lloyd
+from storage.shards import put_rows
+from storage.store import ArtifactStore
+from tasks.cluster import connect
+from tasks.kmeans import distributed_kmeans
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    connect(num_cpus=2)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory, cluster):
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((12, 13))
+    pts = centres[rng.integers(0, 12, 6000)] + 0.3 * rng.standard_normal((6000, 13))
+    pts = (pts / np.linalg.norm(pts, axis=1, keepdims=True)).astype(np.float32)
+    path = tmp_path_factory.mktemp("km") / "store"
+    art, _ = put_rows(ArtifactStore(path), "splines", {"n": 6000}, [], "c", {"shapes": pts},
+                      chunk_rows=1500, workers=2)
+    return str(path), art.version, pts
+
+
+def single(pts, init, niter=30):
+    def stats(c):
+        s, n, o, _ = assign_stats(pts, c)
+        return s, n, o, 0
+    return lloyd(stats, init, niter=niter, seed=0)
+
+
+def test_distributed_equals_single_process(shapes):
+    path, version, pts = shapes
+    init = init_centroids(pts, 16, seed=3)
+    dist, hist = distributed_kmeans(path, version, "shapes", 16, init=init, niter=30, progress=False)
+    ref, ref_hist = single(pts, init)
+    assert np.allclose(dist, ref, atol=1e-5)
+    assert np.array_equal(assign_stats(pts, dist)[3], assign_stats(pts, ref)[3])
+    assert len(hist) == len(ref_hist) and hist[-1]["objective"] <= hist[0]["objective"]
+
+
+def test_deterministic_across_runs(shapes):
+    path, version, _ = shapes
+    a, ha = distributed_kmeans(path, version, "shapes", 20, seed=7, niter=10, progress=False)
+    b, hb = distributed_kmeans(path, version, "shapes", 20, seed=7, niter=10, progress=False)
+    assert np.array_equal(a, b) and [h["objective"] for h in ha] == [h["objective"] for h in hb]
+
+
+def test_empty_clusters_are_reseeded(shapes):
+    path, version, pts = shapes
+    init = np.repeat(pts[:4], 2, axis=0)  # duplicated centroids: half of them start empty
+    cb, hist = distributed_kmeans(path, version, "shapes", 8, init=init, niter=15, progress=False)
+    assert hist[0]["reseeded"] == 4
+    assert np.all(assign_stats(pts, cb)[1] > 0)  # every cluster owns points at the end
+
+
+def _shard_actor_pids() -> list[int]:
+    out = subprocess.run(["pgrep", "-f", "^ray::ShardActor"], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def test_killed_shard_actor_restarts_and_gives_the_same_codebook(shapes):
+    path, version, pts = shapes
+    init = init_centroids(pts, 16, seed=5)
+    undisturbed, _ = distributed_kmeans(path, version, "shapes", 16, init=init, niter=25, tol=0,
+                                           progress=False)
+    killed = []
+
+    def kill_one_mid_run():
+        deadline = time.time() + 60
+        while not killed and time.time() < deadline:
+            pids = _shard_actor_pids()
+            if len(pids) >= 4:
+                time.sleep(0.3)  # let a few iterations run
+                os.kill(pids[0], signal.SIGKILL)  # a real process kill of one shard actor
+                killed.append(pids[0])
+            time.sleep(0.02)
+
+    t = threading.Thread(target=kill_one_mid_run)
+    t.start()
+    disturbed, hist = distributed_kmeans(path, version, "shapes", 16, init=init, niter=25, tol=0,
+                                            progress=False)
+    t.join()
+    assert killed
+    assert np.array_equal(disturbed, undisturbed)
+
+
+def test_unreadable_shard_is_named(shapes):
+    path, _, _ = shapes
+    with pytest.raises(Exception, match="splines-missing"):
+        distributed_kmeans(path, "splines-missing", "shapes", 4, progress=False)
+
+
+CLUSTER_SCRIPT = textwrap.dedent("""
+    import sys
+    from tasks.cluster import connect
+    from tasks.kmeans import distributed_kmeans
+    connect(address=sys.argv[1])
+    cb, hist = distributed_kmeans(sys.argv[2], sys.argv[3], "shapes", 8, niter=5, progress=False)
+    print("centroids", cb.shape[0], len(hist))
+""")
+
+
+def test_cluster_started_with_ray_start_head(shapes, tmp_path):
+    path, version, _ = shapes
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+           "PYTHONPATH": str(ROOT)}
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    port = 6390
+    start = subprocess.run([ray_bin, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+                            "--num-cpus=1", "--include-dashboard=false", "--disable-usage-stats"],
+                           env=env, capture_output=True, text=True, timeout=120)
+    assert start.returncode == 0, start.stderr[-2000:]
+    try:
+        script = tmp_path / "client.py"
+        script.write_text(CLUSTER_SCRIPT)
+        out = subprocess.run([sys.executable, str(script), f"127.0.0.1:{port}", path, version],
+                             env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert "centroids 8 5" in out.stdout or "centroids 8" in out.stdout
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
