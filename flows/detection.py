@@ -45,7 +45,7 @@ from sharekan.kmeans import fit_codebook
 from sharekan.vq import decompose
 from storage.files import save_json, save_tensors
 from storage.shards import put_rows
-from storage.store import Artifact, ArtifactStore, code_version, parse_location
+from storage.store import Artifact, ArtifactStore, code_version, parse_location, version_id
 
 __all__ = ["synthetic_root", "detection_pipeline", "main"]
 
@@ -230,13 +230,12 @@ def detection_pipeline(data: str | None = None, train_splits: str = "2007:train"
                    for k in st.versions},
     }
     save_json(out_dir / "report.json", report)
-    print(f"\nstages: " + ", ".join(f"{k} {v:.1f}s" for k, v in st.seconds.items()))
+    print("\nstages: " + ", ".join(f"{k} {v:.1f}s" for k, v in st.seconds.items()))
     print(f"report: {out_dir / 'report.json'}")
     return report
 
 
 def _vid(stage: str, params: dict, inputs: list[str]) -> str:
-    from storage.store import version_id
     return version_id(stage, params, inputs, CODE[stage])
 
 

@@ -27,7 +27,6 @@ def test_shard_statistics_add_up_to_the_whole():
 
 
 def test_update_is_the_normalised_mean_and_keeps_empty_clusters():
-    pts = np.array([[1, 0], [0, 1], [5, 5]], np.float32)
     sums = np.array([[1.0, 1.0], [0.0, 0.0]])
     counts = np.array([2, 0])
     prev = np.array([[1, 0], [0, -1]], np.float32)

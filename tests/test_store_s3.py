@@ -1,6 +1,5 @@
 """The store on S3-compatible object storage: a real moto server on 127.0.0.1, started here."""
 
-import os
 import socket
 import subprocess
 import sys
