@@ -15,7 +15,7 @@ import time
 import numpy as np
 import ray
 
-from sharekan.kmeans import assign_stats, check_k, init_centroids, lloyd
+from sharekan.kmeans import assign_stats, check_k, init_centroids, lloyd, minibatch_update
 from storage.shards import read_shard
 from storage.store import ArtifactStore
 
@@ -48,6 +48,11 @@ class ShardActor:
         self.labels = labels
         return sums, counts, objective, moved
 
+    def batch(self, centroids: np.ndarray, n: int, seed: int):
+        """Statistics of ``n`` points of this shard drawn with ``seed`` (mini-batch mode)."""
+        sums, counts, objective, _ = assign_stats(self.sample(n, seed), centroids)
+        return sums, counts, objective
+
     def assign(self, centroids: np.ndarray) -> np.ndarray:
         return assign_stats(self.points, centroids)[3]
 
@@ -57,11 +62,16 @@ class ShardActor:
 
 
 def distributed_kmeans(location, version: str, name: str, k: int, seed: int = 0, niter: int = 25,
-                       tol: float = 1e-4, init: np.ndarray | None = None, progress: bool = True):
+                       tol: float = 1e-4, init: np.ndarray | None = None, mode: str = "full",
+                       batch_size: int = 4096, progress: bool = True):
     """Fit ``k`` centroids to the rows of ``version/name``, one actor per shard.
 
-    Returns ``(centroids, history)``; ``init`` overrides the seeded initialisation
-    (``k`` points sampled across shards in proportion to their size)."""
+    ``mode="full"`` is Lloyd over all points (default); ``"minibatch"`` is the paper's
+    mini-batch k-means (``batch_size`` points per iteration, split across shards by size; the
+    objective reported is the batch's). Returns ``(centroids, history)``; ``init`` overrides the
+    seeded initialisation (``k`` points sampled across shards in proportion to their size)."""
+    if mode not in ("full", "minibatch"):
+        raise ValueError(f"mode must be 'full' or 'minibatch', got {mode!r}")
     art = ArtifactStore(location, create=False).get(version)
     arr = art.array(name)
     shard_rows = (arr.shards or arr.chunks)[0]
@@ -97,8 +107,27 @@ def distributed_kmeans(location, version: str, name: str, k: int, seed: int = 0,
                   flush=True)
 
     try:
-        centroids, history = lloyd(stats, init, niter=niter, tol=tol, seed=seed, progress=report)
+        if mode == "full":
+            centroids, history = lloyd(stats, init, niter=niter, tol=tol, seed=seed, progress=report)
+        else:
+            centroids, history = _minibatch(actors, sizes, init, niter, batch_size, seed, report)
     finally:
         for a in actors:  # free their CPU shares now, not when the handles are collected
             ray.kill(a)
+    return centroids, history
+
+
+def _minibatch(actors, sizes, init, niter, batch_size, seed, report):
+    centroids = np.ascontiguousarray(init, dtype=np.float32)
+    totals = np.zeros(len(centroids), dtype=np.int64)
+    per_shard = [max(1, round(batch_size * s / sum(sizes))) for s in sizes]
+    history = []
+    for it in range(niter):
+        ref = ray.put(centroids)
+        parts = ray.get([a.batch.remote(ref, n, seed * 1_000_003 + it * 1_009 + i)
+                         for i, (a, n) in enumerate(zip(actors, per_shard))])
+        sums, counts = sum(p[0] for p in parts), sum(p[1] for p in parts)
+        centroids, totals = minibatch_update(centroids, totals, sums, counts)
+        history.append({"iteration": it, "objective": sum(p[2] for p in parts), "moved": 0, "reseeded": 0})
+        report(history[-1])
     return centroids, history

@@ -65,6 +65,19 @@ def test_deterministic_across_runs(shapes):
     assert np.array_equal(a, b) and [h["objective"] for h in ha] == [h["objective"] for h in hb]
 
 
+def test_minibatch_mode_lowers_the_objective_and_is_deterministic(shapes):
+    path, version, pts = shapes
+    init = init_centroids(pts, 12, seed=2)
+    a, hist = distributed_kmeans(path, version, "shapes", 12, init=init, mode="minibatch", niter=15,
+                                 batch_size=600, progress=False)
+    b, _ = distributed_kmeans(path, version, "shapes", 12, init=init, mode="minibatch", niter=15,
+                              batch_size=600, progress=False)
+    assert np.array_equal(a, b) and len(hist) == 15
+    assert assign_stats(pts, a)[2] < assign_stats(pts, init)[2]
+    with pytest.raises(ValueError, match="mode"):
+        distributed_kmeans(path, version, "shapes", 12, mode="two-level")
+
+
 def test_empty_clusters_are_reseeded(shapes):
     path, version, pts = shapes
     init = np.repeat(pts[:4], 2, axis=0)  # duplicated centroids: half of them start empty
