@@ -25,7 +25,6 @@ import fcntl
 import hashlib
 import json
 import os
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -340,7 +339,6 @@ class ArtifactStore:
             del root[p]
         self._commit(session, f"gc: delete {len(doomed)} versions", {"gc": True})
         cutoff = datetime.now(timezone.utc)
-        time.sleep(0.01)
         self.repo.expire_snapshots(older_than=cutoff)
         result = self.repo.garbage_collect(cutoff)
         summary["bytes_deleted"] = int(getattr(result, "bytes_deleted", 0))

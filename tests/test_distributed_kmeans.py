@@ -149,6 +149,6 @@ def test_cluster_started_with_ray_start_head(shapes, tmp_path):
         out = subprocess.run([sys.executable, str(script), f"127.0.0.1:{port}", path, version],
                              env=env, capture_output=True, text=True, timeout=300)
         assert out.returncode == 0, out.stderr[-2000:]
-        assert "centroids 8 5" in out.stdout or "centroids 8" in out.stdout
+        assert "centroids 8" in out.stdout  # 8 centroids; ≤ 5 iterations (tol may stop it early)
     finally:
         subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
