@@ -14,7 +14,7 @@ import torch
 from .checks import check_finite, check_positive_int
 
 __all__ = ["MAX_K", "fit_codebook", "check_k", "assign_stats", "update_centroids", "reseed_empty",
-           "init_centroids", "minibatch_update", "lloyd"]
+           "init_centroids", "minibatch_update", "lloyd", "split_k"]
 
 MAX_K = 65_536
 
@@ -143,3 +143,24 @@ def lloyd(stats, init: np.ndarray, niter: int = 25, tol: float = 1e-4, seed: int
         if it and history[-2]["objective"] - objective <= tol * abs(history[-2]["objective"]):
             break
     return centroids, history
+
+
+def split_k(counts: np.ndarray, k: int) -> np.ndarray:
+    """Share ``k`` fine centroids among coarse clusters of ``counts`` points (two-level k-means):
+    proportional by largest remainder, at least one per non-empty cluster and never more than its
+    points; sums to ``k`` (requires ``k ≤ counts.sum()``)."""
+    counts = np.asarray(counts, dtype=np.int64)
+    check_k(k, int(counts.sum()), "points")
+    if k < int((counts > 0).sum()):
+        raise ValueError(f"K = {k} is smaller than the {int((counts > 0).sum())} non-empty coarse clusters")
+    exact = k * counts / counts.sum()
+    out = np.minimum(np.maximum(np.floor(exact).astype(np.int64), (counts > 0).astype(np.int64)), counts)
+    order = np.argsort(-(exact - np.floor(exact)), kind="stable")
+    while out.sum() != k:  # hand out (or take back) the remainder, largest fraction first
+        step = 1 if out.sum() < k else -1
+        for j in order if step == 1 else order[::-1]:
+            if out.sum() == k:
+                break
+            if (step == 1 and out[j] < counts[j]) or (step == -1 and out[j] > 1):
+                out[j] += step
+    return out

@@ -17,7 +17,7 @@ from sharekan.kmeans import assign_stats, init_centroids, lloyd
 from storage.shards import put_rows
 from storage.store import ArtifactStore
 from tasks.cluster import connect
-from tasks.kmeans import distributed_kmeans
+from tasks.kmeans import ShardError, ShardPool, check_shard_memory, distributed_kmeans
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,7 +36,8 @@ def shapes(tmp_path_factory, cluster):
     pts = centres[rng.integers(0, 12, 6000)] + 0.3 * rng.standard_normal((6000, 13))
     pts = (pts / np.linalg.norm(pts, axis=1, keepdims=True)).astype(np.float32)
     path = tmp_path_factory.mktemp("km") / "store"
-    art, _ = put_rows(ArtifactStore(path), "splines", {"n": 6000}, [], "c", {"shapes": pts},
+    extra = {"gains": rng.random(6000).astype(np.float32), "biases": rng.standard_normal(6000).astype(np.float16)}
+    art, _ = put_rows(ArtifactStore(path), "splines", {"n": 6000}, [], "c", {"shapes": pts, **extra},
                       chunk_rows=1500, workers=2)
     return str(path), art.version, pts
 
@@ -75,7 +76,44 @@ def test_minibatch_mode_lowers_the_objective_and_is_deterministic(shapes):
     assert np.array_equal(a, b) and len(hist) == 15
     assert assign_stats(pts, a)[2] < assign_stats(pts, init)[2]
     with pytest.raises(ValueError, match="mode"):
-        distributed_kmeans(path, version, "shapes", 12, mode="two-level")
+        distributed_kmeans(path, version, "shapes", 12, mode="bogus")
+
+
+def test_two_level_mode_is_deterministic_and_close_to_full(shapes):
+    path, version, pts = shapes
+    a, hist = distributed_kmeans(path, version, "shapes", 40, seed=1, niter=15, mode="two-level", progress=False)
+    b, _ = distributed_kmeans(path, version, "shapes", 40, seed=1, niter=15, mode="two-level", progress=False)
+    full, _ = distributed_kmeans(path, version, "shapes", 40, seed=1, niter=15, progress=False)
+    assert a.shape == (40, 13) and np.array_equal(a, b)
+    assert hist[-1]["phase"] == "fine" and hist[0]["phase"] == "coarse"
+    obj = assign_stats(pts, a)[2]
+    assert obj == pytest.approx(hist[-1]["objective"], rel=1e-5)
+    assert obj < 1.15 * assign_stats(pts, full)[2]  # two-level trades a little objective for parallelism
+    with pytest.raises(ValueError, match="fine centroids"):
+        distributed_kmeans(path, version, "shapes", 8, mode="two-level", coarse_k=9, progress=False)
+
+
+def test_final_pass_writes_indices_gains_biases_per_shard(shapes, tmp_path):
+    path, version, pts = shapes
+    store = ArtifactStore(path)
+    with ShardPool(path, version, "shapes") as pool:
+        cb, _ = pool.fit(16, seed=0, niter=5, progress=False)
+        art, created = pool.write_assignment(store, "encoded", {"k": 16}, [version], "c", cb)
+        again, created_again = pool.write_assignment(store, "encoded", {"k": 16}, [version], "c", cb)
+    src = store.get(version)
+    assert created and not created_again and again.version == art.version
+    assert art.array("indices").dtype == np.uint8 and art.array("indices").chunks == (1500,)
+    assert np.array_equal(art.array("indices")[...], assign_stats(pts, cb)[3])
+    for name in ("gains", "biases"):
+        assert np.array_equal(art.array(name)[...], src.array(name)[...])
+        assert art.array(name).dtype == src.array(name).dtype
+    assert store.lineage(art.version)["inputs"][0]["version"] == version
+
+
+def test_shard_larger_than_any_node_is_refused_naming_it():
+    check_shard_memory([10, 20], 30, "v/shapes")
+    with pytest.raises(ShardError, match="shard 1 of v/shapes"):
+        check_shard_memory([10, 40], 30, "v/shapes")
 
 
 def test_empty_clusters_are_reseeded(shapes):
@@ -126,7 +164,7 @@ def test_unreadable_shard_is_named(shapes):
 CLUSTER_SCRIPT = textwrap.dedent("""
     import sys
     from tasks.cluster import connect
-    from tasks.kmeans import distributed_kmeans
+    from tasks.kmeans import ShardError, ShardPool, check_shard_memory, distributed_kmeans
     connect(address=sys.argv[1])
     cb, hist = distributed_kmeans(sys.argv[2], sys.argv[3], "shapes", 8, niter=5, progress=False)
     print("centroids", cb.shape[0], len(hist))
