@@ -9,11 +9,11 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,bench]'
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m flows.detection
+	$(VENV)/bin/sharekan run
 
 test: $(STAMP)
 	$(PY) -m pytest -q

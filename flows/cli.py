@@ -1,8 +1,15 @@
-"""The ``sharekan`` command line: ``sharekan artifacts ls | show | lineage | tag | gc``."""
+"""The ``sharekan`` command line: ``run`` (the pipeline), ``server`` (local Prefect server, work
+pool, worker and Ray head), ``deploy`` (deployments/prefect.yaml) and ``artifacts ls | show |
+lineage | tag | gc``."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import time
+from contextlib import ExitStack, nullcontext
+from pathlib import Path
 
 import click
 
@@ -19,6 +26,125 @@ def _store(location: str | None) -> ArtifactStore:
 @click.group()
 def main() -> None:
     """SHARe-KAN: KAN heads compressed by Gain-Shape-Bias VQ."""
+
+
+def _params(overrides: dict, params_json: str | None):
+    from pydantic import ValidationError
+
+    from flows.params import PipelineParams
+
+    base = json.loads(Path(params_json).read_text() if params_json and Path(params_json).is_file()
+                      else params_json or "{}")
+    for key, value in overrides.items():
+        if value is not None:
+            section, _, name = key.partition(".")
+            base.setdefault(section, {})[name] = value
+    try:
+        return PipelineParams.model_validate(base)
+    except ValidationError as e:
+        raise click.BadParameter(str(e), param_hint="parameters") from None
+
+
+@main.command()
+@click.option("--data", help="VOCdevkit root (default: the embedded synthetic data set)")
+@click.option("--n-train", type=int, help="synthetic training images [1000]")
+@click.option("--n-test", type=int, help="synthetic test images [200]")
+@click.option("--epochs", type=int, help="training epochs [6]")
+@click.option("--seed", type=int, help="seed for training and k-means [0]")
+@click.option("--k", "ks", type=int, multiple=True, help="codebook size (repeatable) [256, 4096, min(edges, 65536)]")
+@click.option("--kmeans-mode", type=click.Choice(["full", "minibatch", "two-level"]), help="[full]")
+@click.option("--store", help="artifact store folder or s3://bucket/prefix [$SHAREKAN_STORE or artifacts/store]")
+@click.option("--out", help="report folder [artifacts/detection]")
+@click.option("--params", "params_json", help="all parameters as JSON (a file or a string); options override it")
+@click.option("--address", help="Ray cluster: 'auto' or ray://host:port [a local cluster]")
+@click.option("--no-lutham", is_flag=True, help="skip the LUTHAM compile/validate stage")
+def run(data, n_train, n_test, epochs, seed, ks, kmeans_mode, store, out, params_json, address, no_lutham) -> None:
+    """Run the whole pipeline (local Ray, Prefect's API: $PREFECT_API_URL or a temporary local server)."""
+    params = _params({"data.data": data, "data.n_train": n_train, "data.n_test": n_test, "train.epochs": epochs,
+                      "train.seed": seed, "compress.seed": seed, "compress.ks": list(ks) or None,
+                      "compress.kmeans_mode": kmeans_mode}, params_json)
+    params = params.model_copy(update={k: v for k, v in {"store": store, "out": out}.items() if v is not None}
+                               | ({"lutham": False} if no_lutham else {}))
+    from flows.local import prefect_env, prefect_server
+
+    api = os.environ.get("PREFECT_API_URL")
+    Path(params.out).mkdir(parents=True, exist_ok=True)
+    with (nullcontext(api) if api else prefect_server(log=Path(params.out) / "prefect-server.log")) as url:
+        os.environ.update({k: v for k, v in prefect_env(url).items() if k.startswith(("PREFECT_", "RAY_"))})
+        if not api:
+            click.echo(f"Prefect API (temporary, for this run): {url}")
+        from flows.pipeline import sharekan_pipeline
+        from sharekan.demo import format_table
+        from tasks.cluster import connect
+
+        resources = connect(address)
+        click.echo(f"Ray: {address or 'local'} cluster, {resources.get('CPU', 0):.0f} CPUs, "
+                   f"{resources.get('GPU', 0):.0f} GPUs")
+        report = sharekan_pipeline(params)
+        _flush_logs()
+    click.echo("\n" + format_table(report["variants"], [
+        ("variant", "variant", "s"), ("map50", "mAP@0.5", ".4f"), ("delta_map50", "Δ mAP", "+.4f"),
+        ("storage_bytes", "storage B", ",d"), ("compression", "ratio", ".1f"),
+        ("runtime_bytes_1img", "runtime B 1 img", ",d")]))
+    click.echo("\nartifact versions:")
+    for name, s in report["stages"].items():
+        state = s.get("skipped") or ("new" if s.get("created") else "reused")
+        click.echo(f"  {name:16s} {s.get('version') or '-':44s} {state:8s} {s.get('seconds', 0):7.1f}s")
+    click.echo(f"\nreport: {Path(params.out) / 'report.json'} (and report.md) in {report['seconds']:.0f}s")
+
+
+def _flush_logs() -> None:
+    """Send buffered run logs to the API (before a temporary server stops) and leave Ray."""
+    import ray
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=10)
+    ray.shutdown()
+
+
+@main.command()
+@click.option("--port", default=4200, show_default=True, help="Prefect server port")
+@click.option("--ray-port", default=6379, show_default=True, help="Ray head port")
+@click.option("--no-ray", is_flag=True, help="do not start a Ray head (flows then start a local one)")
+def server(port: int, ray_port: int, no_ray: bool) -> None:
+    """Start a Prefect server, the process work pool and a worker, and a Ray head (127.0.0.1)."""
+    from flows.local import POOL, prefect_server, ray_head, worker
+
+    logs = Path("artifacts/logs")
+    logs.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as stack:
+        url = stack.enter_context(prefect_server(port, log=logs / "prefect-server.log"))
+        if not no_ray:
+            os.environ["SHAREKAN_RAY_ADDRESS"] = stack.enter_context(ray_head(ray_port))
+        stack.enter_context(worker(url, log=logs / "prefect-worker.log"))
+        click.echo(f"Prefect UI:  {url.removesuffix('/api')}\n"
+                   f"API:         export PREFECT_API_URL={url}\n"
+                   f"work pool:   {POOL} (process), worker log {logs / 'prefect-worker.log'}\n"
+                   f"Ray head:    {os.environ.get('SHAREKAN_RAY_ADDRESS', 'none')}\n"
+                   f"next:        sharekan deploy   (Ctrl-C stops everything)")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            click.echo("stopping ...")
+
+
+@main.command()
+@click.option("--file", "prefect_file", default="deployments/prefect.yaml", show_default=True)
+@click.option("--name", "names", multiple=True, help="only this deployment (repeatable) [all]")
+def deploy(prefect_file: str, names: tuple[str, ...]) -> None:
+    """Register the deployments of deployments/prefect.yaml with the Prefect API ($PREFECT_API_URL)."""
+    from flows.local import bin_path, prefect_env
+
+    if not os.environ.get("PREFECT_API_URL"):
+        raise click.ClickException("PREFECT_API_URL is not set: start `sharekan server` and export the URL it prints")
+    if not Path(prefect_file).is_file():
+        raise click.ClickException(f"no deployment file {prefect_file}")
+    cmd = [bin_path("prefect"), "--no-prompt", "deploy", "--prefect-file", prefect_file]
+    cmd += [a for n in names for a in ("--name", n)] or ["--all"]
+    done = subprocess.run(cmd, env=prefect_env(os.environ["PREFECT_API_URL"]))
+    if done.returncode:
+        raise click.ClickException(f"prefect deploy failed (exit {done.returncode})")
 
 
 @main.group()

@@ -1,5 +1,6 @@
 """Connecting to Ray: a local cluster started on demand (127.0.0.1 only), ``"auto"`` (a running
-``ray start --head`` on this machine) or ``ray://host:port``."""
+``ray start --head`` on this machine) or ``ray://host:port``. The Prefect API URL (and the store
+location) are passed to every worker, so task runs on Ray report to the flow's API."""
 
 from __future__ import annotations
 
@@ -7,17 +8,32 @@ import os
 
 import ray
 
-__all__ = ["connect"]
+__all__ = ["connect", "worker_env", "init_kwargs"]
+
+_FORWARD = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_SERVER_ANALYTICS_ENABLED", "SHAREKAN_STORE",
+            "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+def worker_env() -> dict[str, str]:
+    """Environment every Ray worker needs from the driver."""
+    return {k: os.environ[k] for k in _FORWARD if os.environ.get(k)} | {"RAY_AUTH_MODE": "disabled"}
+
+
+def init_kwargs(address: str | None = None, num_cpus: int | None = None) -> dict:
+    """``ray.init`` arguments: a cluster ``address`` (else ``$SHAREKAN_RAY_ADDRESS``) or a local
+    cluster on 127.0.0.1 without dashboard; the workers get :func:`worker_env`."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    address = address or os.environ.get("SHAREKAN_RAY_ADDRESS") or None
+    kw = {"log_to_driver": False, "runtime_env": {"env_vars": worker_env()}}
+    if address:
+        return kw | {"address": address}
+    return kw | {"num_cpus": num_cpus or os.cpu_count(), "include_dashboard": False,
+                 "_node_ip_address": "127.0.0.1"}
 
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> dict:
     """Initialise Ray once per process; returns the cluster's resources."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if not ray.is_initialized():
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-                     _node_ip_address="127.0.0.1", log_to_driver=False)
+        ray.init(**init_kwargs(address, num_cpus))
     return ray.cluster_resources()

@@ -38,7 +38,13 @@ class ShardActor:
     """Holds shard ``index`` of array ``name`` of artifact ``version``."""
 
     def __init__(self, location, version: str, name: str, index: int):
+        import faiss
+        import torch
+
+        faiss.omp_set_num_threads(1)  # one core per actor: its CPU claim is ≤ 1
+        torch.set_num_threads(1)
         self.where = (location, version, name, index)
+        self.step_seconds: list[float] = []
         try:
             art = ArtifactStore(location, create=False).get(version)
             self.points = np.ascontiguousarray(read_shard(art, name, index), dtype=np.float32)
@@ -56,7 +62,9 @@ class ShardActor:
         return self.points[idx]
 
     def step(self, centroids: np.ndarray):
+        t = time.perf_counter()
         sums, counts, objective, labels = assign_stats(self.points, centroids)
+        self.step_seconds.append(time.perf_counter() - t)
         moved = len(labels) if self.labels is None else int((labels != self.labels).sum())
         self.labels = labels
         return sums, counts, objective, moved
@@ -94,6 +102,10 @@ class ShardActor:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def timings(self) -> list[float]:
+        """Seconds of each :meth:`step` (its compute, without Ray's transport)."""
+        return self.step_seconds
 
 
 def _np_index_dtype(k: int) -> np.dtype:
@@ -169,6 +181,10 @@ class ShardPool:
                     raise cause from e
                 raise ShardError(f"shard {i} of {self.what} failed: {e}") from e
         return out
+
+    def step_seconds(self) -> np.ndarray:
+        """``[shards, steps]`` compute seconds of each actor's steps (for overhead accounting)."""
+        return np.array(self.gather([a.timings.remote() for a in self.actors]))
 
     def stats(self, centroids: np.ndarray):
         ref = ray.put(centroids)

@@ -1,0 +1,160 @@
+"""Question: how does the distributed k-means compare with single-process FAISS and scikit-learn?
+
+One data set of ``--points`` unit shape vectors (d = 13): a trained head has far fewer edges than
+2 M, so the data is a documented synthetic mixture — 8,192 smooth random cubic-spline
+coefficient vectors (cumulative sums of Gaussian steps), each edge one of them scaled by a random
+gain, shifted by a random bias and perturbed by 10 % noise, then split by ``sharekan.vq.decompose``
+into bias, gain and the unit shape that is clustered. For each K, every method starts from the
+same seeded initial centroids and runs ``--niter`` iterations:
+
+* ``distributed w=1 / w=2``: ``tasks.kmeans`` on a local Ray cluster, the shapes stored as 1 or 2
+  shards (one actor and one core per shard);
+* ``faiss.Kmeans``: single process, every core (spherical, like ours);
+* ``MiniBatchKMeans``: scikit-learn, batch 4,096, ``--niter`` epochs, every core.
+
+Reported: seconds per iteration, final objective (sum of squared distances of all points to
+their nearest centroid, computed the same way for every method), time to reach the target
+objective (1.005 × FAISS's final one), and for the distributed runs the Ray overhead per
+iteration (iteration wall time minus the slowest actor's compute, over the wall time).
+
+    python bench/kmeans.py --points 2000000 --ks 4096 65536 --json bench/results/kmeans.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sharekan.demo import format_table  # noqa: E402
+from sharekan.kmeans import assign_stats, init_centroids  # noqa: E402
+from sharekan.vq import decompose  # noqa: E402
+from storage.shards import put_rows  # noqa: E402
+from storage.store import ArtifactStore  # noqa: E402
+from tasks.cluster import connect  # noqa: E402
+from tasks.kmeans import ShardPool  # noqa: E402
+
+D = 13
+
+
+def shapes(n: int, seed: int = 0, modes: int = 8192) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = np.cumsum(rng.standard_normal((modes, D)), axis=1)
+    pick = rng.integers(0, modes, n)
+    coef = centres[pick] * rng.uniform(0.2, 2.0, (n, 1)) + rng.standard_normal((n, 1))
+    coef += 0.1 * np.abs(coef).mean() * rng.standard_normal((n, D))
+    return decompose(torch.from_numpy(coef.astype(np.float32)))[0].numpy()
+
+
+def objective(x: np.ndarray, c: np.ndarray) -> float:
+    return assign_stats(x, c)[2]
+
+
+def time_to(target: float, trace: list[tuple[float, float]]) -> float | None:
+    """First time at which the objective is ≤ ``target`` in a ``[(seconds, objective)]`` trace."""
+    return next((t for t, o in trace if o <= target), None)
+
+
+def run_distributed(store_path, version, k, init, niter) -> dict:
+    with ShardPool(store_path, version, "shapes") as pool:
+        t0 = time.perf_counter()
+        cb, hist = pool.fit(k, niter=niter, tol=0, init=init, progress=False)
+        total = time.perf_counter() - t0
+        steps = pool.step_seconds()
+    walls = np.diff([0.0] + [h["seconds"] for h in hist])
+    slowest = steps[:, -len(walls):].max(axis=0)
+    return {"centroids": cb, "seconds": total, "per_iter": float(np.median(walls[1:] if len(walls) > 1 else walls)),
+            "overhead": float(np.median((walls - slowest) / walls)),
+            "trace": [(h["seconds"], h["objective"]) for h in hist]}
+
+
+def run_faiss(x, k, init, niter) -> dict:
+    import faiss
+
+    faiss.omp_set_num_threads(os.cpu_count())
+    km = faiss.Kmeans(D, k, niter=niter, seed=0, spherical=True, max_points_per_centroid=len(x),
+                      min_points_per_centroid=1, verbose=False)
+    t0 = time.perf_counter()
+    km.train(x, init_centroids=init)
+    total = time.perf_counter() - t0
+    stats = km.iteration_stats  # per iteration: objective, cumulative milliseconds
+    times = [s["time"] / 1000 for s in stats]
+    return {"centroids": np.array(km.centroids), "seconds": total,
+            "per_iter": float(np.median(np.diff([0.0] + times))), "overhead": None,
+            "trace": [(t, s["obj"]) for t, s in zip(times, stats)]}
+
+
+def run_minibatch(x, k, init, niter) -> dict:
+    from sklearn.cluster import MiniBatchKMeans
+
+    km = MiniBatchKMeans(n_clusters=k, init=init, n_init=1, batch_size=4096, max_iter=niter, random_state=0,
+                         compute_labels=False, max_no_improvement=None, tol=0.0)
+    t0 = time.perf_counter()
+    km.fit(x)
+    total = time.perf_counter() - t0
+    return {"centroids": km.cluster_centers_.astype(np.float32), "seconds": total,
+            "per_iter": total / max(1, km.n_iter_), "overhead": None, "trace": []}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--points", type=int, default=2_000_000)
+    p.add_argument("--ks", type=int, nargs="+", default=[4096, 65536])
+    p.add_argument("--niter", type=int, default=10)
+    p.add_argument("--niter-large", type=int, default=4, help="iterations for K ≥ 32,768 (each is ~16× K=4,096)")
+    p.add_argument("--json", default="bench/results/kmeans.json")
+    a = p.parse_args(argv)
+
+    x = shapes(a.points)
+    connect(num_cpus=os.cpu_count())
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        store = ArtifactStore(Path(tmp) / "store")
+        versions = {w: put_rows(store, "splines", {"points": a.points, "workers": w}, [], "bench",
+                                {"shapes": x}, chunk_rows=-(-a.points // w), workers=1)[0].version
+                    for w in (1, 2)}
+        for k in a.ks:
+            niter = a.niter if k < 32_768 else a.niter_large
+            init = init_centroids(x[np.random.default_rng(1).choice(len(x), 4 * k, replace=False)], k, seed=0)
+            runs = {}
+            for w in (1, 2):
+                print(f"K={k}: distributed, {w} worker(s) ...", flush=True)
+                runs[f"distributed w={w}"] = run_distributed(str(Path(tmp) / "store"), versions[w], k, init, niter)
+            print(f"K={k}: faiss.Kmeans ...", flush=True)
+            runs["faiss.Kmeans"] = run_faiss(x, k, init, niter)
+            print(f"K={k}: MiniBatchKMeans ...", flush=True)
+            runs["MiniBatchKMeans"] = run_minibatch(x, k, init, niter)
+            target = 1.005 * objective(x, runs["faiss.Kmeans"]["centroids"])
+            for name, r in runs.items():
+                final = objective(x, r["centroids"])
+                trace = r["trace"] + [(r["seconds"], final)]
+                results.append({"k": k, "method": name, "niter": niter, "seconds": r["seconds"],
+                                "per_iter_s": r["per_iter"], "final_objective": final,
+                                "target_objective": target, "seconds_to_target": time_to(target, trace),
+                                "ray_overhead": r["overhead"]})
+            w1, w2 = runs["distributed w=1"]["per_iter"], runs["distributed w=2"]["per_iter"]
+            print(f"K={k}: per-iteration speed-up 1 → 2 workers {w1 / w2:.2f}×", flush=True)
+            results[-3]["speedup_vs_w1"] = w1 / w2
+
+    shown = [{k: (float("nan") if v is None else v) for k, v in r.items()} for r in results]
+    print(format_table(shown, [("k", "K", "d"), ("method", "method", "s"), ("niter", "iters", "d"),
+                                 ("seconds", "total s", ".1f"), ("per_iter_s", "s/iter", ".2f"),
+                                 ("final_objective", "final objective", ".1f"),
+                                 ("seconds_to_target", "s to target", ".1f"), ("ray_overhead", "Ray overhead", ".1%")]))
+    meta = {"points": a.points, "dim": D, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.json).write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    print(f"wrote {a.json}")
+
+
+if __name__ == "__main__":
+    main()

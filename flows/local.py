@@ -1,0 +1,117 @@
+"""Local services for ``sharekan run`` and ``sharekan server``: a Prefect server, a process work
+pool and worker, and a Ray head — each a real process bound to 127.0.0.1, stopped on exit."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+__all__ = ["free_port", "prefect_env", "prefect_server", "worker", "ray_head", "bin_path", "POOL"]
+
+POOL = "sharekan-pool"
+
+
+def bin_path(name: str) -> str:
+    """A console script of this environment (prefect, ray), beside the running interpreter."""
+    path = Path(sys.executable).parent / name
+    return str(path) if path.exists() else name
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def prefect_env(api_url: str | None = None) -> dict[str, str]:
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "RAY_AUTH_MODE": "disabled",
+           "RAY_USAGE_STATS_ENABLED": "0", "PREFECT_CLI_PROMPT": "false"}
+    if api_url:
+        env["PREFECT_API_URL"] = api_url
+    return env
+
+
+def _stop(proc: subprocess.Popen, timeout: float = 20) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:  # a process worker may ignore SIGTERM
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@contextmanager
+def prefect_server(port: int | None = None, home: str | None = None, timeout: float = 120,
+                   log: Path | None = None) -> Iterator[str]:
+    """A ``prefect server start`` on 127.0.0.1; yields its API URL once healthy."""
+    port = port or free_port()
+    env = prefect_env()
+    if home:
+        env["PREFECT_HOME"] = home
+    out = open(log, "ab") if log else subprocess.DEVNULL
+    proc = subprocess.Popen([bin_path("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.time() + timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"prefect server exited with code {proc.returncode}"
+                                   + (f"; see {log}" if log else ""))
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.time() > deadline:
+                raise TimeoutError(f"prefect server on port {port} not healthy after {timeout:.0f}s")
+            time.sleep(0.5)
+        yield url
+    finally:
+        _stop(proc)
+        if log:
+            out.close()
+
+
+@contextmanager
+def worker(api_url: str, pool: str = POOL, log: Path | None = None, cwd: str | None = None) -> Iterator[subprocess.Popen]:
+    """Create the process work pool (if absent) and run a worker on it."""
+    env = prefect_env(api_url)
+    subprocess.run([bin_path("prefect"), "work-pool", "create", pool, "--type", "process", "--overwrite"],
+                   env=env, check=True, capture_output=True, timeout=120)
+    out = open(log, "ab") if log else subprocess.DEVNULL
+    proc = subprocess.Popen([bin_path("prefect"), "worker", "start", "--pool", pool], env=env, cwd=cwd,
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        _stop(proc)
+        if log:
+            out.close()
+
+
+@contextmanager
+def ray_head(port: int = 6379, num_cpus: int | None = None, env: dict | None = None) -> Iterator[str]:
+    """``ray start --head`` on 127.0.0.1; yields its address; ``ray stop`` at the end."""
+    env = env or prefect_env()
+    cmd = [bin_path("ray"), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
+           "--include-dashboard=false", "--disable-usage-stats"]
+    if num_cpus:
+        cmd.append(f"--num-cpus={num_cpus}")
+    started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    if started.returncode:
+        raise RuntimeError(f"ray start failed: {started.stderr[-2000:]}")
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([bin_path("ray"), "stop", "--force"], env=env, capture_output=True, timeout=180)

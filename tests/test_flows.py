@@ -1,0 +1,167 @@
+"""The Prefect flows end to end on a tiny synthetic set: a real temporary Prefect server
+(``prefect_test_harness``, once for this module), a real local Ray cluster, a real store."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import ray
+import torch
+from pycocotools.coco import COCO
+
+from flows.params import PipelineParams
+from sharekan.detection.head import HeadConfig, KANDetectionHead
+from storage.files import load_tensors
+from storage.shards import read_shard
+from storage.store import ArtifactStore
+
+EDGES = 256 * 8 + 8 * 24
+
+
+def tiny(tmp, **over) -> PipelineParams:
+    base = {"data": {"n_train": 16, "n_test": 6},
+            "train": {"size": 64, "backbone": "resnet18", "hidden": 8, "epochs": 2, "batch_size": 256},
+            "compress": {"ks": [16, 256], "kmeans_niter": 5},
+            "store": str(tmp / "store"), "out": str(tmp / "detection")}
+    for section, values in over.items():
+        base[section] = {**base[section], **values} if isinstance(values, dict) else values
+    return PipelineParams.model_validate(base)
+
+
+@pytest.fixture(scope="module")
+def prefect_api(tmp_path_factory):
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    from tasks.cluster import connect
+
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    with prefect_test_harness(server_startup_timeout=120):
+        os.environ["PREFECT_API_URL"] = PREFECT_API_URL.value()  # Ray workers report here
+        connect(num_cpus=2)
+        yield PREFECT_API_URL.value()
+        ray.shutdown()
+        del os.environ["PREFECT_API_URL"]
+
+
+@pytest.fixture(scope="module")
+def run(prefect_api, tmp_path_factory):
+    from flows.pipeline import sharekan_pipeline
+
+    tmp = tmp_path_factory.mktemp("flow")
+    params = tiny(tmp)
+    state = sharekan_pipeline(params, return_state=True)
+    assert state.is_completed(), state
+    return tmp, params, state.result(), state.state_details.flow_run_id
+
+
+def test_report_and_exports(run):
+    tmp, params, report, _ = run
+    out = tmp / "detection"
+    saved = json.loads((out / "report.json").read_text())
+    assert 0.0 <= saved["map50"] <= 1.0
+    names = [r["variant"] for r in saved["variants"]]
+    assert names == ["dense fp32", "int8 PTQ", "pruned 10%", "pruned 30%", "pruned 50%",
+                     "VQ K=16 fp16", "VQ K=16 int8", "VQ K=256 fp16", "VQ K=256 int8"]
+    for row in saved["variants"]:
+        assert row["storage_bytes"] > 0 and row["runtime_bytes_8img"] >= row["runtime_bytes_1img"] > 0
+        assert row["compression"] == pytest.approx(saved["variants"][0]["storage_bytes"] / row["storage_bytes"])
+    assert all(r["vq_forward_rel_diff"] < 1e-4 for r in saved["compression"] if r["variant"].startswith("VQ"))
+    for name, stage in ((k, s) for k, s in saved["stages"].items() if k != "lutham"):
+        assert stage["created"] and stage["seconds"] >= 0 and stage["version"].startswith(name.split("_")[0])
+    coco = COCO(str(out / "coco_gt.json"))
+    assert len(coco.getImgIds()) == 6
+    assert all(d["category_id"] in coco.getCatIds() for d in json.loads((out / "coco_detections.json").read_text()))
+    md = (out / "report.md").read_text()
+    assert "VQ K=256 int8" in md and "data:image/png;base64," in md
+    assert (out / "size_vs_map.png").read_bytes()[:4] == b"\x89PNG" and (out / "codebook.png").is_file()
+
+
+def test_no_gpu_worker_marks_lutham_skipped(run):
+    _, _, report, _ = run
+    assert report["stages"]["lutham"]["skipped"] == "skipped: no GPU worker"
+    assert report["stages"]["lutham"]["version"] is None
+
+
+def test_every_stage_is_a_versioned_artifact_with_lineage(run):
+    tmp, _, report, _ = run
+    store = ArtifactStore(tmp / "store", create=False)
+    stages = report["stages"]
+    assert store.get(stages["compression"]["version"]).meta["rows"][0]["variant"] == "dense fp32"
+    codebook = store.get(stages["codebook_K256"]["version"])
+    assert codebook.array("codebook").shape == (256, 13)
+    splines = store.get(codebook.inputs[0])
+    assert splines.stage == "splines" and splines.inputs == [stages["head"]["version"]]
+    shard0 = read_shard(splines, "shapes", 0)
+    assert np.array_equal(shard0, splines.array("shapes")[:16_384]) and shard0.shape == (EDGES, 13)
+    assignment = store.ls("assignment")
+    assert len(assignment) == 2 and {a.inputs[0] for a in assignment} == \
+        {stages["codebook_K16"]["version"], stages["codebook_K256"]["version"]}
+    feats = store.get(stages["features_train"]["version"])
+    assert feats.array("feats").shape[0] == 16 and feats.inputs == [stages["dataset"]["version"]]
+    head = store.get(stages["head"]["version"])
+    assert set(head.inputs) == {stages["features_train"]["version"], stages["dataset"]["version"]}
+    assert len(store.ls("encoded")) == 4
+
+
+def test_checkpoint_restores_the_head(run):
+    tmp, _, _, _ = run
+    tensors, meta = load_tensors(tmp / "detection" / "checkpoints" / "head.safetensors")
+    assert meta["epoch"] == 2 and meta["backbone"]["name"] == "resnet18"
+    cfg = HeadConfig(**{**meta["config"], "grid_range": tuple(meta["config"]["grid_range"])})
+    head = KANDetectionHead(cfg)
+    head.load_state_dict(tensors)
+    assert head(torch.randn(3, cfg.in_channels)).shape == (3, 24)
+
+
+def test_task_runs_and_artifacts_reach_the_flows_api(run):
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, \
+        FlowRunFilterParentFlowRunId
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    _, _, _, flow_run_id = run
+
+    async def query():
+        async with get_client() as client:
+            subflows = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
+            ids = [flow_run_id] + [f.id for f in subflows]
+            task_runs = [t for fid in ids for t in await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id={"any_": [fid]}))]
+            arts = await client.read_artifacts(artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+            return subflows, task_runs, arts
+    subflows, task_runs, arts = run_coro_as_sync(query())
+    assert len(subflows) == 3 and all(f.state.is_completed() for f in subflows)  # train, compress, compile
+    by_name = {t.task_key.split("-")[0] if t.task_key else t.name for t in task_runs}
+    assert {"dataset", "features", "train", "evaluate", "splines", "codebook", "compression"} <= by_name
+    assert all(t.state.is_completed() for t in task_runs)
+    assert {a.key for a in arts} >= {"sharekan-report", "sharekan-compression", "sharekan-stages"}
+
+
+def test_rerun_reuses_every_stage_and_a_change_retrains(run):
+    from flows.pipeline import sharekan_pipeline
+
+    tmp, params, report, _ = run
+    again = sharekan_pipeline(params)
+    assert not any(s["created"] for k, s in again["stages"].items() if k != "lutham")
+    assert {k: s["version"] for k, s in again["stages"].items()} == \
+        {k: s["version"] for k, s in report["stages"].items()}
+    assert again["map50"] == report["map50"]
+    changed = sharekan_pipeline(tiny(tmp, train={"epochs": 3}, compress={"ks": [16]}))
+    assert changed["stages"]["head"]["version"] != report["stages"]["head"]["version"]
+    assert not changed["stages"]["features_train"]["created"] and changed["stages"]["head"]["created"]
+
+
+def test_invalid_parameters_are_refused_before_anything_runs(prefect_api, tmp_path):
+    from prefect.exceptions import ParameterTypeError
+
+    from flows.pipeline import sharekan_pipeline
+
+    with pytest.raises(ParameterTypeError, match="epochs"):
+        sharekan_pipeline({"train": {"epochs": 0}, "store": str(tmp_path / "s")})
+    with pytest.raises(ParameterTypeError, match="kmeans_mode"):
+        sharekan_pipeline({"compress": {"kmeans_mode": "kmeans++"}, "store": str(tmp_path / "s")})
+    assert not (tmp_path / "s").exists()
