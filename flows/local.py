@@ -101,11 +101,15 @@ def worker(api_url: str, pool: str = POOL, log: Path | None = None, cwd: str | N
 
 
 @contextmanager
-def ray_head(port: int = 6379, num_cpus: int | None = None, env: dict | None = None) -> Iterator[str]:
-    """``ray start --head`` on 127.0.0.1; yields its address; ``ray stop`` at the end."""
+def ray_head(port: int = 6379, num_cpus: int | None = None, env: dict | None = None,
+             dashboard_port: int | None = None) -> Iterator[str]:
+    """``ray start --head`` on 127.0.0.1 (with the dashboard, which ``ray job submit`` talks to,
+    when ``dashboard_port`` is given); yields its address; ``ray stop`` at the end."""
     env = env or prefect_env()
     cmd = [bin_path("ray"), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-           "--include-dashboard=false", "--disable-usage-stats"]
+           "--disable-usage-stats"]
+    cmd += ([f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1", "--include-dashboard=true"]
+            if dashboard_port else ["--include-dashboard=false"])
     if num_cpus:
         cmd.append(f"--num-cpus={num_cpus}")
     started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)

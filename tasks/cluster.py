@@ -27,6 +27,8 @@ def init_kwargs(address: str | None = None, num_cpus: int | None = None) -> dict
     address = address or os.environ.get("SHAREKAN_RAY_ADDRESS") or None
     kw = {"log_to_driver": False, "runtime_env": {"env_vars": worker_env()}}
     if address:
+        # inside `ray job submit` the job's runtime env may name the same variables: merge them
+        os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
         return kw | {"address": address}
     return kw | {"num_cpus": num_cpus or os.cpu_count(), "include_dashboard": False,
                  "_node_ip_address": "127.0.0.1"}
