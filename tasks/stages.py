@@ -199,7 +199,7 @@ def features(loc, dataset_version: str, root: str, splits: str, skip_bad: bool, 
 # -- head: training and evaluation ------------------------------------------------------------------
 
 def load_head(art) -> KANDetectionHead:
-    head = KANDetectionHead(HeadConfig(**art.meta["config"]))
+    head = KANDetectionHead(HeadConfig(**art.params["config"]))
     head.load_state_dict({k: torch.from_numpy(v) for k, v in art.arrays().items()})
     return head.eval()
 

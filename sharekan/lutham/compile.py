@@ -1,0 +1,68 @@
+"""Compiling the LUTHAM kernels: NVRTC straight (any machine, no GPU needed: CI's check) or a CuPy
+``RawModule`` for the GPU in hand. Returns the binary so it can be stored as an artifact."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+__all__ = ["SOURCE", "KERNELS", "ARCHS", "source", "include_dirs", "nvrtc_compile", "load_module", "source_hash"]
+
+SOURCE = Path(__file__).with_name("kernels") / "lutham.cu"
+KERNELS = ("lutham_prep", "lutham_gather1", "lutham_gather4", "lutham_gather16", "lutham_mma")
+ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90")
+OPTIONS = ("-std=c++17", "--use_fast_math")
+
+
+def source() -> str:
+    return SOURCE.read_text()
+
+
+def source_hash() -> str:
+    return hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
+
+
+def include_dirs() -> list[str]:
+    """Folders holding ``cuda_fp16.h`` and ``mma.h``: $CUDA_PATH, CuPy's CUDA, pip's nvidia headers."""
+    cands = [os.environ.get("CUDA_PATH", ""), "/usr/local/cuda"]
+    try:
+        import cupy
+
+        cands.append(cupy.cuda.get_cuda_path() or "")
+    except Exception:  # cupy without a CUDA install still imports; its path may be None
+        pass
+    roots = [Path(c) / "include" for c in cands if c]
+    for sp in map(Path, sys.path):
+        roots += [sp / "nvidia" / "cu13" / "include", sp / "nvidia" / "cuda_runtime" / "include"]
+    return list(dict.fromkeys(str(r) for r in roots if (r / "cuda_fp16.h").is_file() and (r / "mma.h").is_file()))
+
+
+def nvrtc_compile(arch: str) -> bytes:
+    """The kernels compiled by NVRTC for ``arch`` (e.g. "sm_90"); a compile error raises with NVRTC's log."""
+    from cupy_backends.cuda.libs import nvrtc
+
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+    incs = include_dirs()
+    if not incs:
+        raise RuntimeError("no CUDA headers (cuda_fp16.h, mma.h) found: set CUDA_PATH")
+    prog = nvrtc.createProgram(source(), SOURCE.name, [], [])
+    try:
+        opts = [f"--gpu-architecture={arch}", *OPTIONS, *(f"-I{d}" for d in incs)]
+        try:
+            nvrtc.compileProgram(prog, opts)
+        except nvrtc.NVRTCError as e:
+            raise RuntimeError(f"{SOURCE.name} does not compile for {arch}:\n{nvrtc.getProgramLog(prog)}") from e
+        return nvrtc.getCUBIN(prog)
+    finally:
+        nvrtc.destroyProgram(prog)
+
+
+def load_module():
+    """A CuPy ``RawModule`` of the kernels for the current GPU (compiled by NVRTC, cached by CuPy)."""
+    import cupy
+
+    return cupy.RawModule(code=source(), options=(*OPTIONS, *(f"-I{d}" for d in include_dirs())),
+                          name_expressions=None)

@@ -1,0 +1,96 @@
+"""LUTHAM: the arena planner, NVRTC compiles for sm_80/sm_90 (no GPU needed), the no-GPU path,
+and — on a CUDA machine — the kernels against the torch reference."""
+
+import pytest
+import torch
+
+from sharekan.kan import KAN
+from sharekan.lutham.compile import KERNELS, nvrtc_compile
+from sharekan.lutham.plan import ALIGN, L2_BYTES, LayerSpec, plan_arena
+from sharekan.vq_kan import VQKAN, encode_layer
+
+from .conftest import randomize
+
+
+def test_plan_is_aligned_without_overlap_and_adds_up():
+    plan = plan_arena([LayerSpec(1024, 64, 17), LayerSpec(64, 24, 17)], 4096, max_rows=144)
+    blocks = sorted(plan.blocks, key=lambda b: b.offset)
+    assert all(b.offset % ALIGN == 0 for b in blocks)
+    assert all(a.offset + a.nbytes <= b.offset for a, b in zip(blocks, blocks[1:]))
+    assert plan.total >= blocks[-1].offset + blocks[-1].nbytes and plan.total % ALIGN == 0
+    edges = 1024 * 64 + 64 * 24
+    assert plan.by_component["indices"] == 2 * edges and plan.by_component["gains"] == 2 * edges
+    assert plan.by_component["codebook"] == 4096 * 19 * 4
+    assert plan.block("prep").shape == (144, 1024, 8) and plan.block("act2").shape == (144, 24)
+    assert sum(plan.by_component.values()) == sum(b.nbytes for b in plan.blocks)
+    assert blocks[0].component == "codebook"  # hot prefix first, for the L2 window
+    hot = plan.hot_bytes()
+    assert all(b.offset + b.nbytes <= hot + ALIGN * len(blocks) for b in blocks if b.component == "prep")
+    summary = plan.summary()
+    assert summary["residency_order"][0] == "codebook" and set(summary["fits_l2"]) == set(L2_BYTES)
+
+
+def test_plan_l2_fit_matches_sizes():
+    mid = plan_arena([LayerSpec(4096, 1024, 17), LayerSpec(1024, 256, 17)], 65_536, max_rows=49)
+    large = plan_arena([LayerSpec(12_544, 1024, 17), LayerSpec(1024, 1024, 17)], 65_536, max_rows=49)
+    assert mid.fits(L2_BYTES["H200"])["arena"] and not mid.fits(L2_BYTES["Jetson Orin"])["arena"]
+    assert not large.fits(L2_BYTES["H200"])["arena"] and large.fits(L2_BYTES["H200"])["hot"]
+
+
+def test_plan_refuses_bad_heads():
+    with pytest.raises(ValueError, match="layer 0 has 64 outputs"):
+        plan_arena([LayerSpec(8, 64, 17), LayerSpec(32, 4, 17)], 16, 4)
+    with pytest.raises(ValueError, match="coefficients per edge"):
+        plan_arena([LayerSpec(8, 4, 24)], 16, 4)
+    with pytest.raises(ValueError, match="max_rows"):
+        plan_arena([LayerSpec(8, 4, 17)], 16, 0)
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_every_kernel_compiles_with_nvrtc(arch):
+    cubin = nvrtc_compile(arch)
+    assert cubin[:4] == b"\x7fELF"
+    for name in KERNELS:
+        assert name.encode() in cubin
+
+
+def test_no_gpu_worker_is_reported_not_faked():
+    ray = pytest.importorskip("ray")
+    from tasks.lutham import NO_GPU, gpu_available
+
+    if ray.is_initialized() and ray.cluster_resources().get("GPU", 0):
+        pytest.skip("this cluster has a GPU")
+    assert not gpu_available() and NO_GPU == "skipped: no GPU worker"
+
+
+def vq_head(sizes, k, device="cuda", gain_dtype="fp16"):
+    model = randomize(KAN(sizes, grid_size=10)).to(device)
+    shapes = torch.nn.functional.normalize(torch.randn(k, 13, device=device), dim=1)
+    return VQKAN([encode_layer(layer, shapes, gain_dtype) for layer in model.layers]).eval()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("gain_dtype", ["fp16", "int8"])
+def test_lutham_matches_the_reference_inside_and_outside_the_grid(gain_dtype):
+    from sharekan.lutham.runtime import LuthamHead
+    from sharekan.lutham.validate import validate
+
+    model = vq_head([300, 70, 24], 256, gain_dtype=gain_dtype)
+    head = LuthamHead(model, max_rows=100)
+    report = validate(head, model)
+    assert report["all_written"] and report["max_rel_error"] <= 1e-3, report
+    assert {c["inputs"] for c in report["cases"]} == {"inside", "outside"}
+
+
+@pytest.mark.gpu
+def test_lutham_runs_any_row_count_through_torch():
+    from sharekan.lutham.runtime import LuthamHead
+
+    model = vq_head([64, 32, 8], 64)
+    head = LuthamHead(model, max_rows=20)
+    x = torch.randn(57, 64, device="cuda")
+    with torch.no_grad():
+        ref = model(x)
+    assert torch.allclose(head.run_torch(x), ref, rtol=1e-3, atol=1e-3 * float(ref.abs().max()))
+    with pytest.raises(ValueError, match="≤ 20 rows"):
+        head.forward(x)
