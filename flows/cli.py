@@ -82,7 +82,9 @@ def run(data, n_train, n_test, epochs, seed, ks, kmeans_mode, store, out, params
                    f"{resources.get('GPU', 0):.0f} GPUs")
         report = sharekan_pipeline(params)
         _flush_logs()
-    click.echo("\n" + format_table(report["variants"], [
+    click.echo(f"\ndense head: mAP@0.5 {report['map50']:.4f} ({report['metric']}), "
+               f"torchmetrics COCO-style AP50 {report['torchmetrics_map50']:.4f}")
+    click.echo(format_table(report["variants"], [
         ("variant", "variant", "s"), ("map50", "mAP@0.5", ".4f"), ("delta_map50", "Δ mAP", "+.4f"),
         ("storage_bytes", "storage B", ",d"), ("compression", "ratio", ".1f"),
         ("runtime_bytes_1img", "runtime B 1 img", ",d")]))

@@ -103,7 +103,8 @@ def compress_flow(head_version: str, features_version: str, dataset_version: str
 
 
 @flow(name="compile", task_runner=_runner(), log_prints=True)
-def compile_flow(head_version: str, codebook_version: str, store: str | None = None) -> dict:
+def compile_flow(head_version: str, codebook_version: str, features_version: str, dataset_version: str,
+                 store: str | None = None) -> dict:
     """LUTHAM plan, compile and validate on a GPU worker; "skipped: no GPU worker" without one."""
     loc = _loc(store)
     if not lutham_tasks.gpu_available():
@@ -111,7 +112,8 @@ def compile_flow(head_version: str, codebook_version: str, store: str | None = N
         return {"stages": {"lutham": {"version": None, "created": False, "seconds": 0.0,
                                       "skipped": lutham_tasks.NO_GPU}}}
     with remote_options(num_gpus=1, num_cpus=1):
-        out = _TASKS["lutham"].submit(loc, head_version, codebook_version).result()
+        out = _TASKS["lutham"].submit(loc, head_version, codebook_version, features_version,
+                                      dataset_version).result()
     return {"stages": {"lutham": out}}
 
 
@@ -134,7 +136,8 @@ def sharekan_pipeline(params: PipelineParams = PipelineParams()) -> dict:
     rows = comp["compression"]["rows"]
     if params.lutham:
         largest = max((k for k in comp if k.startswith("codebook_K")), key=lambda k: int(k[10:]))
-        result |= compile_flow(tr["head"]["version"], comp[largest]["version"], params.store)["stages"]
+        result |= compile_flow(tr["head"]["version"], comp[largest]["version"], tr["features_test"]["version"],
+                               ds["version"], params.store)["stages"]
     report = _report(params, result, rows, time.perf_counter() - t0)
     save_json(out / "report.json", report)
     publish(report, out)

@@ -25,7 +25,7 @@ def init_kwargs(address: str | None = None, num_cpus: int | None = None) -> dict
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = address or os.environ.get("SHAREKAN_RAY_ADDRESS") or None
-    kw = {"log_to_driver": False, "runtime_env": {"env_vars": worker_env()}}
+    kw = {"log_to_driver": True, "runtime_env": {"env_vars": worker_env()}}  # task progress in the console
     if address:
         # inside `ray job submit` the job's runtime env may name the same variables: merge them
         os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
