@@ -116,26 +116,30 @@ def bench_head(name, kan, vq, real=None, rows_list=ROWS):
         lut = LuthamHead(vq, max_rows=rows)  # arena planned for this batch: scratch stays small
         moved = sum(lut.plan.by_component[c] for c in ("codebook", "indices", "gains", "biases", "base"))
         read = {"eager dense fp32": edges * 15 * 4, "compiled dense fp16": edges * 15 * 2,
-                "torch VQ reference": moved, "LUTHAM": moved}
+                "torch VQ reference": moved, "LUTHAM": moved, "LUTHAM gather only": moved}
         inputs = [torch.rand(rows, kan.layers[0].in_features, device="cuda") * 2 - 1 for _ in range(8)]
         variants = {"eager dense fp32": lambda x: kan(x), "compiled dense fp16": lambda x: compiled(x.half()),
                     "torch VQ reference": lambda x: vq(x)}
-        for vname in (*variants, "LUTHAM"):
+        gather_only = LuthamHead(vq, max_rows=rows, mma_min_rows=1 << 30) if rows >= 16 else None
+        for vname in (*variants, "LUTHAM", "LUTHAM gather only"):
+            if vname == "LUTHAM gather only" and gather_only is None:
+                continue
             if vname == "torch VQ reference" and rows * edges > 4e9:
                 continue  # its chunked gather takes seconds here; the reference is for correctness
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
             with torch.no_grad():
-                us = _timed_cupy(lut, inputs) if vname == "LUTHAM" else timed(variants[vname], inputs)
-            if vname == "LUTHAM":
+                us = (_timed_cupy(lut, inputs) if vname == "LUTHAM" else _timed_cupy(gather_only, inputs)
+                      if vname == "LUTHAM gather only" else timed(variants[vname], inputs))
+            if vname.startswith("LUTHAM"):
                 peak = lut.plan.total
             else:
                 own = sum(t.numel() * t.element_size() for t in weights[vname].state_dict().values())
                 peak = torch.cuda.max_memory_allocated() - base + own
             out.append({"head": name, "rows": rows, "variant": vname, "us": us, "gbps": read[vname] / us / 1e3,
-                        "peak_bytes": peak, "l2_window": lut.plan.l2_persisting if vname == "LUTHAM" else None})
+                        "peak_bytes": peak, "l2_window": lut.plan.l2_persisting if vname.startswith("LUTHAM") else None})
             print(f"{name:7s} rows {rows:5d} {vname:20s} {us:10.1f} µs", flush=True)
-        del lut
+        del lut, gather_only
     return out, check, plan
 
 

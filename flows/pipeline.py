@@ -25,7 +25,7 @@ from tasks import lutham as lutham_tasks
 from tasks import stages
 from tasks.cluster import init_kwargs
 
-from .params import CompressParams, DataParams, PipelineParams, TrainParams
+from .params import CompressParams, PipelineParams, TrainParams
 from .report import publish
 
 __all__ = ["sharekan_pipeline", "train_flow", "compress_flow", "compile_flow", "parameter_sweep"]

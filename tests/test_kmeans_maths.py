@@ -64,3 +64,12 @@ def test_minibatch_step_moves_toward_the_batch_mean():
     sums, counts = np.array([[0.0, 1.0]]), np.array([1])
     out, totals = minibatch_update(cb, totals, sums, counts, spherical=False)
     assert totals.tolist() == [4] and np.allclose(out[0], [0.75, 0.25])
+
+
+def test_split_k_shares_fine_centroids_by_cluster_size():
+    for counts, k in [([10, 0, 5, 1], 8), ([100, 1, 1], 3), ([3, 3, 3], 9), ([1000, 10, 1], 50)]:
+        ks = split_k(np.array(counts), k)
+        assert ks.sum() == k and np.all(ks <= counts) and np.all((ks > 0) == (np.array(counts) > 0))
+    assert list(split_k(np.array([600, 300, 100]), 10)) == [6, 3, 1]
+    with pytest.raises(ValueError, match="non-empty coarse clusters"):
+        split_k(np.array([5, 5, 5]), 2)

@@ -27,7 +27,8 @@ _GATHER_ROWS = 16  # rows per gather launch (its register accumulators)
 class LuthamHead:
     """A VQ-compressed KAN head in one GPU arena, for batches of up to ``max_rows`` rows."""
 
-    def __init__(self, model, max_rows: int, persist_l2: bool = True, use_graphs: bool = True, module=None):
+    def __init__(self, model, max_rows: int, persist_l2: bool = True, use_graphs: bool = True,
+                 mma_min_rows: int = MMA_MIN_ROWS, module=None):
         import cupy as cp
 
         layers = list(model.layers)
@@ -59,6 +60,7 @@ class LuthamHead:
         self._sms = cp.cuda.Device().attributes["MultiProcessorCount"]
         self._graphs: dict[int, object] = {}
         self.use_graphs = use_graphs
+        self.mma_min_rows = mma_min_rows
         if persist_l2:
             self.plan.l2_persisting = _persist(self.arena, self.plan.hot_bytes(), self.plan.total, self.stream)
 
@@ -131,7 +133,7 @@ class LuthamHead:
                 self.view(f"L{n}.h"), np.int32(lay.n_knots), np.int32(self.plan.n_coef), prep, yout, np.int32(o_f)))
             edge = (self.view(f"L{n}.indices"), self.view(f"L{n}.gains"), self.view(f"L{n}.biases"),
                     self.view(f"L{n}.base"), self.view(f"L{n}.scales"))
-            if rows < MMA_MIN_ROWS:
+            if rows < self.mma_min_rows:
                 splits = max(1, min(-(-64 * n_sm // o_f), i_f // 128))      # ~64 warps per SM in all
                 chunk = -(-(-(-i_f // splits)) // 128) * 128
                 splits = -(-i_f // chunk)

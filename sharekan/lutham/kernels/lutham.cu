@@ -86,19 +86,33 @@ __device__ __forceinline__ void gather(const float* __restrict__ prep, int rows,
     for (int r = 0; r < R; ++r) acc[r] = 0.f;
     const long row0 = (long)o * in_f;
     int vec_end = (in_f % 4 == 0) ? i_end : i_begin;  // 8-byte loads need 4-aligned rows
-    for (int i = i_begin + lane * 4; i + 3 < vec_end; i += 128) {
-        ushort4 k4 = *reinterpret_cast<const ushort4*>(idx + row0 + i);
-        uint2 g2 = *reinterpret_cast<const uint2*>(gain + row0 + i);
-        uint2 b2 = *reinterpret_cast<const uint2*>(bias + row0 + i);
-        uint2 w2 = *reinterpret_cast<const uint2*>(base + row0 + i);
-        const __half* g = reinterpret_cast<const __half*>(&g2);
-        const __half* b = reinterpret_cast<const __half*>(&b2);
-        const __half* w = reinterpret_cast<const __half*>(&w2);
-        unsigned short ks[4] = {k4.x, k4.y, k4.z, k4.w};
+    // two groups of 4 edges per lane per step: all 8 index loads issue before any codeword load
+    for (int i = i_begin + lane * 4; i + 3 < vec_end; i += 256) {
+        const bool second = i + 128 + 3 < vec_end;
+        ushort4 k4[2];
+        uint2 g2[2], b2[2], w2[2];
 #pragma unroll
-        for (int j = 0; j < 4; ++j)
-            edge_term<R>(prep, rows, in_f, i + j, cb + (long)ks[j] * width, gs * __half2float(g[j]),
-                      bs * __half2float(b[j]), ws * __half2float(w[j]), acc);
+        for (int u = 0; u < 2; ++u) {
+            if (u == 0 || second) {
+                long at = row0 + i + u * 128;
+                k4[u] = __ldg(reinterpret_cast<const ushort4*>(idx + at));
+                g2[u] = __ldg(reinterpret_cast<const uint2*>(gain + at));
+                b2[u] = __ldg(reinterpret_cast<const uint2*>(bias + at));
+                w2[u] = __ldg(reinterpret_cast<const uint2*>(base + at));
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+            if (u == 1 && !second) break;
+            const __half* g = reinterpret_cast<const __half*>(&g2[u]);
+            const __half* b = reinterpret_cast<const __half*>(&b2[u]);
+            const __half* w = reinterpret_cast<const __half*>(&w2[u]);
+            unsigned short ks[4] = {k4[u].x, k4[u].y, k4[u].z, k4[u].w};
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+                edge_term<R>(prep, rows, in_f, i + u * 128 + j, cb + (long)ks[j] * width, gs * __half2float(g[j]),
+                             bs * __half2float(b[j]), ws * __half2float(w[j]), acc);
+        }
     }
     for (int i = max(vec_end, i_begin) + lane; i < i_end; i += 32)  // rows not 4-aligned: scalar
         edge_term<R>(prep, rows, in_f, i, cb + (long)idx[row0 + i] * width, gs * __half2float(gain[row0 + i]),
