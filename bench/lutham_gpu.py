@@ -26,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sharekan.demo import format_table  # noqa: E402
 from sharekan.kan import KAN  # noqa: E402
 from sharekan.lutham.runtime import LuthamHead  # noqa: E402
 from sharekan.lutham.validate import validate  # noqa: E402
@@ -33,13 +34,6 @@ from sharekan.vq import decompose  # noqa: E402
 from sharekan.vq_kan import VQKAN, encode_layer  # noqa: E402
 
 ROWS = (1, 49, 392, 3136)
-
-
-def table(rows, cols):
-    cells = [[h for _, h, _ in cols]] + [[format(r[k], f) if r.get(k) is not None else "-" for k, _, f in cols]
-                                         for r in rows]
-    w = [max(len(c[i]) for c in cells) for i in range(len(cols))]
-    return "\n".join("  ".join(c[i].rjust(w[i]) for i in range(len(cols))) for c in cells)
 
 
 def gpu_kmeans(x: torch.Tensor, k: int, iters: int, seed: int = 0) -> torch.Tensor:
@@ -202,7 +196,7 @@ def main(argv=None):
         torch.cuda.empty_cache()
     for r in results:
         r["copy_fraction"] = r["gbps"] / bw
-    print(table(results, [("head", "head", "s"), ("rows", "rows", "d"), ("variant", "variant", "s"),
+    print(format_table(results, [("head", "head", "s"), ("rows", "rows", "d"), ("variant", "variant", "s"),
                           ("us", "µs", ".1f"), ("gbps", "GB/s", ".0f"), ("copy_fraction", "of copy", ".2f"),
                           ("peak_bytes", "peak B", ",d")]))
     for name, c in checks.items():
