@@ -100,22 +100,42 @@ def worker(api_url: str, pool: str = POOL, log: Path | None = None, cwd: str | N
             out.close()
 
 
+def _wait_listening(port: int, what: str, timeout: float) -> None:
+    """Block until something accepts TCP connections on 127.0.0.1:``port``."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=2):
+                return
+        except OSError:
+            if time.time() > deadline:
+                raise TimeoutError(f"{what} not listening on 127.0.0.1:{port} after {timeout:.0f}s") from None
+            time.sleep(0.5)
+
+
 @contextmanager
 def ray_head(port: int = 6379, num_cpus: int | None = None, env: dict | None = None,
-             dashboard_port: int | None = None) -> Iterator[str]:
-    """``ray start --head`` on 127.0.0.1 (with the dashboard, which ``ray job submit`` talks to,
-    when ``dashboard_port`` is given); yields its address; ``ray stop`` at the end."""
+             dashboard_port: int | None = None, timeout: float = 180) -> Iterator[str]:
+    """``ray start --head`` on 127.0.0.1; yields its address; ``ray stop`` at the end.
+
+    With ``dashboard_port`` the dashboard and its job agent run too, and this waits until the
+    agent listens: before that the dashboard answers ``ray job submit`` with "No available agent"
+    (it waits only 10 s for the agent, which a busy 2-core machine can exceed)."""
     env = env or prefect_env()
     cmd = [bin_path("ray"), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
            "--disable-usage-stats"]
-    cmd += ([f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1", "--include-dashboard=true"]
-            if dashboard_port else ["--include-dashboard=false"])
+    agent = free_port() if dashboard_port else None
+    cmd += ([f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
+             f"--dashboard-agent-listen-port={agent}"] if dashboard_port else ["--include-dashboard=false"])
     if num_cpus:
         cmd.append(f"--num-cpus={num_cpus}")
-    started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     if started.returncode:
         raise RuntimeError(f"ray start failed: {started.stderr[-2000:]}")
     try:
+        if dashboard_port:
+            _wait_listening(dashboard_port, "Ray dashboard", timeout)
+            _wait_listening(agent, "Ray dashboard agent (job submission)", timeout)
         yield f"127.0.0.1:{port}"
     finally:
         subprocess.run([bin_path("ray"), "stop", "--force"], env=env, capture_output=True, timeout=180)
