@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = ["DataParams", "TrainParams", "CompressParams", "PipelineParams"]
 
@@ -60,3 +60,16 @@ class PipelineParams(_Params):
                                                 "empty = $SHAREKAN_STORE or artifacts/store")
     out: str = Field("artifacts/detection", description="report folder")
     lutham: bool = Field(True, description="compile and validate the LUTHAM kernel (needs a GPU worker)")
+    lutham_k: int | None = Field(None, ge=1, le=65_536,
+                                 description="codebook size LUTHAM runs; empty = the best-mAP VQ variant "
+                                             "at least 2x smaller than dense")
+
+    @model_validator(mode="after")
+    def _lutham_k(self):
+        k, ks = self.lutham_k, self.compress.ks
+        if k is not None and ks is not None and k not in ks:
+            raise ValueError(f"lutham_k={k} is not among compress.ks {ks}")
+        if k is not None and ks is None and k not in (256, 4096, 65_536):
+            raise ValueError(f"lutham_k={k} is not a default codebook size (256, 4096, min(edges, 65536)); "
+                             "list it in compress.ks")
+        return self

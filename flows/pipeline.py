@@ -19,6 +19,7 @@ from prefect import flow, get_run_logger, task
 from prefect_ray import RayTaskRunner
 from prefect_ray.context import remote_options
 
+from sharekan.detection.compare import runtime_k
 from storage.files import save_json
 from storage.store import ArtifactStore, parse_location
 from tasks import lutham as lutham_tasks
@@ -135,9 +136,14 @@ def sharekan_pipeline(params: PipelineParams = PipelineParams()) -> dict:
     result |= comp
     rows = comp["compression"]["rows"]
     if params.lutham:
-        largest = max((k for k in comp if k.startswith("codebook_K")), key=lambda k: int(k[10:]))
-        result |= compile_flow(tr["head"]["version"], comp[largest]["version"], tr["features_test"]["version"],
-                               ds["version"], params.store)["stages"]
+        k = params.lutham_k or runtime_k(rows)
+        if f"codebook_K{k}" not in comp:
+            raise ValueError(f"lutham_k={k}: no codebook of that size was fitted "
+                             f"(have {sorted(int(c[10:]) for c in comp if c.startswith('codebook_K'))})")
+        get_run_logger().info(f"LUTHAM runs the K={k} codebook")
+        result |= compile_flow(tr["head"]["version"], comp[f"codebook_K{k}"]["version"],
+                               tr["features_test"]["version"], ds["version"], params.store)["stages"]
+        result["lutham"]["codebook_k"] = k
     report = _report(params, result, rows, time.perf_counter() - t0)
     save_json(out / "report.json", report)
     publish(report, out)

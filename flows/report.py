@@ -90,7 +90,7 @@ def markdown(report: dict, images: dict[str, bytes]) -> str:
                                                     ("runtime_bytes_1img", "runtime B 1 img", ",d")]), "```"]
     lut = report.get("lutham")
     if lut:
-        lines += ["", "## LUTHAM", ""]
+        lines += ["", f"## LUTHAM (codebook K={lut.get('codebook_k')})", ""]
         if lut.get("skipped"):
             lines.append(f"**{lut['skipped']}**")
         else:

@@ -24,7 +24,7 @@ from .kmeans import check_k, fit_codebook
 from .quant import QuantizedTensor, quantize
 from .vq import decode, decompose, index_dtype, nearest
 
-__all__ = ["VQKANLinear", "VQKAN", "encode_layer", "fit_codebooks", "compress_kan"]
+__all__ = ["VQKANLinear", "VQKAN", "encode_layer", "edge_shapes", "fit_codebooks", "compress_kan"]
 
 _CHUNK_ELEMENTS = 1 << 20  # transient [rows, out_chunk, in] elements per step
 
@@ -176,12 +176,17 @@ def encode_layer(layer: KANLinear, codebook: torch.Tensor, gain_dtype: str = "fp
                        quantize("base_weight", layer.base_weight, base_dtype), layer.grid.detach().clone())
 
 
+def edge_shapes(model: KAN) -> list[torch.Tensor]:
+    """Per layer, the unit shape of every edge's spline coefficients ``[out * in, C]``."""
+    return [decompose(layer.scaled_spline_weight())[0].reshape(-1, layer.n_coef) for layer in model.layers]
+
+
 def fit_codebooks(model: KAN, k: int, scope: str = "head", seed: int = 0, niter: int = 25
                   ) -> list[torch.Tensor]:
     """One codebook of ``k`` shapes per layer of ``model`` (the same tensor for ``scope="head"``)."""
     check_choice("scope", scope, ("head", "layer"))
     layers = list(model.layers)
-    shapes = [decompose(layer.scaled_spline_weight())[0].reshape(-1, layer.n_coef) for layer in layers]
+    shapes = edge_shapes(model)
     if scope == "head":
         check_k(k, sum(s.shape[0] for s in shapes), "edges in the head")
         return [fit_codebook(torch.cat(shapes), k, seed=seed, niter=niter)] * len(layers)

@@ -18,6 +18,7 @@ import torch
 import sharekan.lutham.compile
 import sharekan.lutham.plan
 import sharekan.lutham.runtime
+import sharekan.lutham.validate
 from storage.store import ArtifactStore, code_version, version_id
 
 __all__ = ["NO_GPU", "MAX_REL_ERROR", "MAX_MAP_DELTA", "gpu_available", "compile_and_validate"]
@@ -25,7 +26,8 @@ __all__ = ["NO_GPU", "MAX_REL_ERROR", "MAX_MAP_DELTA", "gpu_available", "compile
 NO_GPU = "skipped: no GPU worker"
 MAX_REL_ERROR = 1e-3
 MAX_MAP_DELTA = 0.001  # 0.1 point of mAP@0.5
-CODE = code_version(sys.modules[__name__], sharekan.lutham.compile, sharekan.lutham.plan, sharekan.lutham.runtime)
+CODE = code_version(sys.modules[__name__], sharekan.lutham.compile, sharekan.lutham.plan, sharekan.lutham.runtime,
+                    sharekan.lutham.validate)
 
 
 def gpu_available() -> bool:
@@ -33,24 +35,11 @@ def gpu_available() -> bool:
     return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1
 
 
-class _OnGpu(torch.nn.Module):
-    """LUTHAM as a CPU-facing module, so the detector's predict() can use it in place of its KAN."""
-
-    def __init__(self, lut):
-        super().__init__()
-        self.lut = lut
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.lut.run_torch(x.cuda()).cpu()
-
-
 def compile_and_validate(loc, head_version: str, codebook_version: str, features_version: str,
                          dataset_version: str, max_rows: int = 4096) -> dict:
-    from sharekan.detection.evaluate import voc_ap
-    from sharekan.detection.train import ground_truth, predict
     from sharekan.lutham.compile import nvrtc_compile, source_hash
     from sharekan.lutham.runtime import LuthamHead
-    from sharekan.lutham.validate import validate
+    from sharekan.lutham.validate import detector_map, validate
     from sharekan.vq_kan import compress_kan
 
     from .stages import _voc, load_head
@@ -77,9 +66,8 @@ def compile_and_validate(loc, head_version: str, codebook_version: str, features
     size = store.get(head_version).meta["size"]
     real = head.standardise(feats[:8].permute(0, 2, 3, 1).reshape(-1, feats.shape[1]))
     check = validate(lut, vq, real=real.cuda())
-    gts = ground_truth(samples)
-    map_ref = voc_ap(predict(head, feats, samples, size, kan=vq.cpu()), gts, head.cfg.num_classes)["map"]
-    map_lut = voc_ap(predict(head, feats, samples, size, kan=_OnGpu(lut)), gts, head.cfg.num_classes)["map"]
+    maps = detector_map(head, vq.cpu(), lut, feats, samples, size)
+    map_ref, map_lut = maps["map50_reference"], maps["map50_lutham"]
     summary = {"arch": arch, "device": torch.cuda.get_device_name(), "max_rel_error": check["max_rel_error"],
                "all_written": check["all_written"], "map50_reference": map_ref, "map50_lutham": map_lut,
                "plan_summary": f"{lut.plan.total:,} B arena, hot {lut.plan.hot_bytes():,} B; "

@@ -79,3 +79,21 @@ def test_coco_json_rescored_by_pycocotools_matches_torchmetrics(tmp_path):
     assert torchmetrics_map(dets, gts)["map_50"] == pytest.approx(ap50, abs=1e-6)
     # VOC's all-points AP is a different interpolation of the same matches: close, not equal
     assert voc_ap(dets, gts, 3)["map"] == pytest.approx(ap50, abs=0.1)
+
+
+def _row(variant, map50, compression):
+    return {"variant": variant, "map50": map50, "compression": compression}
+
+
+def test_runtime_k_prefers_the_best_map_among_variants_that_compress():
+    from sharekan.detection.compare import runtime_k
+
+    rows = [_row("dense fp32", 0.41, 1.0), _row("VQ K=256 fp16", 0.40, 8.0), _row("VQ K=256 int8", 0.43, 10.0),
+            _row("VQ K=4096 fp16", 0.409, 4.0), _row("VQ K=65536 fp16", 0.41, 1.0)]
+    assert runtime_k(rows) == 4096          # K=65,536 has the best mAP but does not compress 2x
+    assert runtime_k(rows, min_compression=1.0) == 65536
+    rows[1]["map50"] = 0.409                # a tie goes to the smaller codebook
+    assert runtime_k(rows) == 256
+    assert runtime_k([_row("VQ K=4096 fp16", 0.4, 1.2), _row("VQ K=65536 fp16", 0.41, 1.0)]) == 4096
+    with pytest.raises(ValueError, match="fp16"):
+        runtime_k([_row("dense fp32", 0.41, 1.0)])

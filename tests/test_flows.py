@@ -79,9 +79,13 @@ def test_report_and_exports(run):
 
 
 def test_no_gpu_worker_marks_lutham_skipped(run):
-    _, _, report, _ = run
+    tmp, _, report, _ = run
     assert report["stages"]["lutham"]["skipped"] == "skipped: no GPU worker"
     assert report["stages"]["lutham"]["version"] is None
+    from sharekan.detection.compare import runtime_k
+    assert report["lutham"]["codebook_k"] == runtime_k(report["compression"]) in (16, 256)
+    md = (tmp / "detection" / "report.md").read_text()
+    assert f"## LUTHAM (codebook K={report['lutham']['codebook_k']})" in md and "skipped: no GPU worker" in md
 
 
 def test_every_stage_is_a_versioned_artifact_with_lineage(run):
@@ -164,4 +168,8 @@ def test_invalid_parameters_are_refused_before_anything_runs(prefect_api, tmp_pa
         sharekan_pipeline({"train": {"epochs": 0}, "store": str(tmp_path / "s")})
     with pytest.raises(ParameterTypeError, match="kmeans_mode"):
         sharekan_pipeline({"compress": {"kmeans_mode": "kmeans++"}, "store": str(tmp_path / "s")})
+    with pytest.raises(ParameterTypeError, match="lutham_k"):
+        sharekan_pipeline({"compress": {"ks": [16, 256]}, "lutham_k": 4096, "store": str(tmp_path / "s")})
+    with pytest.raises(ParameterTypeError, match="lutham_k"):
+        sharekan_pipeline({"lutham_k": 1000, "store": str(tmp_path / "s")})
     assert not (tmp_path / "s").exists()

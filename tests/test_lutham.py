@@ -20,7 +20,7 @@ def test_plan_is_aligned_without_overlap_and_adds_up():
     assert plan.total >= blocks[-1].offset + blocks[-1].nbytes and plan.total % ALIGN == 0
     edges = 1024 * 64 + 64 * 24
     assert plan.by_component["indices"] == 2 * edges and plan.by_component["gains"] == 2 * edges
-    assert plan.by_component["codebook"] == 4096 * 19 * 4
+    assert plan.by_component["codebook"] == 4096 * 20 * 4  # 13 coefficients padded to 3 + 13 + 4 floats
     assert plan.block("prep").shape == (144, 1024, 8) and plan.block("act2").shape == (144, 24)
     assert sum(plan.by_component.values()) == sum(b.nbytes for b in plan.blocks)
     assert blocks[0].component == "codebook"  # hot prefix first, for the L2 window
@@ -63,9 +63,9 @@ def test_no_gpu_worker_is_reported_not_faked():
     assert not gpu_available() and NO_GPU == "skipped: no GPU worker"
 
 
-def vq_head(sizes, k, device="cuda", gain_dtype="fp16"):
-    model = randomize(KAN(sizes, grid_size=10)).to(device)
-    shapes = torch.nn.functional.normalize(torch.randn(k, 13, device=device), dim=1)
+def vq_head(sizes, k, device="cuda", gain_dtype="fp16", grid_size=10):
+    model = randomize(KAN(sizes, grid_size=grid_size)).to(device)
+    shapes = torch.nn.functional.normalize(torch.randn(k, grid_size + 3, device=device), dim=1)
     return VQKAN([encode_layer(layer, shapes, gain_dtype) for layer in model.layers]).eval()
 
 
@@ -83,6 +83,17 @@ def test_lutham_matches_the_reference_inside_and_outside_the_grid(gain_dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("grid_size", [1, 5, 11, 12])
+def test_lutham_handles_every_codeword_width(grid_size):
+    from sharekan.lutham.runtime import LuthamHead
+    from sharekan.lutham.validate import validate
+
+    model = vq_head([130, 40, 8], 64, grid_size=grid_size)
+    report = validate(LuthamHead(model, max_rows=64), model)
+    assert report["all_written"] and report["max_rel_error"] <= 1e-3, report
+
+
+@pytest.mark.gpu
 def test_lutham_runs_any_row_count_through_torch():
     from sharekan.lutham.runtime import LuthamHead
 
@@ -94,3 +105,40 @@ def test_lutham_runs_any_row_count_through_torch():
     assert torch.allclose(head.run_torch(x), ref, rtol=1e-3, atol=1e-3 * float(ref.abs().max()))
     with pytest.raises(ValueError, match="≤ 20 rows"):
         head.forward(x)
+
+
+@pytest.mark.gpu
+def test_detector_map_with_lutham_equals_the_reference(tmp_path):
+    """A head trained on synthetic VOC (random ResNet-18 features), VQ-compressed: the detector's
+    mAP@0.5 with LUTHAM in place of its KAN equals the torch reference's within 0.1 point."""
+    from sharekan.detection.backbone import build_backbone, extract_features
+    from sharekan.detection.head import HeadConfig, KANDetectionHead
+    from sharekan.detection.synthetic import generate_voc
+    from sharekan.detection.train import location_targets, train_head
+    from sharekan.detection.voc import VOCData
+    from sharekan.kmeans import assign_stats, init_centroids, lloyd
+    from sharekan.lutham.runtime import LuthamHead
+    from sharekan.lutham.validate import detector_map
+    from sharekan.vq_kan import compress_kan, edge_shapes
+
+    generate_voc(tmp_path, n_train=48, n_test=24, seed=0)
+    body, info = build_backbone("resnet18", "layer3", seed=0)
+    size, split = 128, {}
+    for name in ("train", "val"):
+        data = VOCData(tmp_path, [("2007", name)])
+        images = [data.load_image(i) for i in range(len(data))]
+        split[name] = (data.samples, extract_features(body, images, size, progress=False).float().cpu())
+    torch.manual_seed(0)
+    head = KANDetectionHead(HeadConfig(in_channels=info.channels, hidden=16, grid_size=10, stride=info.stride))
+    x, cls, box, centres = location_targets(split["train"][1], split["train"][0], size, info.stride)
+    head.fit_standardisation(x)
+    train_head(head, x, cls, box, centres, epochs=20, batch_size=512, lr=5e-3, progress=False)
+    head = head.eval()
+    shapes = torch.cat(edge_shapes(head.kan)).numpy()  # k-means in numpy/torch: no faiss on GPU workers
+    cb, _ = lloyd(lambda c: assign_stats(shapes, c)[:3] + (0,), init_centroids(shapes, 256, 0), niter=10)
+    vq = compress_kan(head.kan, 256, codebooks=[torch.from_numpy(cb)] * len(head.kan.layers)).eval()
+    lut = LuthamHead(vq, max_rows=512)
+    samples, feats = split["val"]
+    maps = detector_map(head, vq, lut, feats, samples, size)
+    assert maps["map50_reference"] > 0.01, maps  # the head detects something, so the check means something
+    assert abs(maps["map50_lutham"] - maps["map50_reference"]) <= 0.001, maps

@@ -25,12 +25,27 @@ from .head import KANDetectionHead
 from .train import ground_truth, predict
 from .voc import Sample
 
-__all__ = ["default_ks", "baseline_variants", "vq_variants", "compare_variants"]
+__all__ = ["default_ks", "baseline_variants", "vq_variants", "compare_variants", "runtime_k"]
 
 
 def default_ks(edges: int) -> list[int]:
     """K = 256, 4,096 and the largest K the edge count supports (≤ 65,536), deduplicated."""
     return sorted({k for k in (256, 4096, min(edges, MAX_K)) if k <= edges})
+
+
+def runtime_k(rows: list[dict], min_compression: float = 2.0) -> int:
+    """The codebook size to run (LUTHAM, fp16 gains): the best-mAP ``VQ K=… fp16`` variant among
+    those stored ≥ ``min_compression``× smaller than dense (ties: the smaller K), else the most
+    compressed one. The largest K is not the default: at K near the edge count the codebook is as
+    big as the splines it replaces (K = 65,536 on a 67k-edge head compresses 1.0×)."""
+    vq = [(int(r["variant"].split()[1][2:]), r) for r in rows
+          if r["variant"].startswith("VQ K=") and r["variant"].endswith(" fp16")]
+    if not vq:
+        raise ValueError("no 'VQ K=... fp16' variant among the compression rows")
+    small = [(k, r) for k, r in vq if r["compression"] >= min_compression]
+    if small:
+        return min(small, key=lambda kr: (-kr[1]["map50"], kr[0]))[0]
+    return max(vq, key=lambda kr: (kr[1]["compression"], -kr[0]))[0]
 
 
 def baseline_variants(kan: nn.Module, sparsities=(0.1, 0.3, 0.5)) -> list[tuple[str, nn.Module]]:

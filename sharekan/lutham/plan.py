@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-__all__ = ["ALIGN", "L2_BYTES", "LayerSpec", "Block", "Plan", "plan_arena"]
+__all__ = ["ALIGN", "L2_BYTES", "LayerSpec", "Block", "Plan", "codebook_width", "plan_arena"]
 
 ALIGN = 256  # bytes: cudaMalloc's alignment, enough for 128-bit loads and wmma tiles
 L2_BYTES = {"A100": 40 << 20, "H100": 50 << 20, "H200": 60 << 20, "Jetson Orin": 4 << 20}
@@ -71,6 +71,13 @@ def _aligned(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
+def codebook_width(n_coef: int) -> int:
+    """Floats per codeword in the arena: 3 zeros, the ``n_coef`` coefficients, then zeros to a
+    multiple of 4 that holds the two aligned ``float4`` loads of the last window a basis reads
+    (positions up to ``n_coef + 2``): 20 for the 13 coefficients of G = 10."""
+    return (n_coef + 2) // 4 * 4 + 8
+
+
 def plan_arena(layers: list[LayerSpec], codebook_size: int, max_rows: int) -> Plan:
     """Lay out the arena for a head of ``layers`` sharing one ``codebook_size``-entry codebook."""
     if not layers:
@@ -88,7 +95,7 @@ def plan_arena(layers: list[LayerSpec], codebook_size: int, max_rows: int) -> Pl
     if n_coef > MAX_COEF:
         raise ValueError(f"{n_coef} coefficients per edge exceed LUTHAM's {MAX_COEF} (grid size ≤ 12)")
     specs: list[tuple[str, str, tuple[int, ...], str, int]] = [
-        ("codebook", "codebook", (codebook_size, n_coef + 6), "float32", 4)]
+        ("codebook", "codebook", (codebook_size, codebook_width(n_coef)), "float32", 4)]
     for n, lay in enumerate(layers):
         e = (lay.out_features, lay.in_features)
         specs += [(f"L{n}.grid", "grid", (lay.in_features, lay.n_knots), "float32", 4),

@@ -1,7 +1,7 @@
 """Running a compressed head with LUTHAM: the arena on the GPU, kernels launched from it.
 
 :class:`LuthamHead` copies a :class:`~sharekan.vq_kan.VQKAN` (one shared codebook) into the
-planned arena once — codebook padded to ``C + 6``, indices as uint16, gains, biases and base
+planned arena once — codebook padded to ``C + 6`` rounded up to 4 floats, indices as uint16, gains, biases and base
 weights as fp16 — and runs each layer as ``lutham_prep`` then ``lutham_gather`` (< 16 rows) or
 ``lutham_mma`` (≥ 16 rows), both splitting the inputs so small layers fill the GPU; the launches
 for a row count are captured once as a CUDA graph and replayed. Where the CUDA runtime allows, an L2 persisting access-policy window
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .compile import KERNELS, load_module
-from .plan import LayerSpec, Plan, plan_arena
+from .plan import LayerSpec, Plan, codebook_width, plan_arena
 
 __all__ = ["LuthamHead", "MMA_MIN_ROWS"]
 
@@ -40,7 +40,8 @@ class LuthamHead:
         self.stream = cp.cuda.Stream(non_blocking=True)
         self.arena = cp.zeros(self.plan.total, dtype=cp.uint8)
         n_coef = self.plan.n_coef
-        self._put("codebook", np.pad(cb.detach().float().cpu().numpy(), ((0, 0), (3, 3))))
+        self._put("codebook", np.pad(cb.detach().float().cpu().numpy(),
+                                     ((0, 0), (3, codebook_width(n_coef) - n_coef - 3))))
         for n, lay in enumerate(layers):
             grid = lay.grid.detach().float().cpu()
             self._put(f"L{n}.grid", grid.numpy())

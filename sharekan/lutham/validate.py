@@ -3,7 +3,8 @@
 Before every run the output buffer is poisoned with NaN, so an element the kernels never wrote
 fails the check. Inputs are drawn inside the grid range and well outside it (where only the
 SiLU term and the boundary bases remain), for row counts that exercise both kernel paths and
-partial tiles.
+partial tiles. :func:`detector_map` scores the detector with LUTHAM in place of the head's KAN
+against the torch VQ reference.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 
 from .runtime import LuthamHead
 
-__all__ = ["ROWS", "check", "validate"]
+__all__ = ["ROWS", "check", "validate", "detector_map"]
 
 ROWS = (1, 5, 16, 17, 49, 100)
 
@@ -55,3 +56,31 @@ def validate(head: LuthamHead, model, seed: int = 0, real: torch.Tensor | None =
         cases.append({"inputs": "real", **check(head, model, real[:head.plan.max_rows].to(grid.device))})
     worst = max(c["max_rel_error"] for c in cases)
     return {"cases": cases, "max_rel_error": worst, "all_written": all(c["all_written"] for c in cases)}
+
+
+class _OnGpu(torch.nn.Module):
+    """LUTHAM as a CPU-facing module, so the detector can use it in place of its KAN."""
+
+    def __init__(self, lut: LuthamHead):
+        super().__init__()
+        self.lut = lut
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lut.run_torch(x.cuda()).cpu()
+
+
+def detector_map(head, vq, lut: LuthamHead, feats: torch.Tensor, samples, size: int) -> dict:
+    """mAP@0.5 (VOC all-points) of ``head`` on ``feats`` with the torch VQ KAN ``vq`` and with
+    LUTHAM ``lut`` in its place (same rows, same decoding). ``head`` and ``vq`` live on the CPU,
+    where the detector decodes its boxes; LUTHAM's rows go to the GPU and back."""
+    from ..detection.evaluate import voc_ap
+    from ..detection.train import ground_truth, predict
+
+    for name, module in (("head", head), ("vq", vq)):
+        if any(p.is_cuda for p in module.parameters()) or any(b.is_cuda for b in module.buffers()):
+            raise ValueError(f"detector_map: {name} must be on the CPU (the detector decodes there)")
+    gts, n_cls, feats = ground_truth(samples), head.cfg.num_classes, feats.cpu()
+    with torch.no_grad():
+        ref = voc_ap(predict(head, feats, samples, size, kan=vq), gts, n_cls)["map"]
+        mine = voc_ap(predict(head, feats, samples, size, kan=_OnGpu(lut)), gts, n_cls)["map"]
+    return {"map50_reference": ref, "map50_lutham": mine}

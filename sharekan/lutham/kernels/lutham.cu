@@ -2,7 +2,8 @@
 //
 // Edge (o, i) holds a codeword index, a gain g, a bias b and a SiLU base weight w (fp16, times a
 // per-output-row scale: exact for int8-quantised gains); the
-// codebook is float32 [K, C + 6] (each codeword padded by 3 zeros either side). For input x_i only
+// codebook is float32 [K, W] (each codeword: 3 zeros, C coefficients, zeros up to W, a multiple of 4:
+// codewords are 16-byte aligned and read with float4 loads; plan.codebook_width). For input x_i only
 // the 4 cubic bases starting at m_i are non-zero, so
 //   y[r, o] = sum_i  g * sum_j B_j(x_ri) * cb[idx, m_ri + j]  +  b * sum_j B_j(x_ri)  +  w * silu(x_ri).
 // lutham_prep    : per (row, input): the 4 basis values (non-existent bases zeroed), the padded
@@ -59,7 +60,15 @@ __device__ __forceinline__ void edge_term(const float* __restrict__ prep, int ro
             const float4* p = reinterpret_cast<const float4*>(prep + ((long)r * in_f + i) * 8);
             float4 bv = p[0], mv = p[1];
             int pos = __float_as_int(mv.x);
-            float dot = bv.x * c[pos] + bv.y * c[pos + 1] + bv.z * c[pos + 2] + bv.w * c[pos + 3];
+            // the window c[pos .. pos + 3] from two aligned 16-byte loads (one request each, not four)
+            const float4* c4 = reinterpret_cast<const float4*>(c) + (pos >> 2);
+            float4 a = __ldg(c4), n = __ldg(c4 + 1);
+            int s = pos & 3;
+            float c0 = s == 0 ? a.x : s == 1 ? a.y : s == 2 ? a.z : a.w;
+            float c1 = s == 0 ? a.y : s == 1 ? a.z : s == 2 ? a.w : n.x;
+            float c2 = s == 0 ? a.z : s == 1 ? a.w : s == 2 ? n.x : n.y;
+            float c3 = s == 0 ? a.w : s == 1 ? n.x : s == 2 ? n.y : n.z;
+            float dot = bv.x * c0 + bv.y * c1 + bv.z * c2 + bv.w * c3;
             acc[r] += g * dot + b * mv.y + w * mv.z;
         }
     }
@@ -199,12 +208,19 @@ lutham_mma(const float* __restrict__ prep, int rows, int in_f, int out_f, int ch
             int at = n * LD + ii * KS;
             if (go < out_f && gi < i_hi) {
                 long k = (long)go * in_f + gi;
-                const float* c = cb + (long)idx[k] * width + 3;
+                // the codeword in 16-byte loads (c[3 + s] is coefficient s): 4 or 5 requests, not 13
+                const float4* c4 = reinterpret_cast<const float4*>(cb + (long)idx[k] * width);
+                float c[KS + 4];
+#pragma unroll
+                for (int q = 0; q < KS / 4 + 1; ++q) {
+                    float4 v = q * 4 < width ? __ldg(c4 + q) : make_float4(0.f, 0.f, 0.f, 0.f);
+                    c[4 * q] = v.x; c[4 * q + 1] = v.y; c[4 * q + 2] = v.z; c[4 * q + 3] = v.w;
+                }
                 float g = scales[go] * __half2float(gain[k]), b = scales[out_f + go] * __half2float(bias[k]);
                 float w = scales[2 * out_f + go] * __half2float(base[k]);
 #pragma unroll
                 for (int s = 0; s < KS; ++s)
-                    split_store(Bh + at + s, Bl + at + s, s < n_coef ? g * c[s] + b : (s == n_coef ? w : 0.f));
+                    split_store(Bh + at + s, Bl + at + s, s < n_coef ? g * c[3 + s] + b : (s == n_coef ? w : 0.f));
             } else {
 #pragma unroll
                 for (int s = 0; s < KS; ++s) Bh[at + s] = Bl[at + s] = __float2half(0.f);
