@@ -82,10 +82,10 @@ class ShardActor:
     def members(self, cluster: int) -> np.ndarray:
         return self.points[self.coarse == cluster]
 
-    def fine(self, k: int, seed: int, niter: int, tol: float, *parts: np.ndarray) -> np.ndarray:
+    def fine(self, k: int, seed: int, niter: int, tol: float, spherical: bool, *parts: np.ndarray) -> np.ndarray:
         """Fit one coarse cluster's fine centroids from its members gathered from every shard
         (the actors share the fine fits, so no extra processes or CPU claims are needed)."""
-        return _fine(k, seed, niter, tol, list(parts))
+        return _fine(k, seed, niter, tol, spherical, list(parts))
 
     def write(self, session, stage: str, version: str, start: int, centroids: np.ndarray, extra: tuple):
         """Final pass: this shard's nearest-codeword indices (and the ``extra`` row arrays of the
@@ -112,7 +112,7 @@ def _np_index_dtype(k: int) -> np.dtype:
     return np.dtype(str(index_dtype(k)).removeprefix("torch."))
 
 
-def _fine(k: int, seed: int, niter: int, tol: float, parts: list[np.ndarray]) -> np.ndarray:
+def _fine(k: int, seed: int, niter: int, tol: float, spherical: bool, parts: list[np.ndarray]) -> np.ndarray:
     """Fine centroids of one coarse cluster (two-level mode): Lloyd on its gathered members."""
     pts = np.concatenate(parts)
 
@@ -120,7 +120,7 @@ def _fine(k: int, seed: int, niter: int, tol: float, parts: list[np.ndarray]) ->
         sums, counts, objective, _ = assign_stats(pts, c)
         return sums, counts, objective, 0
 
-    return lloyd(stats, init_centroids(pts, k, seed), niter=niter, tol=tol, seed=seed)[0]
+    return lloyd(stats, init_centroids(pts, k, seed), niter=niter, tol=tol, seed=seed, spherical=spherical)[0]
 
 
 def check_shard_memory(shard_bytes: list[int], node_bytes: float, what: str) -> None:
@@ -198,7 +198,8 @@ class ShardPool:
         return init_centroids(np.concatenate(parts), k, seed)
 
     def fit(self, k: int, seed: int = 0, niter: int = 25, tol: float = 1e-4, init: np.ndarray | None = None,
-            mode: str = "full", batch_size: int = 4096, coarse_k: int | None = None, progress: bool = True):
+            mode: str = "full", batch_size: int = 4096, coarse_k: int | None = None, progress: bool = True,
+            spherical: bool = True):
         """Fit ``k`` centroids; returns ``(centroids, history)`` (see :func:`distributed_kmeans`)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -212,14 +213,14 @@ class ShardPool:
                       f"moved {h['moved'] / self.rows:.2%}, reseeded {h['reseeded']}, {h['seconds']:.1f}s", flush=True)
 
         if mode == "two-level":
-            return self._two_level(k, seed, niter, tol, coarse_k, report, progress)
+            return self._two_level(k, seed, niter, tol, coarse_k, report, progress, spherical)
         if init is None:
             init = self.initial(k, seed)
         if mode == "full":
-            return lloyd(self.stats, init, niter=niter, tol=tol, seed=seed, progress=report)
-        return self._minibatch(init, niter, batch_size, seed, report)
+            return lloyd(self.stats, init, niter=niter, tol=tol, seed=seed, spherical=spherical, progress=report)
+        return self._minibatch(init, niter, batch_size, seed, report, spherical)
 
-    def _minibatch(self, init, niter, batch_size, seed, report):
+    def _minibatch(self, init, niter, batch_size, seed, report, spherical):
         centroids = np.ascontiguousarray(init, dtype=np.float32)
         totals = np.zeros(len(centroids), dtype=np.int64)
         per_shard = [max(1, round(batch_size * s / self.rows)) for s in self.sizes]
@@ -229,12 +230,12 @@ class ShardPool:
             parts = self.gather([a.batch.remote(ref, n, seed * 1_000_003 + it * 1_009 + i)
                                  for i, (a, n) in enumerate(zip(self.actors, per_shard))])
             sums, counts = sum(p[0] for p in parts), sum(p[1] for p in parts)
-            centroids, totals = minibatch_update(centroids, totals, sums, counts)
+            centroids, totals = minibatch_update(centroids, totals, sums, counts, spherical)
             history.append({"iteration": it, "objective": sum(p[2] for p in parts), "moved": 0, "reseeded": 0})
             report(history[-1])
         return centroids, history
 
-    def _two_level(self, k, seed, niter, tol, coarse_k, report, progress):
+    def _two_level(self, k, seed, niter, tol, coarse_k, report, progress, spherical):
         """Coarse k-means over all shards (``coarse_k`` ≈ √K centroids), then each coarse cluster's
         share of the K fine centroids fitted in parallel on that cluster's members, by the actors."""
         kc = coarse_k or max(1, min(k, round(math.sqrt(k))))
@@ -245,7 +246,7 @@ class ShardPool:
             report(h)
 
         coarse, history = lloyd(self.stats, self.initial(kc, seed), niter=niter, tol=tol, seed=seed,
-                                progress=coarse_report)
+                                spherical=spherical, progress=coarse_report)
         ref = ray.put(coarse)
         counts = sum(self.gather([a.split.remote(ref) for a in self.actors]))
         ks = split_k(counts, k)
@@ -253,7 +254,7 @@ class ShardPool:
         # every actor's members calls are queued before any fine fit, so no fit waits on a busy actor
         members = {c: [a.members.remote(c) for a in self.actors] for c in live}
         jobs = {c: self.actors[i % len(self.actors)].fine.remote(int(ks[c]), seed * 65_537 + c, niter, tol,
-                                                                 *members[c])
+                                                                 spherical, *members[c])
                 for i, c in enumerate(live)}
         pending, done = list(jobs.values()), 0
         while pending:
@@ -290,15 +291,18 @@ class ShardPool:
 
 def distributed_kmeans(location, version: str, name: str, k: int, seed: int = 0, niter: int = 25,
                        tol: float = 1e-4, init: np.ndarray | None = None, mode: str = "full",
-                       batch_size: int = 4096, coarse_k: int | None = None, progress: bool = True):
+                       batch_size: int = 4096, coarse_k: int | None = None, progress: bool = True,
+                       spherical: bool = True):
     """Fit ``k`` centroids to the rows of ``version/name``, one actor per shard.
 
     ``mode="full"`` is Lloyd over all points (default); ``"minibatch"`` is the paper's
     mini-batch k-means (``batch_size`` points per iteration, split across shards by size; the
     objective reported is the batch's); ``"two-level"`` fits ``coarse_k`` (≈ √K) coarse clusters,
     then the fine centroids of each as parallel tasks. Returns ``(centroids, history)``; ``init``
-    overrides the seeded initialisation (``k`` points sampled across shards by size)."""
+    overrides the seeded initialisation (``k`` points sampled across shards by size).
+    ``spherical`` (default, for unit shapes) renormalises the centroids each update; ``False`` is
+    plain Euclidean k-means, the objective scikit-learn's ``MiniBatchKMeans`` minimises."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     with ShardPool(location, version, name) as pool:
-        return pool.fit(k, seed, niter, tol, init, mode, batch_size, coarse_k, progress)
+        return pool.fit(k, seed, niter, tol, init, mode, batch_size, coarse_k, progress, spherical)

@@ -42,18 +42,22 @@ def shapes(tmp_path_factory, cluster):
     return str(path), art.version, pts
 
 
-def single(pts, init, niter=30):
+def single(pts, init, niter=30, spherical=True):
     def stats(c):
         s, n, o, _ = assign_stats(pts, c)
         return s, n, o, 0
-    return lloyd(stats, init, niter=niter, seed=0)
+    return lloyd(stats, init, niter=niter, seed=0, spherical=spherical)
 
 
-def test_distributed_equals_single_process(shapes):
+@pytest.mark.parametrize("spherical", [True, False])
+def test_distributed_equals_single_process(shapes, spherical):
     path, version, pts = shapes
     init = init_centroids(pts, 16, seed=3)
-    dist, hist = distributed_kmeans(path, version, "shapes", 16, init=init, niter=30, progress=False)
-    ref, ref_hist = single(pts, init)
+    dist, hist = distributed_kmeans(path, version, "shapes", 16, init=init, niter=30, progress=False,
+                                    spherical=spherical)
+    ref, ref_hist = single(pts, init, spherical=spherical)
+    norms = np.linalg.norm(dist, axis=1)
+    assert np.allclose(norms, 1, atol=1e-5) if spherical else norms.max() < 0.999  # means of unit vectors
     assert np.allclose(dist, ref, atol=1e-5)
     assert np.array_equal(assign_stats(pts, dist)[3], assign_stats(pts, ref)[3])
     assert len(hist) == len(ref_hist) and hist[-1]["objective"] <= hist[0]["objective"]
