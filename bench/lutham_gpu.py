@@ -30,8 +30,7 @@ from sharekan.demo import format_table  # noqa: E402
 from sharekan.kan import KAN  # noqa: E402
 from sharekan.lutham.runtime import LuthamHead  # noqa: E402
 from sharekan.lutham.validate import validate  # noqa: E402
-from sharekan.vq import decompose  # noqa: E402
-from sharekan.vq_kan import VQKAN, encode_layer  # noqa: E402
+from sharekan.vq_kan import VQKAN, edge_shapes, encode_layer  # noqa: E402
 
 ROWS = (1, 49, 392, 3136)
 
@@ -60,7 +59,7 @@ def random_head(sizes, k, iters):
             lay.spline_weight.normal_(0, 0.5)
             lay.base_weight.normal_(0, 1 / lay.in_features ** 0.5)
             lay.spline_scaler.uniform_(0.5, 1.5)
-    shapes = torch.cat([decompose(lay.scaled_spline_weight().reshape(-1, 13))[0] for lay in kan.layers])
+    shapes = torch.cat(edge_shapes(kan))
     cb = gpu_kmeans(shapes, k, iters)
     return kan, VQKAN([encode_layer(lay, cb, "fp16") for lay in kan.layers]).eval()
 

@@ -1,10 +1,11 @@
 """Running a compressed head with LUTHAM: the arena on the GPU, kernels launched from it.
 
 :class:`LuthamHead` copies a :class:`~sharekan.vq_kan.VQKAN` (one shared codebook) into the
-planned arena once — codebook padded to ``C + 6`` rounded up to 4 floats, indices as uint16, gains, biases and base
-weights as fp16 — and runs each layer as ``lutham_prep`` then ``lutham_gather`` (< 16 rows) or
-``lutham_mma`` (≥ 16 rows), both splitting the inputs so small layers fill the GPU; the launches
-for a row count are captured once as a CUDA graph and replayed. Where the CUDA runtime allows, an L2 persisting access-policy window
+planned arena once — codebook rows padded to 16-byte-aligned ``plan.codebook_width`` floats,
+indices as uint16, gains, biases and base weights as fp16 — and runs each layer as
+``lutham_prep`` then ``lutham_gather`` (< 16 rows) or ``lutham_mma`` (≥ 16 rows), both splitting
+the inputs so small layers fill the GPU; the launches for a row count are captured once as a
+CUDA graph and replayed. Where the CUDA runtime allows, an L2 persisting access-policy window
 covers the arena's hot prefix (codebook first); the plan records whether it was set.
 """
 
