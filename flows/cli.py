@@ -76,6 +76,7 @@ def run(data, n_train, n_test, epochs, seed, ks, kmeans_mode, store, out, params
         if not api:
             click.echo(f"Prefect API (temporary, for this run): {url}")
         from flows.pipeline import sharekan_pipeline
+        from flows.report import VARIANT_COLUMNS, stage_state
         from sharekan.demo import format_table
         from tasks.cluster import connect
 
@@ -86,14 +87,10 @@ def run(data, n_train, n_test, epochs, seed, ks, kmeans_mode, store, out, params
         _flush_logs()
     click.echo(f"\ndense head: mAP@0.5 {report['map50']:.4f} ({report['metric']}), "
                f"torchmetrics COCO-style AP50 {report['torchmetrics_map50']:.4f}")
-    click.echo(format_table(report["variants"], [
-        ("variant", "variant", "s"), ("map50", "mAP@0.5", ".4f"), ("delta_map50", "Δ mAP", "+.4f"),
-        ("storage_bytes", "storage B", ",d"), ("compression", "ratio", ".1f"),
-        ("runtime_bytes_1img", "runtime B 1 img", ",d")]))
+    click.echo(format_table(report["variants"], VARIANT_COLUMNS))
     click.echo("\nartifact versions:")
     for name, s in report["stages"].items():
-        state = s.get("skipped") or ("new" if s.get("created") else "reused")
-        click.echo(f"  {name:16s} {s.get('version') or '-':44s} {state:8s} {s.get('seconds', 0):7.1f}s")
+        click.echo(f"  {name:16s} {s.get('version') or '-':44s} {stage_state(s):8s} {s.get('seconds', 0):7.1f}s")
     click.echo(f"\nreport: {Path(params.out) / 'report.json'} (and report.md) in {report['seconds']:.0f}s")
 
 

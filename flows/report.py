@@ -18,9 +18,17 @@ from PIL import Image, ImageDraw
 from sharekan.demo import format_table
 from storage.store import ArtifactStore, parse_location
 
-__all__ = ["publish", "markdown", "size_vs_map_png", "codebook_png"]
+__all__ = ["publish", "markdown", "size_vs_map_png", "codebook_png", "VARIANT_COLUMNS", "stage_state"]
 
 _W, _H, _PAD = 640, 400, 48
+VARIANT_COLUMNS = [("variant", "variant", "s"), ("map50", "mAP@0.5", ".4f"), ("delta_map50", "Δ mAP", "+.4f"),
+                   ("storage_bytes", "storage B", ",d"), ("compression", "ratio", ".1f"),
+                   ("runtime_bytes_1img", "runtime B 1 img", ",d")]
+
+
+def stage_state(stage: dict) -> str:
+    """The state shown for a stage: new, reused, or why it was skipped."""
+    return stage.get("skipped") or ("new" if stage.get("created") else "reused")
 
 
 def _canvas():
@@ -79,15 +87,10 @@ def markdown(report: dict, images: dict[str, bytes]) -> str:
              f"torchmetrics AP50 {report['torchmetrics_map50']:.4f}; total {report['seconds']:.1f} s.", "",
              "## Stages", "", "| stage | version | new / reused | seconds |", "|---|---|---|---|"]
     for name, s in report["stages"].items():
-        state = s.get("skipped") or ("new" if s.get("created") else "reused")
-        lines.append(f"| {name} | `{s.get('version')}` | {state} | {s.get('seconds', 0):.1f} |")
+        lines.append(f"| {name} | `{s.get('version')}` | {stage_state(s)} | {s.get('seconds', 0):.1f} |")
     if report["variants"]:
         lines += ["", "## Compression (storage and runtime bytes measured)", "", "```",
-                  format_table(report["variants"], [("variant", "variant", "s"), ("map50", "mAP@0.5", ".4f"),
-                                                    ("delta_map50", "Δ mAP", "+.4f"),
-                                                    ("storage_bytes", "storage B", ",d"),
-                                                    ("compression", "ratio", ".1f"),
-                                                    ("runtime_bytes_1img", "runtime B 1 img", ",d")]), "```"]
+                  format_table(report["variants"], VARIANT_COLUMNS), "```"]
     lut = report.get("lutham")
     if lut:
         lines += ["", f"## LUTHAM (codebook K={lut.get('codebook_k')})", ""]
