@@ -150,11 +150,11 @@ def test_two_writers_commit_at_once(tmp_path):
     script.write_text(CONCURRENT_SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     start = time.time() + 3
-    procs = [subprocess.Popen([sys.executable, str(script), str(path), name, str(start)],
+    procs = [subprocess.Popen([sys.executable, "-X", "faulthandler", str(script), str(path), name, str(start)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
              for name in ("a", "bb", "a")]  # two distinct versions and one duplicate
     outs = [p.communicate(timeout=120) for p in procs]
-    assert all(p.returncode == 0 for p in procs), [o[1][-500:] for o in outs]
+    assert all(p.returncode == 0 for p in procs), [(p.returncode, o[0][-300:], o[1][-500:]) for p, o in zip(procs, outs)]
     store = ArtifactStore(path)
     versions = sorted(a.version for a in store.ls())
     assert len(versions) == 2
