@@ -28,13 +28,35 @@ def main() -> None:
     """SHARe-KAN: KAN heads compressed by Gain-Shape-Bias VQ."""
 
 
+def _json_params(text: str | None) -> dict:
+    """``--params``: a JSON object given inline (starts with ``{``) or the path of a JSON file."""
+    if not text:
+        return {}
+    if text.lstrip().startswith("{"):
+        source, body = "the --params text", text
+    else:
+        path = Path(text)
+        if not path.is_file():
+            raise click.BadParameter(f"{text!r} is neither a JSON object nor an existing file", param_hint="--params")
+        try:
+            source, body = str(path), path.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise click.BadParameter(f"cannot read {path}: {e}", param_hint="--params") from None
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError as e:
+        raise click.BadParameter(f"{source} is not valid JSON: {e}", param_hint="--params") from None
+    if not isinstance(data, dict):
+        raise click.BadParameter(f"{source} must be a JSON object, got {type(data).__name__}", param_hint="--params")
+    return data
+
+
 def _params(overrides: dict, params_json: str | None):
     from pydantic import ValidationError
 
     from flows.params import PipelineParams
 
-    base = json.loads(Path(params_json).read_text() if params_json and Path(params_json).is_file()
-                      else params_json or "{}")
+    base = _json_params(params_json)
     for key, value in overrides.items():
         if value is not None:
             section, _, name = key.rpartition(".")
@@ -70,6 +92,8 @@ def run(data, n_train, n_test, epochs, seed, ks, kmeans_mode, store, out, params
     from flows.local import prefect_env, prefect_server
 
     api = os.environ.get("PREFECT_API_URL")
+    if Path(params.out).exists() and not Path(params.out).is_dir():
+        raise click.BadParameter(f"{params.out} is a file, not a folder", param_hint="--out")
     Path(params.out).mkdir(parents=True, exist_ok=True)
     with (nullcontext(api) if api else prefect_server(log=Path(params.out) / "prefect-server.log")) as url:
         os.environ.update({k: v for k, v in prefect_env(url).items() if k.startswith(("PREFECT_", "RAY_"))})
@@ -91,6 +115,9 @@ def run(data, n_train, n_test, epochs, seed, ks, kmeans_mode, store, out, params
     click.echo("\nartifact versions:")
     for name, s in report["stages"].items():
         click.echo(f"  {name:16s} {s.get('version') or '-':44s} {stage_state(s):8s} {s.get('seconds', 0):7.1f}s")
+    bad = report.get("skipped_samples") or []
+    if bad:
+        click.echo(f"\nskipped {len(bad)} bad samples (all listed in report.md), e.g. {bad[0]}")
     click.echo(f"\nreport: {Path(params.out) / 'report.json'} (and report.md) in {report['seconds']:.0f}s")
 
 

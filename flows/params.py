@@ -12,7 +12,8 @@ _SPLITS = r"^\s*[0-9A-Za-z_]+:[0-9A-Za-z_]+\s*(,\s*[0-9A-Za-z_]+:[0-9A-Za-z_]+\s
 
 
 class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: "yes" is no boolean and true no integer (JSON numbers still fill float fields)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class DataParams(_Params):

@@ -162,6 +162,7 @@ def _report(params: PipelineParams, stages_: dict, rows: list[dict], seconds: fl
                                         "runtime_bytes_8img", "compression")} for r in rows],
         "compression": rows,
         "stages": {name: {k: s[k] for k in keep if k in s} for name, s in stages_.items()},
+        "skipped_samples": stages_["dataset"].get("skipped_samples", []),
         "lutham": stages_.get("lutham"),
     }
 

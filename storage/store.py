@@ -20,8 +20,10 @@ Location: a local folder (default ``artifacts/store``) or S3-compatible object s
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
+import gc
 import hashlib
 import json
 import os
@@ -37,6 +39,14 @@ import zarr.errors
 
 __all__ = ["S3Location", "StoreError", "VersionNotFound", "Artifact", "ArtifactStore", "version_id",
            "open_artifact_group", "parse_location", "code_version"]
+
+# Icechunk's I/O runs on native (tokio) threads that call back into Python; session objects left in
+# reference cycles until interpreter finalisation let such a thread re-enter a finalising interpreter,
+# which aborts (exit 134, "Fatal Python error: Aborted" from a non-Python thread; ~10 % of CLI
+# runs under load). Collecting them at exit, while the interpreter and zarr's loop still run,
+# prevents it (tests/test_faults.py runs the CLI many times, concurrently). Registered after
+# zarr's own exit handler, so it runs first.
+atexit.register(gc.collect)
 
 BRANCH = "main"
 FORMAT = "sharekan-artifacts/1"

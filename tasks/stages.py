@@ -149,7 +149,8 @@ def dataset(loc, root: str, train_splits: str, test_splits: str, skip_bad: bool,
     art, created = ArtifactStore(loc).put("dataset", params, [], CODE["dataset"], {},
                                           meta={"train_images": len(train_data), "test_images": len(test_data),
                                                 "skipped": skipped, "root_path": str(root), "skip_bad": skip_bad})
-    return _result(art, created, t0, train_images=len(train_data), test_images=len(test_data), skipped=skipped)
+    return _result(art, created, t0, train_images=len(train_data), test_images=len(test_data),
+                   skipped_samples=art.meta["skipped"])
 
 
 # -- features: one task per shard of images, each writing its own rows ---------------------------

@@ -1,4 +1,7 @@
-"""Shared fixtures: seeded RNG and small random KANs."""
+"""Shared fixtures: seeded RNG, small random KANs, tiny pipeline parameters, and a temporary
+Prefect API with a local Ray cluster (once per test module that asks for it)."""
+
+import os
 
 import pytest
 import torch
@@ -29,3 +32,35 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def tiny(tmp, **over):
+    """Pipeline parameters small enough for CI: 16 training images, ResNet-18, a KAN [256, 8, 24]."""
+    from flows.params import PipelineParams
+
+    base = {"data": {"n_train": 16, "n_test": 6},
+            "train": {"size": 64, "backbone": "resnet18", "hidden": 8, "epochs": 2, "batch_size": 256},
+            "compress": {"ks": [16, 256], "kmeans_niter": 5},
+            "store": str(tmp / "store"), "out": str(tmp / "detection")}
+    for section, values in over.items():
+        base[section] = {**base[section], **values} if isinstance(values, dict) else values
+    return PipelineParams.model_validate(base)
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    """A temporary Prefect server (``prefect_test_harness``) and a local Ray cluster whose workers
+    report to it; both stopped at the end of the module."""
+    ray = pytest.importorskip("ray")
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    from tasks.cluster import connect
+
+    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    with prefect_test_harness(server_startup_timeout=120):
+        os.environ["PREFECT_API_URL"] = PREFECT_API_URL.value()  # Ray workers report here
+        connect(num_cpus=2)
+        yield PREFECT_API_URL.value()
+        ray.shutdown()
+        del os.environ["PREFECT_API_URL"]

@@ -2,47 +2,20 @@
 (``prefect_test_harness``, once for this module), a real local Ray cluster, a real store."""
 
 import json
-import os
 
 import numpy as np
 import pytest
-import ray
 import torch
 from pycocotools.coco import COCO
 
-from flows.params import PipelineParams
 from sharekan.detection.head import HeadConfig, KANDetectionHead
 from storage.files import load_tensors
 from storage.shards import read_shard
 from storage.store import ArtifactStore
 
+from .conftest import tiny
+
 EDGES = 256 * 8 + 8 * 24
-
-
-def tiny(tmp, **over) -> PipelineParams:
-    base = {"data": {"n_train": 16, "n_test": 6},
-            "train": {"size": 64, "backbone": "resnet18", "hidden": 8, "epochs": 2, "batch_size": 256},
-            "compress": {"ks": [16, 256], "kmeans_niter": 5},
-            "store": str(tmp / "store"), "out": str(tmp / "detection")}
-    for section, values in over.items():
-        base[section] = {**base[section], **values} if isinstance(values, dict) else values
-    return PipelineParams.model_validate(base)
-
-
-@pytest.fixture(scope="module")
-def prefect_api(tmp_path_factory):
-    from prefect.settings import PREFECT_API_URL
-    from prefect.testing.utilities import prefect_test_harness
-
-    from tasks.cluster import connect
-
-    os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    with prefect_test_harness(server_startup_timeout=120):
-        os.environ["PREFECT_API_URL"] = PREFECT_API_URL.value()  # Ray workers report here
-        connect(num_cpus=2)
-        yield PREFECT_API_URL.value()
-        ray.shutdown()
-        del os.environ["PREFECT_API_URL"]
 
 
 @pytest.fixture(scope="module")

@@ -66,6 +66,21 @@ def test_lutham_task_on_a_worker_without_a_gpu_refuses_instead_of_faking(tmp_pat
     assert not (tmp_path / "store").exists()  # refused before touching the store
 
 
+def test_validation_failures_name_every_failing_case():
+    from sharekan.lutham.validate import failures
+
+    ok = {"rows": 17, "inputs": "inside", "all_written": True, "unwritten": 0, "max_rel_error": 2e-4}
+    report = {"cases": [ok, {**ok, "inputs": "outside", "max_rel_error": 3e-2},
+                        {**ok, "rows": 5, "all_written": False, "unwritten": 4}]}
+    maps = {"map50_reference": 0.41, "map50_lutham": 0.40}
+    msgs = failures(report, maps, 1e-3, 0.001)
+    assert msgs == ["case rows=17 inputs=outside: max relative error 3.00e-02 > 1e-03",
+                    "case rows=5 inputs=inside: 4 output elements never written",
+                    "detector mAP@0.5 with LUTHAM 0.4000 vs torch reference 0.4100: off by 0.0100 > 0.001"]
+    assert failures({"cases": [ok]}, {**maps, "map50_lutham": 0.4105}, 1e-3, 0.001) == []
+    assert failures({"cases": [ok]}, {**maps, "map50_lutham": float("nan")}, 1e-3, 0.001)  # NaN never passes
+
+
 def vq_head(sizes, k, device="cuda", gain_dtype="fp16", grid_size=10):
     model = randomize(KAN(sizes, grid_size=grid_size)).to(device)
     shapes = torch.nn.functional.normalize(torch.randn(k, grid_size + 3, device=device), dim=1)
@@ -111,6 +126,25 @@ def test_lutham_runs_any_row_count_through_torch():
 
 
 @pytest.mark.gpu
+def test_lutham_is_a_drop_in_module_for_any_leading_dimensions():
+    from sharekan.lutham.module import LuthamKAN
+
+    model = vq_head([64, 32, 8], 64)
+    lut = LuthamKAN(model, max_rows=20)
+    for shape in [(64,), (3, 64), (2, 37, 64), (2, 3, 5, 64), (0, 64)]:
+        x = torch.randn(*shape, device="cuda")
+        with torch.no_grad():
+            ref = model(x)
+        y = lut(x)
+        assert y.shape == ref.shape == (*shape[:-1], 8) and y.device == x.device
+        assert torch.allclose(y, ref, rtol=1e-3, atol=1e-3 * (float(ref.abs().max()) if ref.numel() else 1.0))
+    cpu = lut(torch.randn(4, 64))  # CPU in, CPU out (computed on the GPU)
+    assert cpu.device.type == "cpu" and cpu.shape == (4, 8)
+    with pytest.raises(ValueError, match=r"expects \[\.\.\., 64\] inputs, got shape \(2, 63\)"):
+        lut(torch.randn(2, 63, device="cuda"))
+
+
+@pytest.mark.gpu
 def test_detector_map_with_lutham_equals_the_reference(tmp_path):
     """A head trained on synthetic VOC (random ResNet-18 features), VQ-compressed: the detector's
     mAP@0.5 with LUTHAM in place of its KAN equals the torch reference's within 0.1 point."""
@@ -120,7 +154,7 @@ def test_detector_map_with_lutham_equals_the_reference(tmp_path):
     from sharekan.detection.train import location_targets, train_head
     from sharekan.detection.voc import VOCData
     from sharekan.kmeans import assign_stats, init_centroids, lloyd
-    from sharekan.lutham.runtime import LuthamHead
+    from sharekan.lutham.module import LuthamKAN
     from sharekan.lutham.validate import detector_map
     from sharekan.vq_kan import compress_kan, edge_shapes
 
@@ -140,7 +174,7 @@ def test_detector_map_with_lutham_equals_the_reference(tmp_path):
     shapes = torch.cat(edge_shapes(head.kan)).numpy()  # k-means in numpy/torch: no faiss on GPU workers
     cb, _ = lloyd(lambda c: assign_stats(shapes, c)[:3] + (0,), init_centroids(shapes, 256, 0), niter=10)
     vq = compress_kan(head.kan, 256, codebooks=[torch.from_numpy(cb)] * len(head.kan.layers)).eval()
-    lut = LuthamHead(vq, max_rows=512)
+    lut = LuthamKAN(vq, max_rows=512)
     samples, feats = split["val"]
     maps = detector_map(head, vq, lut, feats, samples, size)
     assert maps["map50_reference"] > 0.01, maps  # the head detects something, so the check means something

@@ -8,7 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["SOURCE", "KERNELS", "ARCHS", "source", "include_dirs", "nvrtc_compile", "load_module", "source_hash"]
+__all__ = ["SOURCE", "KERNELS", "ARCHS", "source", "include_dirs", "nvrtc_compile", "load_module", "load_cubin",
+           "source_hash"]
 
 SOURCE = Path(__file__).with_name("kernels") / "lutham.cu"
 KERNELS = ("lutham_prep", "lutham_gather1", "lutham_gather4", "lutham_gather16", "lutham_mma")
@@ -66,3 +67,18 @@ def load_module():
 
     return cupy.RawModule(code=source(), options=(*OPTIONS, *(f"-I{d}" for d in include_dirs())),
                           name_expressions=None)
+
+
+def load_cubin(cubin: bytes):
+    """A CuPy ``RawModule`` of a stored binary (from :func:`nvrtc_compile`), for the GPU in hand."""
+    import tempfile
+
+    import cupy
+
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        module = cupy.RawModule(path=f.name)
+        for name in KERNELS:  # load now, while the file exists
+            module.get_function(name)
+    return module

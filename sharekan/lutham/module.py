@@ -1,0 +1,44 @@
+"""LUTHAM as a drop-in ``torch.nn.Module``: use it wherever a ``KAN`` or ``VQKAN`` is used.
+
+``LuthamKAN(vq_kan, max_rows)`` copies the compressed head into its GPU arena once
+(:class:`~sharekan.lutham.runtime.LuthamHead`); ``forward`` takes ``[..., in_features]`` on any
+device, runs the kernels on the GPU in chunks of ``max_rows`` rows and returns
+``[..., out_features]`` on the input's device and dtype, like ``VQKAN.forward``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .runtime import LuthamHead
+
+__all__ = ["LuthamKAN"]
+
+
+class LuthamKAN(nn.Module):
+    """A VQ-compressed KAN (one shared codebook) run by the LUTHAM kernels."""
+
+    def __init__(self, model, max_rows: int = 4096, **runtime_kw):
+        super().__init__()
+        self.lut = LuthamHead(model, max_rows=max_rows, **runtime_kw)
+        self.in_features = self.lut.plan.layers[0].in_features
+        self.out_features = self.lut.plan.layers[-1].out_features
+
+    @property
+    def plan(self):
+        return self.lut.plan
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"LUTHAM head expects [..., {self.in_features}] inputs, got shape {tuple(x.shape)}")
+        lead = x.shape[:-1]
+        flat = x.reshape(-1, self.in_features)
+        if flat.shape[0] == 0:
+            return x.new_zeros(*lead, self.out_features)
+        y = self.lut.run_torch(flat.to("cuda", non_blocking=True))
+        return y.reshape(*lead, self.out_features).to(device=x.device, dtype=x.dtype)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"codebook={self.lut.plan.codebook_size}, max_rows={self.lut.plan.max_rows}")
