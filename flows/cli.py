@@ -91,10 +91,17 @@ def run(data, n_train, n_test, epochs, seed, ks, kmeans_mode, store, out, params
                                | ({"lutham": False} if no_lutham else {}))
     from flows.local import prefect_env, prefect_server
 
+    from flows.pipeline import PreflightError, preflight
+
+    try:
+        preflight(params)  # the flow checks again; here it fails before any server starts
+    except PreflightError as e:
+        raise click.UsageError(str(e)) from None
     api = os.environ.get("PREFECT_API_URL")
-    if Path(params.out).exists() and not Path(params.out).is_dir():
-        raise click.BadParameter(f"{params.out} is a file, not a folder", param_hint="--out")
-    Path(params.out).mkdir(parents=True, exist_ok=True)
+    try:
+        Path(params.out).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise click.BadParameter(f"cannot create {params.out}: {e}", param_hint="--out") from None
     with (nullcontext(api) if api else prefect_server(log=Path(params.out) / "prefect-server.log")) as url:
         os.environ.update({k: v for k, v in prefect_env(url).items() if k.startswith(("PREFECT_", "RAY_"))})
         if not api:
@@ -104,11 +111,16 @@ def run(data, n_train, n_test, epochs, seed, ks, kmeans_mode, store, out, params
         from sharekan.demo import format_table
         from tasks.cluster import connect
 
-        resources = connect(address)
-        click.echo(f"Ray: {address or 'local'} cluster, {resources.get('CPU', 0):.0f} CPUs, "
-                   f"{resources.get('GPU', 0):.0f} GPUs")
-        report = sharekan_pipeline(params)
-        _flush_logs()
+        try:
+            resources = connect(address)
+            click.echo(f"Ray: {address or 'local'} cluster, {resources.get('CPU', 0):.0f} CPUs, "
+                       f"{resources.get('GPU', 0):.0f} GPUs")
+            state = sharekan_pipeline(params, return_state=True)
+        finally:
+            _flush_logs()  # before a temporary server stops, failed or not
+    if not state.is_completed():
+        raise click.ClickException(f"the run failed: {_cause(state)}")
+    report = state.result()
     click.echo(f"\ndense head: mAP@0.5 {report['map50']:.4f} ({report['metric']}), "
                f"torchmetrics COCO-style AP50 {report['torchmetrics_map50']:.4f}")
     click.echo(format_table(report["variants"], VARIANT_COLUMNS))
@@ -119,6 +131,15 @@ def run(data, n_train, n_test, epochs, seed, ks, kmeans_mode, store, out, params
     if bad:
         click.echo(f"\nskipped {len(bad)} bad samples (all listed in report.md), e.g. {bad[0]}")
     click.echo(f"\nreport: {Path(params.out) / 'report.json'} (and report.md) in {report['seconds']:.0f}s")
+
+
+def _cause(state) -> str:
+    """One line naming why a run failed (the task's traceback is in the log above it)."""
+    exc = state.result(raise_on_failure=False)
+    if not isinstance(exc, BaseException):
+        return state.message or state.name
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
 def _flush_logs() -> None:

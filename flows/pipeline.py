@@ -25,15 +25,19 @@ from storage.store import ArtifactStore, parse_location
 from tasks import lutham as lutham_tasks
 from tasks import stages
 from tasks.cluster import init_kwargs
+from tasks.retry import RETRIES, ray_options, retry_transient
 
 from .params import CompressParams, PipelineParams, TrainParams
 from .report import publish
 
-__all__ = ["sharekan_pipeline", "train_flow", "compress_flow", "compile_flow", "parameter_sweep"]
+__all__ = ["sharekan_pipeline", "train_flow", "compress_flow", "compile_flow", "parameter_sweep", "preflight",
+           "PreflightError"]
 
-_TASKS = {name: task(getattr(stages, name), name=name, retries=2, retry_delay_seconds=2, log_prints=True)
-          for name in ("dataset", "features", "train", "evaluate", "splines", "codebook", "compression")}
-_TASKS["lutham"] = task(lutham_tasks.compile_and_validate, name="lutham", retries=1, log_prints=True)
+_TASKS = {name: task(fn, name=name, retries=RETRIES, retry_delay_seconds=2, retry_condition_fn=retry_transient,
+                     log_prints=True)
+          for name, fn in [*((n, getattr(stages, n)) for n in ("dataset", "features", "train", "evaluate", "splines",
+                                                                 "codebook", "compression")),
+                           ("lutham", lutham_tasks.compile_and_validate)]}
 
 
 def _runner() -> RayTaskRunner:
@@ -44,7 +48,7 @@ def _runner() -> RayTaskRunner:
 
 
 def _submit(name: str, *args, **kwargs):
-    with remote_options(**stages.RESOURCES[name]):
+    with remote_options(**ray_options(**stages.RESOURCES[name])):
         return _TASKS[name].submit(*args, **kwargs)
 
 
@@ -64,20 +68,17 @@ def train_flow(dataset_version: str, params: TrainParams = TrainParams(), store:
                out: str = "artifacts/detection") -> dict:
     """Features → head → dense evaluation, from a stored data set version."""
     loc = _loc(store)
-    ds = ArtifactStore(loc, create=False).get(dataset_version)
-    root, skip_bad = ds.meta["root_path"], ds.meta["skip_bad"]
-    train_s, test_s = ds.params["train"], ds.params["test"]
+    ArtifactStore(loc, create=False).get(dataset_version)  # names a missing version before any work
     backbone = {"name": params.backbone, "layer": params.layer, "weights": params.weights, "seed": params.seed}
-    f_train = _submit("features", loc, dataset_version, root, train_s, skip_bad, backbone, params.size, "train")
-    f_test = _submit("features", loc, dataset_version, root, test_s, skip_bad, backbone, params.size, "test")
+    f_train = _submit("features", loc, dataset_version, backbone, params.size, "train")
+    f_test = _submit("features", loc, dataset_version, backbone, params.size, "test")
     f_train, f_test = f_train.result(), f_test.result()
     if f_train["backbone"]["pretrained"] is False:
         get_run_logger().warning("backbone has RANDOM INITIALISATION (no weights given or cached)")
-    head = _run("train", loc, f_train["version"], dataset_version, root, train_s, skip_bad, params.size,
-                params.hidden, params.grid_size, params.epochs, params.lr, params.batch_size, params.seed,
-                checkpoint=str(Path(out) / "checkpoints" / "head.safetensors"))
-    ev = _run("evaluate", loc, head["version"], f_test["version"], dataset_version, root, test_s, skip_bad,
-              params.size, params.use_07, out=out)
+    head = _run("train", loc, f_train["version"], dataset_version, params.size, params.hidden, params.grid_size,
+                params.epochs, params.lr, params.batch_size, params.seed, checkpoint=str(Path(out) / "checkpoints" / "head.safetensors"))
+    ev = _run("evaluate", loc, head["version"], f_test["version"], dataset_version, params.size, params.use_07,
+              out=out)
     return {"stages": {"features_train": f_train, "features_test": f_test, "head": head, "evaluation": ev}}
 
 
@@ -88,8 +89,7 @@ def compress_flow(head_version: str, features_version: str, dataset_version: str
     from sharekan.detection.compare import default_ks
 
     loc = _loc(store)
-    st = ArtifactStore(loc, create=False)
-    ds, size = st.get(dataset_version), st.get(head_version).meta["size"]
+    size = ArtifactStore(loc, create=False).get(head_version).meta["size"]
     spl = _run("splines", loc, head_version)
     ks = params.ks or default_ks(spl["edges"])
     too_big = [k for k in ks if k > spl["edges"]]
@@ -98,8 +98,7 @@ def compress_flow(head_version: str, features_version: str, dataset_version: str
     cbs = {f"codebook_K{k}": _run("codebook", loc, spl["version"], k, params.seed, params.kmeans_niter,
                                   params.kmeans_mode) for k in ks}
     comp = _run("compression", loc, head_version, features_version, dataset_version,
-                {k: cbs[f"codebook_K{k}"]["version"] for k in ks}, ds.meta["root_path"], ds.params["test"],
-                ds.meta["skip_bad"], size)
+                {k: cbs[f"codebook_K{k}"]["version"] for k in ks}, size)
     return {"stages": {"splines": spl, **cbs, "compression": comp}}
 
 
@@ -112,7 +111,7 @@ def compile_flow(head_version: str, codebook_version: str, features_version: str
         get_run_logger().warning(lutham_tasks.NO_GPU)
         return {"stages": {"lutham": {"version": None, "created": False, "seconds": 0.0,
                                       "skipped": lutham_tasks.NO_GPU}}}
-    with remote_options(num_gpus=1, num_cpus=1):
+    with remote_options(**ray_options(num_gpus=1, num_cpus=1)):
         out = _TASKS["lutham"].submit(loc, head_version, codebook_version, features_version,
                                       dataset_version).result()
     return {"stages": {"lutham": out}}
@@ -122,6 +121,7 @@ def compile_flow(head_version: str, codebook_version: str, features_version: str
 def sharekan_pipeline(params: PipelineParams = PipelineParams()) -> dict:
     """The whole pipeline on one set of parameters; writes ``report.json`` and Prefect artifacts."""
     t0 = time.perf_counter()
+    preflight(params)
     loc, out, d = _loc(params.store), Path(params.out), params.data
     if d.data:
         root, label = d.data, d.data
@@ -149,6 +149,36 @@ def sharekan_pipeline(params: PipelineParams = PipelineParams()) -> dict:
     publish(report, out)
     print(f"report: {out / 'report.json'}")
     return report
+
+
+class PreflightError(ValueError):
+    """Parameters that cannot work, found before any stage runs; the message names each field."""
+
+
+def preflight(params: PipelineParams) -> int:
+    """Checks that need no work, run first so a run fails at once naming the field: the data and
+    report folders, and every codebook size against the edge count of the head the parameters
+    describe. Returns that edge count."""
+    from sharekan.detection.backbone import backbone_channels
+    from sharekan.detection.compare import default_ks
+    from sharekan.detection.head import HeadConfig
+
+    t, problems = params.train, []
+    if params.data.data and not (Path(params.data.data) / "VOCdevkit").is_dir():
+        problems.append(f"data.data: {params.data.data} has no VOCdevkit folder")
+    if Path(params.out).exists() and not Path(params.out).is_dir():
+        problems.append(f"out: {params.out} is a file, not a folder")
+    edges = HeadConfig(in_channels=backbone_channels(t.backbone, t.layer), hidden=t.hidden).edges
+    ks = params.compress.ks or default_ks(edges)
+    too_big = [k for k in ks if k > edges]
+    if too_big:
+        problems.append(f"compress.ks: {too_big} exceed the {edges:,} edges of a {t.backbone}/{t.layer} head "
+                        f"with hidden={t.hidden}")
+    if params.lutham_k is not None and params.lutham_k not in ks:
+        problems.append(f"lutham_k: {params.lutham_k} is not among the codebook sizes fitted ({ks})")
+    if problems:
+        raise PreflightError("; ".join(problems))
+    return edges
 
 
 def _report(params: PipelineParams, stages_: dict, rows: list[dict], seconds: float) -> dict:

@@ -37,7 +37,7 @@ import numpy as np
 import zarr
 import zarr.errors
 
-__all__ = ["S3Location", "StoreError", "VersionNotFound", "Artifact", "ArtifactStore", "version_id",
+__all__ = ["S3Location", "StoreError", "CommitConflict", "VersionNotFound", "Artifact", "ArtifactStore", "version_id",
            "open_artifact_group", "parse_location", "code_version"]
 
 # Icechunk's I/O runs on native (tokio) threads that call back into Python; session objects left in
@@ -57,6 +57,10 @@ if "ICECHUNK_LOG" not in os.environ:
 
 class StoreError(RuntimeError):
     """The store cannot be opened or written; the message names the store or version."""
+
+
+class CommitConflict(StoreError):
+    """A commit lost to a concurrent writer that changed the same arrays (worth a retry)."""
 
 
 class VersionNotFound(KeyError):
@@ -228,7 +232,7 @@ class ArtifactStore:
                 return session.commit(message, metadata=metadata,
                                       rebase_with=icechunk.ConflictDetector(), rebase_tries=10)
             except (icechunk.ConflictError, icechunk.RebaseFailedError) as e:
-                raise StoreError(f"commit '{message}' to {self.location} conflicts with a concurrent "
+                raise CommitConflict(f"commit '{message}' to {self.location} conflicts with a concurrent "
                                  f"writer that changed the same arrays: {e}") from None
 
     @contextlib.contextmanager

@@ -55,7 +55,7 @@ def compile_and_validate(loc, head_version: str, codebook_version: str, features
     from sharekan.lutham.validate import detector_map, failures, validate
     from sharekan.vq_kan import compress_kan
 
-    from .stages import _voc, load_head
+    from .stages import load_head, load_split
 
     t0 = time.perf_counter()
     if not torch.cuda.is_available():
@@ -74,8 +74,7 @@ def compile_and_validate(loc, head_version: str, codebook_version: str, features
     vq = compress_kan(head.kan, len(cb), codebooks=[cb] * len(head.kan.layers)).eval()
     cubin = nvrtc_compile(arch)
     lut = LuthamKAN(vq, max_rows=max_rows, module=load_cubin(cubin))  # validate the binary that is stored
-    ds = store.get(dataset_version)
-    samples = _voc(ds.meta["root_path"], ds.params["test"], ds.meta["skip_bad"]).samples
+    samples = load_split(store, dataset_version, "test").samples
     feats = torch.from_numpy(store.get(features_version).array("feats")[...]).float()
     size = store.get(head_version).meta["size"]
     per_image = feats.shape[2] * feats.shape[3]

@@ -45,9 +45,10 @@ from storage.shards import put_rows
 from storage.store import ArtifactStore, code_version, open_artifact_group, version_id
 
 from .kmeans import ShardPool
+from .retry import ray_options
 
 __all__ = ["CODE", "RESOURCES", "submit", "synthetic_root", "dataset", "features", "train", "evaluate",
-           "splines", "codebook", "compression", "load_head"]
+           "splines", "codebook", "compression", "load_head", "load_split"]
 
 _SELF = sys.modules[__name__]  # how stages compose the library is part of every stage's code version
 CODE = {
@@ -74,9 +75,6 @@ RESOURCES = {
     "codebook": {"num_cpus": 0},
     "compression": {"num_cpus": 2, "memory": 4 << 30},
 }
-RETRIES = 2  # transient failures (a killed worker); safe because stages are idempotent
-
-
 def submit(name: str, *args, **kwargs) -> ray.ObjectRef:
     """Run stage ``name`` as a Ray task with its :data:`RESOURCES` (CPUs and memory clamped to the
     largest node, so a small cluster runs everything, more slowly)."""
@@ -85,7 +83,7 @@ def submit(name: str, *args, **kwargs) -> ray.ObjectRef:
     opts["num_cpus"] = min(opts["num_cpus"], max(n.get("CPU", 0) for n in nodes))
     if "memory" in opts:
         opts["memory"] = int(min(opts["memory"], 0.5 * max(n.get("memory", 0) for n in nodes)))
-    return _REMOTE[name].options(**opts, max_retries=RETRIES).remote(*args, **kwargs)
+    return _REMOTE[name].options(**ray_options(**opts)).remote(*args, **kwargs)
 
 
 def _threads() -> None:
@@ -125,8 +123,12 @@ def _splits(text: str) -> list[tuple[str, str]]:
     return out
 
 
-def _voc(root: str, splits: str, skip_bad: bool) -> VOCData:
-    return VOCData(Path(root), _splits(splits), skip_bad=skip_bad)
+def load_split(store: ArtifactStore, dataset_version: str, which: str) -> VOCData:
+    """The ``which`` ("train" or "test") split of a stored data set: its samples as the dataset stage
+    validated them (images it skipped as undecodable stay out)."""
+    ds = store.get(dataset_version)
+    return VOCData(Path(ds.meta["root_path"]), _splits(ds.params[which]), skip_bad=ds.meta["skip_bad"],
+                   exclude=frozenset(ds.meta.get("excluded", {}).get(which, [])))
 
 
 def _manifest(data: VOCData) -> str:
@@ -140,15 +142,19 @@ def _manifest(data: VOCData) -> str:
 
 
 def dataset(loc, root: str, train_splits: str, test_splits: str, skip_bad: bool, label: str) -> dict:
-    """Parse and fingerprint the data set (``label`` names it in the version: "synthetic" or its path)."""
+    """Parse, decode and fingerprint the data set (``label`` names it in the version: "synthetic" or
+    its path). Every image is decoded once here; what is skipped stays out of every later stage."""
     t0 = time.perf_counter()
-    train_data, test_data = _voc(root, train_splits, skip_bad), _voc(root, test_splits, skip_bad)
+    train_data, test_data = (VOCData(Path(root), _splits(sp), skip_bad=skip_bad, verify_images=True)
+                             for sp in (train_splits, test_splits))
     skipped = train_data.skipped + test_data.skipped
+    excluded = {"train": [i for i in train_data.skipped_ids if i], "test": [i for i in test_data.skipped_ids if i]}
     params = {"root": label, "train": train_splits, "test": test_splits,
               "train_manifest": _manifest(train_data), "test_manifest": _manifest(test_data)}
     art, created = ArtifactStore(loc).put("dataset", params, [], CODE["dataset"], {},
                                           meta={"train_images": len(train_data), "test_images": len(test_data),
-                                                "skipped": skipped, "root_path": str(root), "skip_bad": skip_bad})
+                                                "skipped": skipped, "excluded": excluded, "root_path": str(root),
+                                                "skip_bad": skip_bad})
     return _result(art, created, t0, train_images=len(train_data), test_images=len(test_data),
                    skipped_samples=art.meta["skipped"])
 
@@ -166,28 +172,29 @@ class _Images:
         return self.data.load_image(self.start + i)
 
 
-def _features_shard(session, version, root, splits, skip_bad, backbone, size, start, stop):
+def _features_shard(session, loc, version, dataset_version, which, backbone, size, start, stop):
     _threads()
     body, _ = build_backbone(**backbone)
-    feats = extract_features(body, _Images(_voc(root, splits, skip_bad), start, stop), size, progress=False)
+    data = load_split(ArtifactStore(loc), dataset_version, which)
+    feats = extract_features(body, _Images(data, start, stop), size, progress=False)
     open_artifact_group(session, "features", version)["feats"][start:stop] = feats.numpy()
     return session
 
 
-def features(loc, dataset_version: str, root: str, splits: str, skip_bad: bool, backbone: dict, size: int,
-             split: str, shard_images: int = 64) -> dict:
-    """Backbone features ``[N, C, H, W]`` (float16) of one split, ``shard_images`` per task."""
+def features(loc, dataset_version: str, backbone: dict, size: int, split: str, shard_images: int = 64) -> dict:
+    """Backbone features ``[N, C, H, W]`` (float16) of the data set's ``split`` ("train" or "test"),
+    ``shard_images`` per task."""
     t0 = time.perf_counter()
     store = ArtifactStore(loc)
     body, info = build_backbone(**backbone)
     params = {"backbone": info.to_dict(), "size": size, "split": split, "shard_images": shard_images}
-    n = len(_voc(root, splits, skip_bad))
+    n = len(load_split(store, dataset_version, split))
     with torch.no_grad():
         trailing = tuple(body(torch.zeros(1, 3, size, size)).shape[1:])
     version = version_id("features", params, [dataset_version], CODE["features"])
 
     def write_shards(session, ranges):
-        refs = [submit("features_shard", session.fork(), version, root, splits, skip_bad, backbone, size, a, b)
+        refs = [submit("features_shard", session.fork(), loc, version, dataset_version, split, backbone, size, a, b)
                 for a, b in ranges]
         return ray.get(refs)
 
@@ -205,10 +212,10 @@ def load_head(art) -> KANDetectionHead:
     return head.eval()
 
 
-def train(loc, features_version: str, dataset_version: str, root: str, splits: str, skip_bad: bool,
-          size: int, hidden: int, grid_size: int, epochs: int, lr: float, batch_size: int, seed: int,
+def train(loc, features_version: str, dataset_version: str, size: int, hidden: int, grid_size: int, epochs: int, lr: float, batch_size: int, seed: int,
           checkpoint: str | None = None, progress: bool = True) -> dict:
-    """Train the KAN detection head on stored features (checkpoint after every epoch)."""
+    """Train the KAN detection head on stored features. With ``checkpoint``, the head is saved there
+    after every epoch, and a run of the same version that was killed resumes from its last epoch."""
     _threads()
     t0 = time.perf_counter()
     store = ArtifactStore(loc)
@@ -217,26 +224,30 @@ def train(loc, features_version: str, dataset_version: str, root: str, splits: s
     cfg = HeadConfig(in_channels=info["channels"], hidden=hidden, grid_size=grid_size, stride=info["stride"])
     params = {"config": cfg.to_dict(), "epochs": epochs, "lr": lr, "batch_size": batch_size, "seed": seed}
     inputs = [features_version, dataset_version]
-    if store.has(version_id("head", params, inputs, CODE["head"])):
-        return _result(store.get(version_id("head", params, inputs, CODE["head"])), False, t0)
+    version = version_id("head", params, inputs, CODE["head"])
+    if store.has(version):
+        return _result(store.get(version), False, t0)
     torch.manual_seed(seed)
     head = KANDetectionHead(cfg)
-    samples = _voc(root, splits, skip_bad).samples
+    samples = load_split(store, dataset_version, "train").samples
     x, cls, box, centres = location_targets(torch.from_numpy(feats.array("feats")[...]), samples, size,
                                             info["stride"])
     head.fit_standardisation(x)
     meta = {"config": cfg.to_dict(), "backbone": info, "size": size, "seed": seed}
     on_epoch = None if checkpoint is None else (
         lambda e, sd: save_tensors(Path(checkpoint), sd, {**meta, "epoch": e + 1}))
+    resume = None if checkpoint is None else Path(checkpoint).with_name(f"{version}.resume.pt")
     history = train_head(head, x, cls, box, centres, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                         progress=progress, on_epoch=on_epoch)
+                         progress=progress, on_epoch=on_epoch, resume_path=resume)
     arrays = {k: v.detach().cpu().numpy() for k, v in head.state_dict().items()}
     art, created = store.put("head", params, inputs, CODE["head"], arrays, meta={**meta, "history": history})
+    if resume is not None:
+        resume.unlink(missing_ok=True)  # stored: a retry now finds the artifact
     return _result(art, created, t0)
 
 
-def evaluate(loc, head_version: str, features_version: str, dataset_version: str, root: str, splits: str,
-             skip_bad: bool, size: int, use_07: bool, out: str | None = None) -> dict:
+def evaluate(loc, head_version: str, features_version: str, dataset_version: str, size: int, use_07: bool,
+             out: str | None = None) -> dict:
     """Dense head's VOC mAP@0.5 (and torchmetrics' AP50); COCO JSON exports into ``out``."""
     _threads()
     t0 = time.perf_counter()
@@ -247,7 +258,7 @@ def evaluate(loc, head_version: str, features_version: str, dataset_version: str
     if store.has(version) and exported:
         return _result(store.get(version), False, t0, **store.get(version).meta)
     head = load_head(store.get(head_version))
-    samples = _voc(root, splits, skip_bad).samples
+    samples = load_split(store, dataset_version, "test").samples
     dets = predict(head, torch.from_numpy(store.get(features_version).array("feats")[...]), samples, size)
     gts = ground_truth(samples)
     voc, tm = voc_ap(dets, gts, head.cfg.num_classes, use_07=use_07), torchmetrics_map(dets, gts)
@@ -306,7 +317,7 @@ def codebook(loc, splines_version: str, k: int, seed: int, niter: int = 25, mode
 
 
 def compression(loc, head_version: str, features_version: str, dataset_version: str, codebooks: dict[int, str],
-                root: str, splits: str, skip_bad: bool, size: int, progress: bool = True) -> dict:
+                size: int, progress: bool = True) -> dict:
     """Encoded VQ heads (fp16 and int8 gains per K) and the compression table: mAP, storage and
     runtime bytes of dense, int8, pruned and VQ variants."""
     _threads()
@@ -326,7 +337,7 @@ def compression(loc, head_version: str, features_version: str, dataset_version: 
             k, dt = int(name.split()[1][2:]), name.split()[2]
             store.put("encoded", {"gain_dtype": dt}, [head_version, codebooks[k]], CODE["encoded"],
                       {n: b.numpy() for n, b in v.state_dict().items() if not n.endswith(".codebook")})
-    samples = _voc(root, splits, skip_bad).samples
+    samples = load_split(store, dataset_version, "test").samples
     feats = torch.from_numpy(store.get(features_version).array("feats")[...])
     rows = compare_variants(head, feats, samples, size, variants, progress=progress)
     art, created = store.put("compression", params, inputs, CODE["compression"], {}, meta={"rows": rows})

@@ -53,6 +53,52 @@ def test_loss_decreases_on_a_tiny_set():
     assert saved == list(range(30))
 
 
+def _tiny_training_set():
+    g = torch.Generator().manual_seed(0)
+    centres = location_centres(4, 4, 16).repeat(8, 1)
+    x = torch.randn(128, 10, generator=g)
+    cls = torch.where(x[:, 0] > 0.5, (x[:, 1] > 0).long() * 3, torch.full((128,), -1))
+    box = torch.cat([centres - 20 - 5 * x[:, 2:3], centres + 20 + 5 * x[:, 3:4]], dim=1)
+    return x, cls, box, centres
+
+
+def _fresh_head(x):
+    torch.manual_seed(7)
+    head = KANDetectionHead(HeadConfig(in_channels=10, hidden=8))
+    head.fit_standardisation(x)
+    return head
+
+
+def test_training_killed_mid_run_resumes_to_the_same_weights(tmp_path):
+    x, cls, box, centres = _tiny_training_set()
+    kw = dict(epochs=6, batch_size=32, lr=1e-2, seed=3, progress=False)
+    straight = _fresh_head(x)
+    history = train_head(straight, x, cls, box, centres, **kw)
+
+    class Killed(Exception):
+        pass
+
+    def die_after_epoch_4(epoch, _):
+        if epoch == 3:
+            raise Killed
+    state = tmp_path / "head.resume.pt"
+    with pytest.raises(Killed):
+        train_head(_fresh_head(x), x, cls, box, centres, on_epoch=die_after_epoch_4, resume_path=state, **kw)
+    assert torch.load(state, weights_only=True)["epoch"] == 4
+    resumed = _fresh_head(x)  # a new process: fresh weights, the state file left behind
+    epochs_run = []
+    again = train_head(resumed, x, cls, box, centres, resume_path=state,
+                       on_epoch=lambda e, sd: epochs_run.append(e), **kw)
+    assert epochs_run == [4, 5]  # only the epochs after the checkpoint
+    assert again == history
+    for name, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[name]), name
+    ran = []  # the state file now holds epoch 6; a run with other settings must not resume from it
+    train_head(_fresh_head(x), x, cls, box, centres, resume_path=state, on_epoch=lambda e, sd: ran.append(e),
+               **{**kw, "lr": 5e-3})
+    assert ran == list(range(6))
+
+
 def test_decode_maps_back_to_pixels_and_suppresses_duplicates():
     centres = location_centres(2, 2, 16)
     out = torch.full((4, 24), -10.0)

@@ -19,7 +19,7 @@ import torchvision
 from torch import nn
 from tqdm import tqdm
 
-__all__ = ["BackboneInfo", "build_backbone", "extract_features", "preprocess", "STRIDES"]
+__all__ = ["BackboneInfo", "build_backbone", "backbone_channels", "extract_features", "preprocess", "STRIDES"]
 
 STRIDES = {"layer3": 16, "layer4": 32}
 _MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
@@ -43,6 +43,14 @@ def _find_cached(name: str) -> Path | None:
     ckpt_dir = Path(torch.hub.get_dir()) / "checkpoints"
     found = sorted(ckpt_dir.glob(f"{name}-*.pth")) if ckpt_dir.is_dir() else []
     return found[0] if found else None
+
+
+def backbone_channels(name: str, layer: str) -> int:
+    """Feature channels of ``name`` cut after ``layer``, from the architecture alone (no weights)."""
+    if not name.startswith("resnet") or not hasattr(torchvision.models, name):
+        raise ValueError(f"backbone must be a torchvision ResNet (e.g. 'resnet50'), got {name!r}")
+    fc_in = getattr(torchvision.models, name)(weights=None).fc.in_features
+    return fc_in if layer == "layer4" else fc_in // 2
 
 
 def build_backbone(name: str = "resnet50", layer: str = "layer3", weights: str | Path | None = None,
@@ -72,8 +80,7 @@ def build_backbone(name: str = "resnet50", layer: str = "layer3", weights: str |
     body = nn.Sequential(*stages).eval()
     for p in body.parameters():
         p.requires_grad_(False)
-    channels = net.fc.in_features if layer == "layer4" else net.fc.in_features // 2
-    info = BackboneInfo(name, layer, STRIDES[layer], channels, path is not None,
+    info = BackboneInfo(name, layer, STRIDES[layer], backbone_channels(name, layer), path is not None,
                         str(path) if path is not None else "random init")
     return body, info
 

@@ -47,6 +47,11 @@ class HeadConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def edges(self) -> int:
+        """KAN edges of the head ``[in_channels, hidden, num_classes + 4]``: what a codebook compresses."""
+        return self.hidden * (self.in_channels + self.num_classes + 4)
+
 
 class KANDetectionHead(nn.Module):
     """Standardise → KAN → + bias; outputs ``[..., num_classes + 4]`` (class logits, box deltas)."""

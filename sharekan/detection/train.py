@@ -3,12 +3,17 @@
 Training samples are feature-map locations: :func:`location_targets` flattens ``[N, C, h, w]``
 features with their per-location targets once; :func:`train_head` runs AdamW with a one-cycle
 schedule over shuffled mini-batches of locations (seeded), showing progress, and hands each
-epoch's state to an optional ``on_epoch`` callback (the caller saves checkpoints).
+epoch's state to an optional ``on_epoch`` callback (the caller saves checkpoints). With
+``resume_path`` it saves everything training needs after every epoch (weights, optimiser,
+schedule, both random streams, history; atomically) and, when the file exists, continues from
+it: a run killed at epoch 11 of 40 and restarted ends with the same weights as one never killed.
 :func:`predict` turns feature maps into per-image detections in original pixels.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -45,7 +50,8 @@ def location_targets(feats: torch.Tensor, samples: list[Sample], size: int, stri
 def train_head(head: KANDetectionHead, x: torch.Tensor, cls: torch.Tensor, box: torch.Tensor,
                centres: torch.Tensor, epochs: int = 10, batch_size: int = 2048, lr: float = 3e-3,
                weight_decay: float = 1e-4, seed: int = 0, progress: bool = True,
-               on_epoch: Callable[[int, dict], None] | None = None) -> list[dict]:
+               on_epoch: Callable[[int, dict], None] | None = None,
+               resume_path: str | Path | None = None) -> list[dict]:
     """Train in place; returns per-epoch mean losses."""
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be ≥ 1, got {epochs}, {batch_size}")
@@ -58,8 +64,21 @@ def train_head(head: KANDetectionHead, x: torch.Tensor, cls: torch.Tensor, box: 
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch,
                                                 pct_start=0.1)
     cfg = head.cfg
-    history = []
-    for epoch in range(epochs):
+    history, start = [], 0
+    key = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "seed": seed,
+           "rows": int(x.shape[0])}
+    if resume_path is not None and Path(resume_path).is_file():
+        state = torch.load(resume_path, weights_only=True)
+        if state["key"] == key:
+            head.load_state_dict(state["model"])
+            opt.load_state_dict(state["opt"])
+            sched.load_state_dict(state["sched"])
+            gen.set_state(state["gen"])
+            torch.set_rng_state(state["rng"])
+            history, start = state["history"], state["epoch"]
+            if progress:
+                print(f"resuming from {resume_path} after epoch {start}/{epochs}", flush=True)
+    for epoch in range(start, epochs):
         order = torch.randperm(x.shape[0], generator=gen)
         totals = {"loss": 0.0, "focal": 0.0, "giou": 0.0}
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress,
@@ -79,10 +98,21 @@ def train_head(head: KANDetectionHead, x: torch.Tensor, cls: torch.Tensor, box: 
         if progress:
             print(f"epoch {epoch + 1}/{epochs}: loss {history[-1]['loss']:.4f} "
                   f"(focal {history[-1]['focal']:.4f}, giou {history[-1]['giou']:.4f})", flush=True)
+        if resume_path is not None:
+            _save_atomic({"key": key, "epoch": epoch + 1, "model": head.state_dict(), "opt": opt.state_dict(),
+                          "sched": sched.state_dict(), "gen": gen.get_state(), "rng": torch.get_rng_state(),
+                          "history": history}, Path(resume_path))
         if on_epoch is not None:
             on_epoch(epoch, head.state_dict())
     head.eval()
     return history
+
+
+def _save_atomic(state: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
 
 
 @torch.no_grad()
