@@ -4,11 +4,13 @@ lineage | tag | gc``."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
+import tempfile
 import time
-from contextlib import ExitStack, nullcontext
+from contextlib import ExitStack
 from pathlib import Path
 
 import click
@@ -91,7 +93,7 @@ def run(data, n_train, n_test, epochs, seed, ks, kmeans_mode, store, out, params
                                | ({"lutham": False} if no_lutham else {}))
     from flows.local import prefect_env, prefect_server
 
-    from flows.pipeline import PreflightError, preflight
+    from flows.preflight import PreflightError, preflight
 
     try:
         preflight(params)  # the flow checks again; here it fails before any server starts
@@ -102,7 +104,12 @@ def run(data, n_train, n_test, epochs, seed, ks, kmeans_mode, store, out, params
         Path(params.out).mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise click.BadParameter(f"cannot create {params.out}: {e}", param_hint="--out") from None
-    with (nullcontext(api) if api else prefect_server(log=Path(params.out) / "prefect-server.log")) as url:
+    with ExitStack() as services:
+        # a temporary server of this run's own (its own database: concurrent runs never share one),
+        # stopped on exit and by the kernel if this process is killed
+        url = api or services.enter_context(prefect_server(
+            home=services.enter_context(tempfile.TemporaryDirectory(prefix="sharekan-prefect-")),
+            log=Path(params.out) / "prefect-server.log", die_with_parent=True))
         os.environ.update({k: v for k, v in prefect_env(url).items() if k.startswith(("PREFECT_", "RAY_"))})
         if not api:
             click.echo(f"Prefect API (temporary, for this run): {url}")
@@ -205,6 +212,16 @@ def artifacts(ctx: click.Context, location: str) -> None:
     ctx.obj = location
 
 
+def _pass_store(f):
+    """The store an ``artifacts`` command works on: its own ``--store``, else the group's."""
+    @click.option("--store", "store_option", help="store folder or s3://bucket/prefix [the group's --store]")
+    @click.pass_obj
+    @functools.wraps(f)
+    def wrapper(location: str, store_option: str | None, **kwargs):
+        return f(store_option or location, **kwargs)
+    return wrapper
+
+
 def _get(store: ArtifactStore, version: str):
     try:
         return store.get(version)
@@ -214,7 +231,7 @@ def _get(store: ArtifactStore, version: str):
 
 @artifacts.command("ls")
 @click.option("--stage", help="only this stage")
-@click.pass_obj
+@_pass_store
 def ls(location: str, stage: str | None) -> None:
     """List complete artifact versions, oldest first."""
     store = _store(location)
@@ -230,7 +247,7 @@ def ls(location: str, stage: str | None) -> None:
 
 @artifacts.command()
 @click.argument("version")
-@click.pass_obj
+@_pass_store
 def show(location: str, version: str) -> None:
     """Attributes and arrays of VERSION."""
     a = _get(_store(location), version)
@@ -243,7 +260,7 @@ def show(location: str, version: str) -> None:
 
 @artifacts.command()
 @click.argument("version")
-@click.pass_obj
+@_pass_store
 def lineage(location: str, version: str) -> None:
     """The versions VERSION was made from, as a tree."""
     store = _store(location)
@@ -259,7 +276,7 @@ def lineage(location: str, version: str) -> None:
 @artifacts.command()
 @click.argument("version")
 @click.argument("name")
-@click.pass_obj
+@_pass_store
 def tag(location: str, version: str, name: str) -> None:
     """Tag the commit that stored VERSION as NAME (tagged versions survive gc)."""
     store = _store(location)
@@ -274,7 +291,7 @@ def tag(location: str, version: str, name: str) -> None:
 @artifacts.command()
 @click.option("--keep", multiple=True, help="a version to keep besides tagged ones (repeatable)")
 @click.option("--dry-run", is_flag=True, help="report what would be deleted")
-@click.pass_obj
+@_pass_store
 def gc(location: str, keep: tuple[str, ...], dry_run: bool) -> None:
     """Delete versions that no tag or --keep needs, then unreachable data."""
     summary = _store(location).gc(list(keep), dry_run=dry_run)

@@ -39,6 +39,14 @@ def prefect_env(api_url: str | None = None) -> dict[str, str]:
     return env
 
 
+def _die_with_parent() -> None:
+    """In a child before exec: SIGTERM it when the process that started it dies, even by SIGKILL
+    (Linux ``PR_SET_PDEATHSIG``), so a temporary server never outlives its ``sharekan run``."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 def _stop(proc: subprocess.Popen, timeout: float = 20) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -51,15 +59,17 @@ def _stop(proc: subprocess.Popen, timeout: float = 20) -> None:
 
 @contextmanager
 def prefect_server(port: int | None = None, home: str | None = None, timeout: float = 120,
-                   log: Path | None = None) -> Iterator[str]:
-    """A ``prefect server start`` on 127.0.0.1; yields its API URL once healthy."""
+                   log: Path | None = None, die_with_parent: bool = False) -> Iterator[str]:
+    """A ``prefect server start`` on 127.0.0.1; yields its API URL once healthy. With
+    ``die_with_parent`` it is stopped by the kernel if this process dies without cleaning up."""
     port = port or free_port()
     env = prefect_env()
     if home:
         env["PREFECT_HOME"] = home
     out = open(log, "ab") if log else subprocess.DEVNULL
     proc = subprocess.Popen([bin_path("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=_die_with_parent if die_with_parent and sys.platform == "linux" else None)
     url = f"http://127.0.0.1:{port}/api"
     try:
         deadline = time.time() + timeout

@@ -28,10 +28,10 @@ from tasks.cluster import init_kwargs
 from tasks.retry import RETRIES, ray_options, retry_transient
 
 from .params import CompressParams, PipelineParams, TrainParams
+from .preflight import preflight
 from .report import publish
 
-__all__ = ["sharekan_pipeline", "train_flow", "compress_flow", "compile_flow", "parameter_sweep", "preflight",
-           "PreflightError"]
+__all__ = ["sharekan_pipeline", "train_flow", "compress_flow", "compile_flow", "parameter_sweep"]
 
 _TASKS = {name: task(fn, name=name, retries=RETRIES, retry_delay_seconds=2, retry_condition_fn=retry_transient,
                      log_prints=True)
@@ -44,7 +44,8 @@ def _runner() -> RayTaskRunner:
     """Uses the Ray cluster initialised before the flow; a deployment run (no Ray yet) starts one
     from ``$SHAREKAN_RAY_ADDRESS`` or locally, with the Prefect API URL in its workers' env."""
     kw = init_kwargs()
-    return RayTaskRunner(address=kw.pop("address", None), init_kwargs=kw)
+    remote = kw.pop("address") if kw["address"] != "local" else None  # "local" stays an ray.init argument
+    return RayTaskRunner(address=remote, init_kwargs=kw)
 
 
 def _submit(name: str, *args, **kwargs):
@@ -149,36 +150,6 @@ def sharekan_pipeline(params: PipelineParams = PipelineParams()) -> dict:
     publish(report, out)
     print(f"report: {out / 'report.json'}")
     return report
-
-
-class PreflightError(ValueError):
-    """Parameters that cannot work, found before any stage runs; the message names each field."""
-
-
-def preflight(params: PipelineParams) -> int:
-    """Checks that need no work, run first so a run fails at once naming the field: the data and
-    report folders, and every codebook size against the edge count of the head the parameters
-    describe. Returns that edge count."""
-    from sharekan.detection.backbone import backbone_channels
-    from sharekan.detection.compare import default_ks
-    from sharekan.detection.head import HeadConfig
-
-    t, problems = params.train, []
-    if params.data.data and not (Path(params.data.data) / "VOCdevkit").is_dir():
-        problems.append(f"data.data: {params.data.data} has no VOCdevkit folder")
-    if Path(params.out).exists() and not Path(params.out).is_dir():
-        problems.append(f"out: {params.out} is a file, not a folder")
-    edges = HeadConfig(in_channels=backbone_channels(t.backbone, t.layer), hidden=t.hidden).edges
-    ks = params.compress.ks or default_ks(edges)
-    too_big = [k for k in ks if k > edges]
-    if too_big:
-        problems.append(f"compress.ks: {too_big} exceed the {edges:,} edges of a {t.backbone}/{t.layer} head "
-                        f"with hidden={t.hidden}")
-    if params.lutham_k is not None and params.lutham_k not in ks:
-        problems.append(f"lutham_k: {params.lutham_k} is not among the codebook sizes fitted ({ks})")
-    if problems:
-        raise PreflightError("; ".join(problems))
-    return edges
 
 
 def _report(params: PipelineParams, stages_: dict, rows: list[dict], seconds: float) -> dict:

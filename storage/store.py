@@ -11,8 +11,15 @@ intact. Sharded artifacts (written by parallel workers through ``Session.fork``/
 the arrays created in a first commit, so their group carries ``complete = False`` until the
 commit that merges the workers' data; readers treat incomplete groups as absent and a re-run
 finishes them. Concurrent committers are rebased onto the new branch head (Icechunk's
-``ConflictDetector``); two writers of the same version resolve to the one that landed. On local
-disk commits are serialised with a file lock, since a filesystem has no conditional writes.
+``ConflictDetector``). On local disk commits are serialised with a file lock, since a filesystem
+has no conditional writes, and each version has a lock of its own held from the check "is it
+stored?" to its commit: of two writers of the same version the second waits, then finds the
+first one's artifact (identical by construction) and writes nothing. On object storage, a writer
+that loses a commit to the same version returns the version that landed.
+
+Integrity: every chunk carries a CRC-32C checksum (Zarr's ``crc32c`` codec) written with it and
+verified when read; a flipped or missing byte is a :class:`CorruptArtifact` error naming the
+artifact and array, never silent numbers.
 
 Location: a local folder (default ``artifacts/store``) or S3-compatible object storage
 (``S3Location``), e.g. MinIO or any S3 endpoint.
@@ -36,8 +43,9 @@ import icechunk
 import numpy as np
 import zarr
 import zarr.errors
+from zarr.codecs import Crc32cCodec, ZstdCodec
 
-__all__ = ["S3Location", "StoreError", "CommitConflict", "VersionNotFound", "Artifact", "ArtifactStore", "version_id",
+__all__ = ["S3Location", "StoreError", "CorruptArtifact", "CommitConflict", "VersionNotFound", "Artifact", "ArtifactStore", "version_id",
            "open_artifact_group", "parse_location", "code_version"]
 
 # Icechunk's I/O runs on native (tokio) threads that call back into Python; session objects left in
@@ -57,6 +65,10 @@ if "ICECHUNK_LOG" not in os.environ:
 
 class StoreError(RuntimeError):
     """The store cannot be opened or written; the message names the store or version."""
+
+
+class CorruptArtifact(StoreError):
+    """Stored bytes that fail their checksum or cannot be decoded; names the artifact and array."""
 
 
 class CommitConflict(StoreError):
@@ -106,14 +118,34 @@ class Artifact:
     created: str
     group: zarr.Group = field(repr=False)
 
-    def array(self, name: str) -> zarr.Array:
+    def array(self, name: str) -> CheckedArray:
         if name not in self.group:
             raise KeyError(f"artifact {self.version} has no array {name!r} "
                            f"(has {sorted(self.group.array_keys())})")
-        return self.group[name]
+        return CheckedArray(self.group[name], f"artifact {self.version} array {name!r}")
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {name: self.group[name][...] for name in sorted(self.group.array_keys())}
+        return {name: self.array(name)[...] for name in sorted(self.group.array_keys())}
+
+
+class CheckedArray:
+    """A stored Zarr array read through its chunks' checksums: a read that fails them raises
+    :class:`CorruptArtifact` naming the array; everything else is the Zarr array's."""
+
+    def __init__(self, array: zarr.Array, what: str):
+        self._array, self._what = array, what
+
+    def __getitem__(self, key):
+        try:
+            return self._array[key]
+        except (ValueError, RuntimeError, OSError) as e:
+            raise CorruptArtifact(f"{self._what}: stored bytes are corrupt ({e})") from None
+
+    def __getattr__(self, name):
+        return getattr(self._array, name)
+
+    def __len__(self) -> int:
+        return len(self._array)
 
 
 class ArtifactStore:
@@ -215,16 +247,24 @@ class ArtifactStore:
 
     # -- writing ---------------------------------------------------------------------------
     @contextlib.contextmanager
-    def _commit_lock(self) -> Iterator[None]:
-        if self._lock_path is None:
+    def _flock(self, path: Path | None) -> Iterator[None]:
+        """An exclusive lock on ``path`` (released if the holder dies); none on object storage."""
+        if path is None:
             yield
             return
-        with open(self._lock_path, "a") as f:
+        path.parent.mkdir(exist_ok=True)
+        with open(path, "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _commit_lock(self):
+        return self._flock(self._lock_path)
+
+    def _version_lock(self, version: str):
+        return self._flock(None if self._lock_path is None else self._lock_path.parent / ".locks" / f"{version}.lock")
 
     def _commit(self, session: icechunk.Session, message: str, metadata: dict) -> str:
         with self._commit_lock():
@@ -258,6 +298,10 @@ class ArtifactStore:
         """Store an artifact in one commit; returns ``(artifact, created)``. An existing version
         is returned as is (``created = False``) without writing anything."""
         version = version_id(stage, params, inputs, code)
+        with self._version_lock(version):
+            return self._put(stage, version, params, inputs, code, arrays, meta, chunks)
+
+    def _put(self, stage, version, params, inputs, code, arrays, meta, chunks) -> tuple[Artifact, bool]:
         if self.has(version):
             return self.get(version), False
         self._check_inputs(inputs)
@@ -269,13 +313,17 @@ class ArtifactStore:
         group = root.create_group(version, overwrite=True)
         for name, arr in arrays.items():
             ch = (chunks or {}).get(name, arr.shape or None)
-            z = group.create_array(name, shape=arr.shape, dtype=arr.dtype, chunks=ch or "auto")
+            z = group.create_array(name, shape=arr.shape, dtype=arr.dtype, chunks=ch or "auto",
+                                   compressors=(ZstdCodec(level=0), Crc32cCodec()))
             z[...] = arr
         group.attrs.update(self._attrs(stage, version, params, inputs, code, meta, True))
+        return self._commit_new(session, stage, version)
+
+    def _commit_new(self, session, stage: str, version: str) -> tuple[Artifact, bool]:
         try:
             self._commit(session, f"{stage} {version}", {"stage": stage, "version": version})
-        except StoreError:
-            if self.has(version):  # the same version landed from another writer
+        except CommitConflict:
+            if self.has(version):  # the same version landed from another writer (object storage)
                 return self.get(version), False
             raise
         return self.get(version), True
@@ -289,20 +337,26 @@ class ArtifactStore:
         ``layout`` maps each array name to ``(trailing shape, dtype)``; arrays are
         ``[rows, *trailing]``, chunked by ``chunk_rows`` rows with ``chunks_per_shard`` chunks per
         shard file (Zarr's sharding codec; with 1, each chunk is its own file, which reads about 3×
-        faster here — bench/NOTES.md), uncompressed (spline coefficients barely compress). ``write_shards(session, ranges)`` receives a clean writable session and the
+        faster here — bench/NOTES.md), uncompressed (spline coefficients barely compress) but checksummed. ``write_shards(session, ranges)`` receives a clean writable session and the
         shard-aligned row ranges, forks the session for its workers (each writes whole shards of
         the group's arrays through :func:`open_artifact_group`) and returns their fork sessions,
         which are merged and committed once.
         """
         version = version_id(stage, params, inputs, code)
-        if self.has(version):
-            return self.get(version), False
+        with self._version_lock(version):
+            if self.has(version):
+                return self.get(version), False
+            return self._put_sharded(stage, version, params, inputs, code, layout, rows, chunk_rows,
+                                     chunks_per_shard, write_shards, meta)
+
+    def _put_sharded(self, stage, version, params, inputs, code, layout, rows, chunk_rows, chunks_per_shard,
+                     write_shards, meta) -> tuple[Artifact, bool]:
         self._check_inputs(inputs)
         shard_rows = chunk_rows * chunks_per_shard
         with self._writing(f"{stage} {version} (create arrays)", {"stage": stage, "version": version}) as root:
             group = root.create_group(version, overwrite=True)
             for name, (trailing, dtype) in layout.items():
-                group.create_array(name, shape=(rows, *trailing), dtype=dtype, compressors=None,
+                group.create_array(name, shape=(rows, *trailing), dtype=dtype, compressors=(Crc32cCodec(),),
                                    chunks=(chunk_rows, *trailing),
                                    shards=(shard_rows, *trailing) if chunks_per_shard > 1 else None)
             group.attrs.update(self._attrs(stage, version, params, inputs, code, meta, False))
@@ -312,8 +366,7 @@ class ArtifactStore:
         session.merge(*forks)
         group = zarr.open_group(session.store, mode="a")[version]
         group.attrs["complete"] = True
-        self._commit(session, f"{stage} {version}", {"stage": stage, "version": version})
-        return self.get(version), True
+        return self._commit_new(session, stage, version)
 
     def tag(self, version: str, name: str) -> str:
         """Tag the snapshot in which ``version`` became complete; returns the snapshot id."""
@@ -351,6 +404,8 @@ class ArtifactStore:
         root = zarr.open_group(session.store, mode="a")
         for p in doomed:
             del root[p]
+            if self._lock_path is not None:
+                (self._lock_path.parent / ".locks" / f"{p}.lock").unlink(missing_ok=True)
         self._commit(session, f"gc: delete {len(doomed)} versions", {"gc": True})
         cutoff = datetime.now(timezone.utc)
         self.repo.expire_snapshots(older_than=cutoff)

@@ -30,7 +30,9 @@ def init_kwargs(address: str | None = None, num_cpus: int | None = None) -> dict
         # inside `ray job submit` the job's runtime env may name the same variables: merge them
         os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
         return kw | {"address": address}
-    return kw | {"num_cpus": num_cpus or os.cpu_count(), "include_dashboard": False,
+    # "local": always a new cluster of our own, never one a `ray start` (or a stale
+    # /tmp/ray/ray_current_cluster) left on this machine; attaching happens only by address.
+    return kw | {"address": "local", "num_cpus": num_cpus or os.cpu_count(), "include_dashboard": False,
                  "_node_ip_address": "127.0.0.1"}
 
 

@@ -37,7 +37,7 @@ from sharekan.detection.compare import baseline_variants, compare_variants, vq_v
 from sharekan.detection.evaluate import coco_json, torchmetrics_map, voc_ap
 from sharekan.detection.head import HeadConfig, KANDetectionHead
 from sharekan.detection.synthetic import generate_voc
-from sharekan.detection.train import ground_truth, location_targets, predict, train_head
+from sharekan.detection.train import ground_truth, location_targets, predict, resume_epoch, train_head
 from sharekan.detection.voc import VOC_CLASSES, VOCData
 from sharekan.vq import decompose
 from storage.files import save_json, save_tensors
@@ -237,13 +237,14 @@ def train(loc, features_version: str, dataset_version: str, size: int, hidden: i
     on_epoch = None if checkpoint is None else (
         lambda e, sd: save_tensors(Path(checkpoint), sd, {**meta, "epoch": e + 1}))
     resume = None if checkpoint is None else Path(checkpoint).with_name(f"{version}.resume.pt")
+    resumed_from = resume_epoch(resume)  # > 0 when an earlier attempt of this version was killed
     history = train_head(head, x, cls, box, centres, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                          progress=progress, on_epoch=on_epoch, resume_path=resume)
     arrays = {k: v.detach().cpu().numpy() for k, v in head.state_dict().items()}
     art, created = store.put("head", params, inputs, CODE["head"], arrays, meta={**meta, "history": history})
     if resume is not None:
         resume.unlink(missing_ok=True)  # stored: a retry now finds the artifact
-    return _result(art, created, t0)
+    return _result(art, created, t0, resumed_from=resumed_from)
 
 
 def evaluate(loc, head_version: str, features_version: str, dataset_version: str, size: int, use_07: bool,

@@ -1,4 +1,5 @@
 import hashlib
+import re
 import shutil
 from pathlib import Path
 
@@ -70,9 +71,16 @@ def _edit(ann: Path, old: str, new: str):
     ("zero_area", "zero-area box"),
     ("outside", "outside the"),
     ("unknown_class", "unknown class name 'unicorn'"),
+    ("nan_coordinate", "non-finite coordinate"),
+    ("size_mismatch", "annotated size 999x240 but 000002.jpg is"),
+    ("garbage_jpeg", "not a readable image"),
+    ("truncated_jpeg", "cannot decode image"),
+    ("symlink_loop", "annotation not readable"),
+    ("non_utf8_split", "line \\d+ is not UTF-8"),
 ])
 def test_bad_samples_named_or_skipped(broken, case, match):
     ann = broken / "Annotations" / "000002.xml"
+    jpg = broken / "JPEGImages" / "000002.jpg"
     if case == "malformed":
         ann.write_text(ann.read_text()[:-30])
     elif case == "missing_image":
@@ -90,12 +98,37 @@ def test_bad_samples_named_or_skipped(broken, case, match):
         text = ann.read_text()
         name = text.split("<name>")[1].split("</name>")[0]
         _edit(ann, f"<name>{name}</name>", "<name>unicorn</name>")
+    elif case == "nan_coordinate":
+        text = ann.read_text()
+        xmin = text.split("<xmin>")[1].split("</xmin>")[0]
+        _edit(ann, f"<xmin>{xmin}</xmin>", "<xmin>nan</xmin>")
+    elif case == "size_mismatch":
+        text = ann.read_text()
+        width = text.split("<width>")[1].split("</width>")[0]
+        _edit(ann, f"<width>{width}</width>", "<width>999</width>")
+        _edit(ann, f"<height>{text.split('<height>')[1].split('</height>')[0]}</height>", "<height>240</height>")
+    elif case == "garbage_jpeg":
+        jpg.write_bytes(b"\x00garbage" * 100)
+    elif case == "truncated_jpeg":
+        jpg.write_bytes(jpg.read_bytes()[: jpg.stat().st_size // 2])
+    elif case == "symlink_loop":
+        ann.unlink()
+        ann.symlink_to(ann)
+    elif case == "non_utf8_split":
+        split = broken / "ImageSets" / "Main" / "train.txt"
+        lines = split.read_bytes().splitlines()
+        n = lines.index(b"000002")
+        split.write_bytes(b"\n".join(lines[:n] + [b"0000\xff2"] + lines[n + 1:]) + b"\n")
     root = broken.parent.parent
+    decode = case == "truncated_jpeg"  # only a full decode finds a cut file (the dataset stage's check)
     with pytest.raises(BadSampleError, match=match) as err:
-        VOCData(root, [("2007", "train")])
-    assert "000002" in str(err.value)
-    data = VOCData(root, [("2007", "train")], skip_bad=True)
-    assert len(data) == 11 and len(data.skipped) == 1 and "000002" in data.skipped[0]
+        VOCData(root, [("2007", "train")], verify_images=decode)
+    assert "000002" in str(err.value) or case == "non_utf8_split"
+    data = VOCData(root, [("2007", "train")], skip_bad=True, verify_images=decode)
+    assert len(data) == 11 and len(data.skipped) == 1 and re.search(match, data.skipped[0])
+    assert [s.image_id for s in VOCData(root, [("2007", "train")], skip_bad=True,
+                                        exclude=frozenset(i for i in data.skipped_ids if i)).samples] == \
+        [s.image_id for s in data.samples]  # what the dataset stage skipped stays out without re-checking
 
 
 def test_missing_root_and_split_are_named(tmp_path, voc_root):

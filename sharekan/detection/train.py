@@ -24,7 +24,7 @@ from .evaluate import Detections, GroundTruth
 from .head import KANDetectionHead, assign_targets, decode, head_loss, location_centres
 from .voc import Sample
 
-__all__ = ["location_targets", "train_head", "predict", "ground_truth"]
+__all__ = ["location_targets", "train_head", "resume_epoch", "predict", "ground_truth"]
 
 
 def _scaled(sample: Sample, size: int) -> torch.Tensor:
@@ -106,6 +106,13 @@ def train_head(head: KANDetectionHead, x: torch.Tensor, cls: torch.Tensor, box: 
             on_epoch(epoch, head.state_dict())
     head.eval()
     return history
+
+
+def resume_epoch(path: str | Path | None) -> int:
+    """The epoch a ``resume_path`` file would continue after (0: none there)."""
+    if path is None or not Path(path).is_file():
+        return 0
+    return int(torch.load(path, weights_only=True)["epoch"])
 
 
 def _save_atomic(state: dict, path: Path) -> None:
