@@ -16,7 +16,7 @@ demo: $(STAMP)
 	$(VENV)/bin/sharekan run
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 clean:
 	rm -rf $(VENV) .pytest_cache

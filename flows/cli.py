@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import subprocess
 import tempfile
 import time
@@ -86,7 +87,7 @@ def _params(overrides: dict, params_json: str | None):
 def run(data, n_train, n_test, epochs, seed, ks, kmeans_mode, store, out, params_json, address, no_lutham,
         lutham_k) -> None:
     """Run the whole pipeline (local Ray, Prefect's API: $PREFECT_API_URL or a temporary local server)."""
-    params = _params({"data.data": data, "data.n_train": n_train, "data.n_test": n_test, "train.epochs": epochs,
+    params = _params({"data.root": data, "data.n_train": n_train, "data.n_test": n_test, "train.epochs": epochs,
                       "train.seed": seed, "compress.seed": seed, "compress.ks": list(ks) or None,
                       "compress.kmeans_mode": kmeans_mode, "lutham_k": lutham_k}, params_json)
     params = params.model_copy(update={k: v for k, v in {"store": store, "out": out}.items() if v is not None}
@@ -160,29 +161,52 @@ def _flush_logs() -> None:
 
 @main.command()
 @click.option("--port", default=4200, show_default=True, help="Prefect server port")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="address the Prefect server (UI and API) listens on; 0.0.0.0 exposes it to the network")
+@click.option("--database", help="PostgreSQL URL for the Prefect server, for a team "
+                                 "(postgresql://USER:PASSWORD@HOST:5432/DB) [SQLite in ~/.prefect]")
 @click.option("--ray-port", default=6379, show_default=True, help="Ray head port")
 @click.option("--no-ray", is_flag=True, help="do not start a Ray head (flows then start a local one)")
-def server(port: int, ray_port: int, no_ray: bool) -> None:
-    """Start a Prefect server, the process work pool and a worker, and a Ray head (127.0.0.1)."""
-    from flows.local import POOL, prefect_server, ray_head, worker
+def server(port: int, host: str, database: str | None, ray_port: int, no_ray: bool) -> None:
+    """Start a Prefect server, the process work pool and a worker, and a Ray head (127.0.0.1; Ray
+    with token authentication). Ctrl-C or SIGTERM stops them all, and only them."""
+    from flows.local import POOL, PortInUse, database_url, prefect_server, ray_head, worker
+
+    if database:
+        try:
+            database_url(database)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--database") from None
 
     logs = Path("artifacts/logs")
     logs.mkdir(parents=True, exist_ok=True)
-    with ExitStack() as stack:
-        url = stack.enter_context(prefect_server(port, log=logs / "prefect-server.log"))
-        if not no_ray:
-            os.environ["SHAREKAN_RAY_ADDRESS"] = stack.enter_context(ray_head(ray_port))
-        stack.enter_context(worker(url, log=logs / "prefect-worker.log"))
-        click.echo(f"Prefect UI:  {url.removesuffix('/api')}\n"
-                   f"API:         export PREFECT_API_URL={url}\n"
-                   f"work pool:   {POOL} (process), worker log {logs / 'prefect-worker.log'}\n"
-                   f"Ray head:    {os.environ.get('SHAREKAN_RAY_ADDRESS', 'none')}\n"
-                   f"next:        sharekan deploy   (Ctrl-C stops everything)")
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            click.echo("stopping ...")
+
+    def terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        with ExitStack() as stack:
+            url = stack.enter_context(prefect_server(port, host=host, log=logs / "prefect-server.log",
+                                                     die_with_parent=True, database=database))
+            if not no_ray:
+                os.environ["SHAREKAN_RAY_ADDRESS"] = stack.enter_context(ray_head(ray_port))
+            stack.enter_context(worker(url, log=logs / "prefect-worker.log"))
+            click.echo(f"Prefect UI:  {url.removesuffix('/api')}\n"
+                       f"API:         export PREFECT_API_URL={url}\n"
+                       f"work pool:   {POOL} (process), worker log {logs / 'prefect-worker.log'}\n"
+                       f"Ray head:    {os.environ.get('SHAREKAN_RAY_ADDRESS', 'none')} (token authentication; "
+                       f"the token is in ~/.ray/auth_token)\n"
+                       f"next:        sharekan deploy   (Ctrl-C stops everything)", )
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                click.echo("stopping ...")
+    except PortInUse as e:
+        raise click.ClickException(str(e)) from None
+    except KeyboardInterrupt:
+        click.echo("stopped before it was ready")
 
 
 @main.command()

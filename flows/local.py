@@ -1,20 +1,26 @@
 """Local services for ``sharekan run`` and ``sharekan server``: a Prefect server, a process work
-pool and worker, and a Ray head — each a real process bound to 127.0.0.1, stopped on exit."""
+pool and worker, and a Ray head — each a real process on 127.0.0.1 (Ray with token
+authentication, since some of its servers listen on every interface), refusing a port already in
+use, and stopped on exit: only what was started here, never another user's Ray cluster."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["free_port", "prefect_env", "prefect_server", "worker", "ray_head", "bin_path", "POOL"]
+__all__ = ["database_url", "free_port", "port_in_use", "prefect_env", "prefect_server", "worker", "ray_head", "ray_token",
+           "bin_path", "POOL", "PortInUse"]
 
 POOL = "sharekan-pool"
 
@@ -25,6 +31,21 @@ def bin_path(name: str) -> str:
     return str(path) if path.exists() else name
 
 
+class PortInUse(RuntimeError):
+    """A service's port is taken (often: the same service already runs)."""
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _claim(port: int, what: str) -> None:
+    if port_in_use(port):
+        raise PortInUse(f"port {port} on 127.0.0.1 is in use: is {what} already running? "
+                        f"Stop it or choose another port")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -32,7 +53,7 @@ def free_port() -> int:
 
 
 def prefect_env(api_url: str | None = None) -> dict[str, str]:
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "RAY_AUTH_MODE": "disabled",
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "RAY_AUTH_MODE": "token",
            "RAY_USAGE_STATS_ENABLED": "0", "PREFECT_CLI_PROMPT": "false"}
     if api_url:
         env["PREFECT_API_URL"] = api_url
@@ -57,17 +78,32 @@ def _stop(proc: subprocess.Popen, timeout: float = 20) -> None:
             proc.wait()
 
 
+def database_url(url: str) -> str:
+    """A Prefect database URL: ``postgresql://…`` gets Prefect's async driver; SQLite stays as given."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+asyncpg://" + url.split("://", 1)[1]
+    if url.startswith(("postgresql+asyncpg://", "sqlite+aiosqlite://")):
+        return url
+    raise ValueError(f"database {url!r}: expected postgresql://USER[:PASSWORD]@HOST:PORT/DB "
+                     "(or sqlite+aiosqlite:///FILE)")
+
+
 @contextmanager
 def prefect_server(port: int | None = None, home: str | None = None, timeout: float = 120,
-                   log: Path | None = None, die_with_parent: bool = False) -> Iterator[str]:
-    """A ``prefect server start`` on 127.0.0.1; yields its API URL once healthy. With
-    ``die_with_parent`` it is stopped by the kernel if this process dies without cleaning up."""
+                   log: Path | None = None, die_with_parent: bool = False, host: str = "127.0.0.1",
+                   database: str | None = None) -> Iterator[str]:
+    """A ``prefect server start`` on ``host`` (127.0.0.1 unless asked); yields its API URL once
+    healthy. ``database``: a PostgreSQL URL for team use (default: SQLite under ``PREFECT_HOME``).
+    With ``die_with_parent`` the kernel stops it if this process dies without cleaning up."""
     port = port or free_port()
+    _claim(port, "a Prefect server")
     env = prefect_env()
     if home:
         env["PREFECT_HOME"] = home
+    if database:
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url(database)
     out = open(log, "ab") if log else subprocess.DEVNULL
-    proc = subprocess.Popen([bin_path("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+    proc = subprocess.Popen([bin_path("prefect"), "server", "start", "--host", host, "--port", str(port)],
                             env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                             preexec_fn=_die_with_parent if die_with_parent and sys.platform == "linux" else None)
     url = f"http://127.0.0.1:{port}/api"
@@ -101,7 +137,8 @@ def worker(api_url: str, pool: str = POOL, log: Path | None = None, cwd: str | N
                    env=env, check=True, capture_output=True, timeout=120)
     out = open(log, "ab") if log else subprocess.DEVNULL
     proc = subprocess.Popen([bin_path("prefect"), "worker", "start", "--pool", pool], env=env, cwd=cwd,
-                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
     try:
         yield proc
     finally:
@@ -123,29 +160,81 @@ def _wait_listening(port: int, what: str, timeout: float) -> None:
             time.sleep(0.5)
 
 
+def ray_token(env: dict | None = None) -> None:
+    """Make sure Ray has an authentication token (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or
+    ``~/.ray/auth_token``, made by ``ray get-auth-token --generate`` when none exists)."""
+    env = env or prefect_env()
+    if env.get("RAY_AUTH_TOKEN") or env.get("RAY_AUTH_TOKEN_PATH"):
+        return
+    done = subprocess.run([bin_path("ray"), "get-auth-token", "--generate"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    if done.returncode:
+        raise RuntimeError(f"cannot make a Ray authentication token: {done.stderr[-1000:]}")
+
+
+def _stop_tree(roots: list, timeout: float = 15) -> None:
+    """SIGTERM ``roots`` (psutil processes) and all their descendants, SIGKILL what remains."""
+    import psutil
+
+    procs = {p.pid: p for r in roots for p in [r, *_children(r)]}
+    for p in procs.values():
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(list(procs.values()), timeout=timeout)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(alive, timeout=timeout)
+
+
+def _children(proc) -> list:
+    import psutil
+
+    try:
+        return proc.children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _ray_processes(temp_dir: str) -> list:
+    """The processes of the Ray head whose session lives under ``temp_dir`` (workers included)."""
+    import psutil
+
+    roots = []
+    for p in psutil.process_iter(["cmdline"]):
+        if any(temp_dir in arg for arg in (p.info["cmdline"] or [])):
+            roots.append(p)
+    return roots
+
+
 @contextmanager
 def ray_head(port: int = 6379, num_cpus: int | None = None, env: dict | None = None,
              dashboard_port: int | None = None, timeout: float = 180) -> Iterator[str]:
-    """``ray start --head`` on 127.0.0.1; yields its address; ``ray stop`` at the end.
+    """``ray start --head`` on 127.0.0.1 with token authentication; yields its address. At the end
+    it stops this head's processes alone (found by its own session folder), never other clusters.
 
     With ``dashboard_port`` the dashboard and its job agent run too, and this waits until the
     agent listens: before that the dashboard answers ``ray job submit`` with "No available agent"
     (it waits only 10 s for the agent, which a busy 2-core machine can exceed)."""
     env = env or prefect_env()
+    _claim(port, "a Ray head")
+    ray_token(env)
+    temp_dir = tempfile.mkdtemp(prefix="skray-", dir="/tmp")  # short: Ray's socket paths live here
     cmd = [bin_path("ray"), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-           "--disable-usage-stats"]
+           "--disable-usage-stats", f"--temp-dir={temp_dir}"]
     agent = free_port() if dashboard_port else None
     cmd += ([f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
              f"--dashboard-agent-listen-port={agent}"] if dashboard_port else ["--include-dashboard=false"])
     if num_cpus:
         cmd.append(f"--num-cpus={num_cpus}")
-    started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    if started.returncode:
-        raise RuntimeError(f"ray start failed: {started.stderr[-2000:]}")
     try:
+        started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        if started.returncode:
+            raise RuntimeError(f"ray start failed: {started.stderr[-2000:]}")
         if dashboard_port:
             _wait_listening(dashboard_port, "Ray dashboard", timeout)
             _wait_listening(agent, "Ray dashboard agent (job submission)", timeout)
         yield f"127.0.0.1:{port}"
     finally:
-        subprocess.run([bin_path("ray"), "stop", "--force"], env=env, capture_output=True, timeout=180)
+        _stop_tree(_ray_processes(temp_dir))
+        shutil.rmtree(temp_dir, ignore_errors=True)

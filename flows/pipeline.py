@@ -12,15 +12,16 @@ API URL in the workers' environment, so task runs report to the flow's API.
 from __future__ import annotations
 
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
 
 from prefect import flow, get_run_logger, task
+from prefect.states import Completed
 from prefect_ray import RayTaskRunner
 from prefect_ray.context import remote_options
 
 from sharekan.detection.compare import runtime_k
-from storage.files import save_json
 from storage.store import ArtifactStore, parse_location
 from tasks import lutham as lutham_tasks
 from tasks import stages
@@ -64,7 +65,35 @@ def _loc(store: str | None):
     return parse_location(store)
 
 
-@flow(name="train", task_runner=_runner(), log_prints=True)
+def _report_folder_name() -> str:
+    """This run's report folder: UTC time, then the flow run's name."""
+    from prefect.runtime import flow_run
+
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{flow_run.name}" if flow_run.name else stamp
+
+
+def _param(name: str):
+    from prefect.runtime import flow_run
+
+    return flow_run.parameters.get(name)
+
+
+def _pipeline_run_name() -> str:
+    p = _param("params")
+    p = PipelineParams.model_validate(p) if isinstance(p, dict) else (p or PipelineParams())
+    data = Path(p.data.root).name if p.data.root else "synthetic"
+    ks = ",".join(map(str, p.compress.ks)) if p.compress.ks else "default"
+    return f"pipeline {data} G={p.train.grid_size} K={ks} seed={p.train.seed}"
+
+
+def _train_run_name() -> str:
+    p = _param("params")
+    p = TrainParams.model_validate(p) if isinstance(p, dict) else (p or TrainParams())
+    return f"train {p.backbone} hidden={p.hidden} G={p.grid_size} epochs={p.epochs}"
+
+
+@flow(name="train", flow_run_name=_train_run_name, task_runner=_runner(), log_prints=True)
 def train_flow(dataset_version: str, params: TrainParams = TrainParams(), store: str | None = None,
                out: str = "artifacts/detection") -> dict:
     """Features → head → dense evaluation, from a stored data set version."""
@@ -83,7 +112,7 @@ def train_flow(dataset_version: str, params: TrainParams = TrainParams(), store:
     return {"stages": {"features_train": f_train, "features_test": f_test, "head": head, "evaluation": ev}}
 
 
-@flow(name="compress", task_runner=_runner(), log_prints=True)
+@flow(name="compress", flow_run_name="compress {head_version}", task_runner=_runner(), log_prints=True)
 def compress_flow(head_version: str, features_version: str, dataset_version: str,
                   params: CompressParams = CompressParams(), store: str | None = None) -> dict:
     """Spline shards → codebooks (distributed k-means) and per-edge assignments → the compression table."""
@@ -103,29 +132,29 @@ def compress_flow(head_version: str, features_version: str, dataset_version: str
     return {"stages": {"splines": spl, **cbs, "compression": comp}}
 
 
-@flow(name="compile", task_runner=_runner(), log_prints=True)
+@flow(name="compile", flow_run_name="compile LUTHAM {codebook_version}", task_runner=_runner(), log_prints=True)
 def compile_flow(head_version: str, codebook_version: str, features_version: str, dataset_version: str,
                  store: str | None = None) -> dict:
     """LUTHAM plan, compile and validate on a GPU worker; "skipped: no GPU worker" without one."""
     loc = _loc(store)
-    if not lutham_tasks.gpu_available():
+    if not lutham_tasks.gpu_available():  # a named state in the UI, not a green "Completed"
         get_run_logger().warning(lutham_tasks.NO_GPU)
-        return {"stages": {"lutham": {"version": None, "created": False, "seconds": 0.0,
-                                      "skipped": lutham_tasks.NO_GPU}}}
+        return Completed(name="Skipped", message=lutham_tasks.NO_GPU, data={"stages": {"lutham": {
+            "version": None, "created": False, "seconds": 0.0, "skipped": lutham_tasks.NO_GPU}}})
     with remote_options(**ray_options(num_gpus=1, num_cpus=1)):
         out = _TASKS["lutham"].submit(loc, head_version, codebook_version, features_version,
                                       dataset_version).result()
     return {"stages": {"lutham": out}}
 
 
-@flow(name="sharekan-pipeline", task_runner=_runner(), log_prints=True)
+@flow(name="sharekan-pipeline", flow_run_name=_pipeline_run_name, task_runner=_runner(), log_prints=True)
 def sharekan_pipeline(params: PipelineParams = PipelineParams()) -> dict:
     """The whole pipeline on one set of parameters; writes ``report.json`` and Prefect artifacts."""
     t0 = time.perf_counter()
     preflight(params)
     loc, out, d = _loc(params.store), Path(params.out), params.data
-    if d.data:
-        root, label = d.data, d.data
+    if d.root:
+        root, label = d.root, d.root
     else:
         root, label = str(stages.synthetic_root(Path(params.out).parent / "data", params.train.seed,
                                                 d.n_train, d.n_test)), "synthetic"
@@ -145,18 +174,17 @@ def sharekan_pipeline(params: PipelineParams = PipelineParams()) -> dict:
         result |= compile_flow(tr["head"]["version"], comp[f"codebook_K{k}"]["version"],
                                tr["features_test"]["version"], ds["version"], params.store)["stages"]
         result["lutham"]["codebook_k"] = k
-    report = _report(params, result, rows, time.perf_counter() - t0)
-    save_json(out / "report.json", report)
-    publish(report, out)
-    print(f"report: {out / 'report.json'}")
+    report = _report(params, result, rows, time.perf_counter() - t0, _report_folder_name())
+    run_dir = publish(report, out)
+    print(f"report: {run_dir / 'report.json'} (latest run also in {out})")
     return report
 
 
-def _report(params: PipelineParams, stages_: dict, rows: list[dict], seconds: float) -> dict:
+def _report(params: PipelineParams, stages_: dict, rows: list[dict], seconds: float, run_name: str) -> dict:
     ev = stages_["evaluation"]
     keep = ("version", "created", "seconds", "skipped")
     return {
-        "parameters": params.model_dump(), "seconds": seconds,
+        "run_name": run_name, "parameters": params.model_dump(), "seconds": seconds,
         "map50": ev["map50"], "metric": ev["metric"], "torchmetrics_map50": ev["torchmetrics_map50"],
         "per_class_ap": ev["per_class_ap"],
         "variants": [{k: r[k] for k in ("variant", "map50", "delta_map50", "storage_bytes", "runtime_bytes_1img",

@@ -23,8 +23,8 @@ def preflight(params: PipelineParams) -> int:
     from sharekan.detection.head import HeadConfig
 
     t, problems = params.train, []
-    if params.data.data and not (Path(params.data.data) / "VOCdevkit").is_dir():
-        problems.append(f"data.data: {params.data.data} has no VOCdevkit folder")
+    if params.data.root and not (Path(params.data.root) / "VOCdevkit").is_dir():
+        problems.append(f"data.root: {params.data.root} has no VOCdevkit folder")
     if Path(params.out).exists() and not Path(params.out).is_dir():
         problems.append(f"out: {params.out} is a file, not a folder")
     edges = HeadConfig(in_channels=backbone_channels(t.backbone, t.layer), hidden=t.hidden).edges

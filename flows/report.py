@@ -1,30 +1,32 @@
-"""A run's report for people: Markdown, a table and two images, as Prefect artifacts and files.
+"""A run's report for people: Markdown, tables and two charts, as Prefect artifacts and files.
 
-``publish`` writes ``report.md``, ``size_vs_map.png`` (storage bytes vs mAP@0.5 per variant) and
-``codebook.png`` (example codebook entries, each a cubic-spline shape) next to ``report.json``,
-and registers them with the Prefect API when called inside a flow run. Images are embedded in
-the Markdown as data URIs (the UI renders them) and linked as files.
+``publish`` writes ``report.json``, ``report.md``, ``size_vs_map.png`` (storage against mAP@0.5,
+one marker per variant, log axis in bytes) and ``codebook.png`` (example codewords, each a cubic
+spline's 13 coefficients) to ``out/runs/<run name>/`` and copies them to ``out/`` (the latest
+run), and registers the Markdown and two tables (rounded, with human headers) with the Prefect
+API when called inside a flow run. In the UI the images are embedded as data URIs; the file
+links are only in ``report.md``, where they resolve.
 """
 
 from __future__ import annotations
 
 import base64
 import io
-import math
+import json
 from pathlib import Path
-
-from PIL import Image, ImageDraw
 
 from sharekan.demo import format_table
 from storage.store import ArtifactStore, parse_location
 
-__all__ = ["publish", "markdown", "lutham_lines", "size_vs_map_png", "codebook_png", "VARIANT_COLUMNS",
-           "stage_state"]
+__all__ = ["publish", "markdown", "lutham_lines", "size_vs_map_png", "codebook_png", "human_rows",
+           "VARIANT_COLUMNS", "stage_state"]
 
-_W, _H, _PAD = 640, 400, 48
 VARIANT_COLUMNS = [("variant", "variant", "s"), ("map50", "mAP@0.5", ".4f"), ("delta_map50", "Δ mAP", "+.4f"),
                    ("storage_bytes", "storage B", ",d"), ("compression", "ratio", ".1f"),
                    ("runtime_bytes_1img", "runtime B 1 img", ",d")]
+_FAMILIES = (("dense", "dense fp32", "k", "o"), ("int8", "int8 PTQ", "tab:purple", "s"),
+             ("pruned", "magnitude pruning", "tab:red", "v"), ("VQ fp16", "VQ, fp16 gains", "tab:blue", "D"),
+             ("VQ int8", "VQ, int8 gains", "tab:green", "^"))
 
 
 def stage_state(stage: dict) -> str:
@@ -57,59 +59,96 @@ def lutham_lines(lut: dict) -> list[str]:
     return lines
 
 
-def _canvas():
-    img = Image.new("RGB", (_W, _H), "white")
-    d = ImageDraw.Draw(img)
-    d.rectangle([_PAD, _PAD // 2, _W - _PAD // 2, _H - _PAD], outline="black")
-    return img, d
+def _family(variant: str) -> str:
+    if variant.startswith("VQ"):
+        return "VQ " + variant.split()[-1]
+    return next(f for f, *_ in _FAMILIES if variant.startswith(f.split()[0]))
 
 
-def size_vs_map_png(rows: list[dict]) -> bytes:
-    """Scatter of log storage bytes (x) against mAP@0.5 (y), one labelled point per variant."""
-    img, d = _canvas()
-    xs = [math.log10(r["storage_bytes"]) for r in rows]
-    ys = [r["map50"] for r in rows]
-    x0, x1 = min(xs) - 0.1, max(xs) + 0.1
-    y0, y1 = min(ys) - 0.02, max(ys) + 0.02
-    for r, x, y in zip(rows, xs, ys):
-        px = _PAD + (x - x0) / (x1 - x0) * (_W - 1.5 * _PAD)
-        py = _H - _PAD - (y - y0) / (y1 - y0) * (_H - 1.5 * _PAD)
-        colour = "red" if r["variant"].startswith("VQ") else "blue"
-        d.ellipse([px - 4, py - 4, px + 4, py + 4], fill=colour)
-        d.text((px + 6, py - 6), r["variant"], fill="black")
-    d.text((_PAD, _H - _PAD + 8), f"storage bytes, log10 {x0:.1f} … {x1:.1f}", fill="black")
-    d.text((4, 4), f"mAP@0.5 {y0:.3f} … {y1:.3f}", fill="black")
-    return _png(img)
+def _figure(width: float, height: float):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt, plt.figure(figsize=(width, height), dpi=110, layout="constrained")
 
 
-def codebook_png(codebook, n: int = 16) -> bytes:
-    """The first ``n`` codebook entries as polylines in a 4×4 grid (each a unit spline shape)."""
-    img = Image.new("RGB", (_W, _H), "white")
-    d = ImageDraw.Draw(img)
-    cols, rows_ = 4, math.ceil(min(n, len(codebook)) / 4)
-    cw, ch = _W // cols, _H // max(1, rows_)
-    for i, entry in enumerate(codebook[:n]):
-        ox, oy = (i % cols) * cw, (i // cols) * ch
-        d.rectangle([ox + 2, oy + 2, ox + cw - 2, oy + ch - 2], outline="grey")
-        lo, hi = float(min(entry)), float(max(entry))
-        span = hi - lo or 1.0
-        pts = [(ox + 6 + j * (cw - 12) / (len(entry) - 1), oy + ch - 6 - (float(v) - lo) / span * (ch - 12))
-               for j, v in enumerate(entry)]
-        d.line(pts, fill="darkgreen", width=2)
-        d.text((ox + 6, oy + 4), f"#{i}", fill="black")
-    return _png(img)
-
-
-def _png(img: Image.Image) -> bytes:
+def _png(plt, fig) -> bytes:
     buf = io.BytesIO()
-    img.save(buf, format="PNG")
+    fig.savefig(buf, format="png")
+    plt.close(fig)
     return buf.getvalue()
 
 
-def markdown(report: dict, images: dict[str, bytes]) -> str:
-    """The run's Markdown report: what ran, versions, the compression table, memory, images."""
-    lines = ["# SHARe-KAN pipeline run", "",
-             f"Dense head: **mAP@0.5 {report['map50']:.4f}** ({report['metric']}), "
+def size_vs_map_png(rows: list[dict]) -> bytes:
+    """Storage (log bytes) against mAP@0.5, a marker per variant by family, the dense mAP dashed."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    plt, fig = _figure(7.5, 4.6)
+    ax = fig.add_subplot()
+    for fam, label, colour, marker in _FAMILIES:
+        pts = [r for r in rows if _family(r["variant"]) == fam]
+        if not pts:
+            continue
+        ax.scatter([r["storage_bytes"] for r in pts], [r["map50"] for r in pts], s=46, c=colour, marker=marker,
+                   label=label, zorder=3)
+        for r in pts:
+            tag = r["variant"].split()[1].removeprefix("K=") if fam.startswith("VQ") or fam == "pruned" else ""
+            if tag:
+                ax.annotate(tag, (r["storage_bytes"], r["map50"]), textcoords="offset points", xytext=(5, 4),
+                            fontsize=8, color=colour)
+    dense = next((r for r in rows if r["variant"].startswith("dense")), None)
+    if dense:
+        ax.axhline(dense["map50"], color="grey", linestyle="--", linewidth=1, label="dense mAP", zorder=1)
+    ax.set_xscale("log")
+    size = FuncFormatter(lambda b, _: f"{b / 1e6:g} MB" if b >= 1e6 else f"{b / 1e3:g} kB")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1, 2, 5)))
+    ax.xaxis.set_major_formatter(size)
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.margins(x=0.12, y=0.08)
+    ax.set_xlabel("storage (everything inference needs), log scale")
+    ax.set_ylabel("mAP@0.5 (VOC)")
+    ax.set_title("Storage against accuracy per variant (VQ labels: K; pruning: fraction)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return _png(plt, fig)
+
+
+def codebook_png(codebook, n: int = 16) -> bytes:
+    """The first ``n`` codewords, each a unit-norm shape plotted over its coefficient index."""
+    plt, fig = _figure(8, 5.2)
+    entries = list(codebook[:n])
+    cols = 4
+    rows = -(-len(entries) // cols)
+    axes = fig.subplots(rows, cols, sharex=True, sharey=True, squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i >= len(entries):
+            ax.axis("off")
+            continue
+        ax.plot(range(len(entries[i])), entries[i], color="tab:green", marker=".", linewidth=1.5)
+        ax.axhline(0, color="grey", linewidth=0.5)
+        ax.set_title(f"codeword {i}", fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.supxlabel("spline coefficient index", fontsize=9)
+    fig.supylabel("shape value (unit norm)", fontsize=9)
+    fig.suptitle(f"The first {len(entries)} of {len(codebook)} codewords", fontsize=10)
+    return _png(plt, fig)
+
+
+def human_rows(rows: list[dict]) -> list[dict]:
+    """The variant table for people: rounded figures under readable headers."""
+    return [{"variant": r["variant"], "mAP at IoU 0.5": f"{r['map50']:.4f}",
+             "change (points)": f"{100 * r['delta_map50']:+.2f}", "storage": f"{r['storage_bytes']:,} B",
+             "smaller than dense": f"{r['compression']:.1f}x",
+             "runtime memory, 1 image": f"{r['runtime_bytes_1img'] / 1e6:.1f} MB"} for r in rows]
+
+
+def markdown(report: dict, images: dict[str, bytes], file_links: bool = True) -> str:
+    """The run's Markdown report: what ran, versions, the compression table, memory, images
+    (embedded; with ``file_links`` also linked as files beside report.md)."""
+    lines = [f"# SHARe-KAN pipeline run {report.get('run_name', '')}".rstrip(), "",
+             f"Dense head: **`mAP@0.5` {report['map50']:.4f}** ({report['metric']}), "
              f"torchmetrics AP50 {report['torchmetrics_map50']:.4f}; total {report['seconds']:.1f} s.", "",
              "## Stages", "", "| stage | version | new / reused | seconds |", "|---|---|---|---|"]
     for name, s in report["stages"].items():
@@ -124,12 +163,15 @@ def markdown(report: dict, images: dict[str, bytes]) -> str:
         lines += [""] + lutham_lines(report["lutham"])
     for name, data in images.items():
         uri = "data:image/png;base64," + base64.b64encode(data).decode()
-        lines += ["", f"![{name}]({uri})", f"[{name}]({name})"]
+        lines += ["", f"![{name}]({uri})"] + ([f"[{name}]({name})"] if file_links else [])
     return "\n".join(lines) + "\n"
 
 
-def publish(report: dict, out: Path) -> None:
-    """Write the Markdown report and images beside ``report.json``; register Prefect artifacts."""
+def publish(report: dict, out: Path) -> Path:
+    """Write the run's files to ``out/runs/<run name>/`` and copy them to ``out/`` (the latest run);
+    register the Markdown and tables with Prefect inside a flow run. Returns the run's folder."""
+    from storage.files import atomic_write
+
     images = {}
     if report["variants"]:
         images["size_vs_map.png"] = size_vs_map_png(report["variants"])
@@ -137,20 +179,24 @@ def publish(report: dict, out: Path) -> None:
                    default=None)
     if cb_stage:
         store = ArtifactStore(parse_location(report["parameters"]["store"]), create=False)
-        images["codebook.png"] = codebook_png(store.get(report["stages"][cb_stage]["version"]).array("codebook")[:16])
-    out.mkdir(parents=True, exist_ok=True)
-    for name, data in images.items():
-        (out / name).write_bytes(data)
-    md = markdown(report, images)
-    (out / "report.md").write_text(md)
+        images["codebook.png"] = codebook_png(store.get(report["stages"][cb_stage]["version"]).array("codebook")[...])
+    files = {"report.json": json.dumps(report, indent=2, default=str).encode(), **images,
+             "report.md": markdown(report, images).encode()}
+    run_dir = out / "runs" / report["run_name"]
+    for folder in (run_dir, out):
+        for name, data in files.items():
+            atomic_write(folder / name, lambda tmp, data=data: tmp.write_bytes(data))
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
     from prefect.context import FlowRunContext
 
     if FlowRunContext.get() is None:
-        return
-    create_markdown_artifact(key="sharekan-report", markdown=md, description="SHARe-KAN pipeline report")
+        return run_dir
+    create_markdown_artifact(key="sharekan-report", markdown=markdown(report, images, file_links=False),
+                             description="SHARe-KAN pipeline report")
     if report["variants"]:
-        create_table_artifact(key="sharekan-compression", table=report["variants"],
-                              description="mAP@0.5, storage and runtime bytes per variant")
-    create_table_artifact(key="sharekan-stages", table=[{"stage": k, **v} for k, v in report["stages"].items()],
-                          description="artifact version and seconds per stage")
+        create_table_artifact(key="sharekan-compression", table=human_rows(report["variants"]),
+                              description="mAP at IoU 0.5, storage and runtime memory per variant")
+    create_table_artifact(key="sharekan-stages", description="artifact version, state and seconds per stage",
+                          table=[{"stage": k, "version": v.get("version") or "-", "state": stage_state(v),
+                                  "seconds": f"{v.get('seconds', 0):.1f}"} for k, v in report["stages"].items()])
+    return run_dir

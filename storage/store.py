@@ -138,8 +138,9 @@ class CheckedArray:
     def __getitem__(self, key):
         try:
             return self._array[key]
-        except (ValueError, RuntimeError, OSError) as e:
-            raise CorruptArtifact(f"{self._what}: stored bytes are corrupt ({e})") from None
+        except (ValueError, RuntimeError, OSError, icechunk.IcechunkError) as e:
+            raise CorruptArtifact(f"{self._what}: stored bytes are corrupt "
+                                  f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
 
     def __getattr__(self, name):
         return getattr(self._array, name)

@@ -1,6 +1,10 @@
-"""Connecting to Ray: a local cluster started on demand (127.0.0.1 only), ``"auto"`` (a running
-``ray start --head`` on this machine) or ``ray://host:port``. The Prefect API URL (and the store
-location) are passed to every worker, so task runs on Ray report to the flow's API."""
+"""Connecting to Ray: a local cluster of this process's own (``address="local"``: never one that a
+``ray start`` or a stale ``/tmp/ray/ray_current_cluster`` left on the machine), ``"auto"`` (a
+running ``ray start --head`` on this machine) or ``ray://host:port``. Ray's token authentication
+stays on: Ray enables it for a new local cluster (making ``~/.ray/auth_token``) unless
+``RAY_AUTH_MODE`` says otherwise, and nothing here says otherwise; some of Ray's servers listen on
+every interface whatever the node address, so the token is what keeps others out. The Prefect API URL (and the store location) are passed to every worker, so task
+runs on Ray report to the flow's API."""
 
 from __future__ import annotations
 
@@ -11,18 +15,18 @@ import ray
 __all__ = ["connect", "worker_env", "init_kwargs"]
 
 _FORWARD = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_SERVER_ANALYTICS_ENABLED", "SHAREKAN_STORE",
-            "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+            "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+            "RAY_AUTH_MODE")
 
 
 def worker_env() -> dict[str, str]:
     """Environment every Ray worker needs from the driver."""
-    return {k: os.environ[k] for k in _FORWARD if os.environ.get(k)} | {"RAY_AUTH_MODE": "disabled"}
+    return {k: os.environ[k] for k in _FORWARD if os.environ.get(k)}
 
 
 def init_kwargs(address: str | None = None, num_cpus: int | None = None) -> dict:
     """``ray.init`` arguments: a cluster ``address`` (else ``$SHAREKAN_RAY_ADDRESS``) or a local
     cluster on 127.0.0.1 without dashboard; the workers get :func:`worker_env`."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = address or os.environ.get("SHAREKAN_RAY_ADDRESS") or None
     kw = {"log_to_driver": True, "runtime_env": {"env_vars": worker_env()}}  # task progress in the console

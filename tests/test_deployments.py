@@ -99,7 +99,7 @@ def test_ray_job_submit_runs_the_pipeline_on_a_started_cluster(server):
     env = prefect_env(url)
     with ray_head(port=free_port(), num_cpus=2, env=env, dashboard_port=dash):
         cmd = [bin_path("ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}",
-               "--runtime-env-json", json.dumps({"env_vars": {"PREFECT_API_URL": url, "RAY_AUTH_MODE": "disabled"}}),
+               "--runtime-env-json", json.dumps({"env_vars": {"PREFECT_API_URL": url}}),
                "--", sys.executable, "-m", "flows.cli", "run", "--address", "auto",
                "--params", json.dumps(tiny(tmp, "job"))]
         done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)

@@ -189,7 +189,7 @@ def test_the_cli_survives_many_concurrent_invocations(tmp_path):
     (["--params", '{"data": {"skip_bad": "yes"}}'], "data.skip_bad"),
     (["--params", '{"train": {"hidden": 8}, "compress": {"ks": [16, 65536]}}'], "compress.ks: \\[65536\\] exceed"),
     (["--params", '{"train": {"hidden": 8}, "lutham_k": 65536}'], "lutham_k: 65536 is not among"),
-    (["--data", "NOWHERE"], "data.data: NOWHERE has no VOCdevkit folder"),
+    (["--data", "NOWHERE"], "data.root: NOWHERE has no VOCdevkit folder"),
 ])
 def test_mistyped_inputs_are_refused_naming_the_field(tmp_path, args, match):
     result = CliRunner().invoke(cli, ["run", "--store", str(tmp_path / "s"), *args])

@@ -47,8 +47,11 @@ def test_report_and_exports(run):
     assert len(coco.getImgIds()) == 6
     assert all(d["category_id"] in coco.getCatIds() for d in json.loads((out / "coco_detections.json").read_text()))
     md = (out / "report.md").read_text()
-    assert "VQ K=256 int8" in md and "data:image/png;base64," in md
+    assert "VQ K=256 int8" in md and "data:image/png;base64," in md and "[size_vs_map.png](size_vs_map.png)" in md
     assert (out / "size_vs_map.png").read_bytes()[:4] == b"\x89PNG" and (out / "codebook.png").is_file()
+    run_dir = out / "runs" / saved["run_name"]  # this run's own folder; out/ holds a copy of the latest
+    assert saved["run_name"] and (run_dir / "report.json").read_bytes() == (out / "report.json").read_bytes()
+    assert {p.name for p in run_dir.iterdir()} == {"report.json", "report.md", "size_vs_map.png", "codebook.png"}
 
 
 def test_no_gpu_worker_marks_lutham_skipped(run):
@@ -109,13 +112,23 @@ def test_task_runs_and_artifacts_reach_the_flows_api(run):
                 flow_run_filter=FlowRunFilter(id={"any_": [fid]}))]
             arts = await client.read_artifacts(artifact_filter=ArtifactFilter(
                 flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
-            return subflows, task_runs, arts
-    subflows, task_runs, arts = run_coro_as_sync(query())
+            return subflows, task_runs, arts, await client.read_flow_run(flow_run_id)
+    subflows, task_runs, arts, parent = run_coro_as_sync(query())
+    assert parent.name == "pipeline synthetic G=10 K=16,256 seed=0"
     assert len(subflows) == 3 and all(f.state.is_completed() for f in subflows)  # train, compress, compile
+    names = {f.name.split()[0]: f for f in subflows}
+    assert names["train"].name == "train resnet18 hidden=8 G=10 epochs=2" and set(names) == {"train", "compress",
+                                                                                              "compile"}
+    assert names["compile"].state.name == "Skipped" and names["train"].state.name == "Completed"
     by_name = {t.task_key.split("-")[0] if t.task_key else t.name for t in task_runs}
     assert {"dataset", "features", "train", "evaluate", "splines", "codebook", "compression"} <= by_name
     assert all(t.state.is_completed() for t in task_runs)
     assert {a.key for a in arts} >= {"sharekan-report", "sharekan-compression", "sharekan-stages"}
+    by_key = {a.key: a for a in arts}
+    table = by_key["sharekan-compression"].data
+    table = json.loads(table) if isinstance(table, str) else table
+    assert table[0]["variant"] == "dense fp32" and table[0]["mAP at IoU 0.5"].count(".") == 1
+    assert "](size_vs_map.png)" not in by_key["sharekan-report"].data  # no file links that open a blank page
 
 
 def test_rerun_reuses_every_stage_and_a_change_retrains(run):

@@ -260,6 +260,9 @@ def test_cli_ls_show_lineage_tag_gc(tmp_path):
     assert missing.exit_code != 0 and "head-123" in missing.output
     absent = CliRunner().invoke(cli, ["artifacts", "--store", str(tmp_path / "nope"), "ls"])
     assert absent.exit_code != 0 and "does not exist" in absent.output
+    for args in (["ls", "--store", str(path)], ["show", h.version, "--store", str(path)]):  # where users type it
+        r = CliRunner().invoke(cli, ["artifacts", "--store", str(tmp_path / "nope"), *args])
+        assert r.exit_code == 0 and h.version in r.output, r.output
 
 
 def _damage(store_path: Path, cut: bool) -> None:

@@ -1,0 +1,195 @@
+"""Local services as an operator sees them: Ray's token authentication is on, a Ray head stops
+alone, a temporary Prefect server listens on 127.0.0.1 and dies with the process that started
+it, a second server refuses a port in use, `sharekan server` stops everything on SIGTERM, and a
+local run never attaches to a cluster it did not ask for."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from flows.local import free_port, port_in_use, prefect_env, ray_head
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env(**extra) -> dict:
+    return {**prefect_env(), "PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0", **extra}
+
+
+def _wait(condition, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, what
+        time.sleep(0.5)
+
+
+def test_ray_refuses_a_client_without_the_token(tmp_path):
+    head = textwrap.dedent("""
+        import subprocess, sys, os
+        import ray
+        from tasks.cluster import connect
+        connect(num_cpus=1)
+        gcs = ray.get_runtime_context().gcs_address
+        client = "import ray, sys; ray.init(address=sys.argv[1]); print('CONNECTED')"
+        for label, extra in (("wrong", {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "not-the-token"}), ("right", {})):
+            r = subprocess.run([sys.executable, "-c", client, gcs], env={**os.environ, **extra},
+                               capture_output=True, text=True, timeout=150)
+            print(label, "CONNECTED" in r.stdout, flush=True)
+        ray.shutdown()
+    """)
+    env = {k: v for k, v in _env().items() if k != "RAY_AUTH_MODE"}  # Ray's own default for a local cluster
+    out = subprocess.run([sys.executable, "-c", head], env=env, capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "wrong False" in out.stdout and "right True" in out.stdout, out.stdout
+
+
+def test_a_temporary_prefect_server_listens_on_loopback_and_dies_with_its_parent(tmp_path):
+    script = textwrap.dedent("""
+        import sys, time
+        from flows.local import prefect_server
+        with prefect_server(home=sys.argv[1], die_with_parent=True) as url:
+            print(url, flush=True)
+            time.sleep(600)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "home")], env=_env(),
+                              stdout=subprocess.PIPE, text=True)
+    url = parent.stdout.readline().strip()
+    port = int(url.split(":")[2].split("/")[0])
+    server = [p for p in psutil.Process(parent.pid).children(recursive=True)]
+    listening = {c.laddr.ip for p in server for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN}
+    assert listening == {"127.0.0.1"}, listening
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    gone, alive = psutil.wait_procs(server, timeout=60)
+    for p in alive:
+        p.kill()
+    assert not alive and not port_in_use(port), "the Prefect server outlived the process that started it"
+
+
+def test_a_second_server_refuses_a_port_in_use(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run([sys.executable, "-m", "flows.cli", "server", "--port", str(port), "--no-ray"],
+                             cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and f"port {port} on 127.0.0.1 is in use" in out.stderr, out.stderr[-2000:]
+    assert "Prefect UI" not in out.stdout
+
+
+def test_sharekan_server_stops_everything_on_sigterm(tmp_path):
+    port, ray_port = free_port(), free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "server", "--port", str(port), "--ray-port",
+                             str(ray_port)], cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("next:"):
+            break
+    assert any(f"Ray head:    127.0.0.1:{ray_port}" in x for x in lines), "".join(lines)[-3000:]
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert port_in_use(port) and port_in_use(ray_port)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0
+    _, alive = psutil.wait_procs(children, timeout=30)
+    for p in alive:
+        p.kill()
+    assert not port_in_use(port) and not port_in_use(ray_port)
+    assert not alive, [p.info for p in alive]
+
+
+def test_ray_heads_and_local_runs_keep_to_their_own_clusters():
+    """A local run beside a live `ray start` head, or after one left a stale cluster file, starts its
+    own cluster; stopping one head leaves another running."""
+    stale = Path("/tmp/ray/ray_current_cluster")
+    saved = stale.read_text() if stale.exists() else None
+    script = textwrap.dedent("""
+        import ray
+        from tasks.cluster import connect
+        connect(num_cpus=1)
+        print("GCS", ray.get_runtime_context().gcs_address, flush=True)
+        ray.shutdown()
+    """)
+
+    def local_run() -> str:
+        out = subprocess.run([sys.executable, "-c", script], env=_env(), capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0 and "GCS" in out.stdout, (out.stdout[-1000:], out.stderr[-3000:])
+        return out.stdout.split("GCS")[1].strip()
+
+    try:
+        with ray_head(port=free_port(), num_cpus=1, env=_env()) as other:
+            other_port = int(other.rsplit(":", 1)[1])
+            assert not local_run().endswith(f":{other_port}")
+            with ray_head(port=free_port(), num_cpus=1, env=_env()) as mine:
+                mine_port = int(mine.rsplit(":", 1)[1])
+                assert port_in_use(mine_port) and port_in_use(other_port)
+            _wait(lambda: not port_in_use(mine_port), 30, "our head still listens")
+            assert port_in_use(other_port), "stopping our head stopped another cluster"
+        stale.parent.mkdir(parents=True, exist_ok=True)
+        stale.write_text("127.0.0.1:1\n")  # a cluster that no longer exists
+        local_run()
+    finally:
+        if saved is None:
+            stale.unlink(missing_ok=True)
+        else:
+            stale.write_text(saved)
+
+
+@pytest.fixture
+def postgres():
+    """A throwaway PostgreSQL server on 127.0.0.1 (Debian's package); skipped where none is installed."""
+    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    if not initdb or not pg_ctl:
+        pytest.skip("PostgreSQL (initdb, pg_ctl) is not installed")
+    as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []  # initdb refuses root
+    base = Path(tempfile.mkdtemp(prefix="skpg-"))
+    if as_pg:
+        shutil.chown(base, "postgres")
+    port = free_port()
+    run = lambda *cmd: subprocess.run([*as_pg, *map(str, cmd)], capture_output=True, text=True, timeout=120)  # noqa: E731
+    done = run(initdb, "-D", base / "data", "-A", "trust", "-U", "postgres")
+    assert done.returncode == 0, done.stderr[-2000:]
+    done = run(pg_ctl, "-D", base / "data", "-l", base / "log", "-w", "-o", f"-p {port} -h 127.0.0.1 -k {base}",
+               "start")
+    assert done.returncode == 0, done.stderr[-2000:] + (base / "log").read_text()[-2000:]
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        run(pg_ctl, "-D", base / "data", "-m", "fast", "-w", "stop")
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_prefect_server_on_postgresql_records_flow_runs(postgres, tmp_path):
+    import asyncio
+
+    import asyncpg
+
+    from flows.local import prefect_server
+
+    flow = "from prefect import flow\n@flow(name='pg-check')\ndef f():\n    return 1\nf()\n"
+    with prefect_server(home=str(tmp_path / "home"), database=postgres) as url:
+        done = subprocess.run([sys.executable, "-c", flow], env=_env(PREFECT_API_URL=url), capture_output=True,
+                              text=True, timeout=180)
+        assert done.returncode == 0, done.stderr[-2000:]
+
+    async def runs():
+        conn = await asyncpg.connect(postgres)
+        try:
+            return await conn.fetch("SELECT fr.state_type FROM flow_run fr JOIN flow ON flow.id = fr.flow_id "
+                                    "WHERE flow.name = 'pg-check'")
+        finally:
+            await conn.close()
+    assert [r["state_type"] for r in asyncio.run(runs())] == ["COMPLETED"]
+    assert not (tmp_path / "home" / "prefect.db").exists()  # nothing went to SQLite
