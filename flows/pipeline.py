@@ -11,6 +11,7 @@ API URL in the workers' environment, so task runs report to the flow's API.
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -70,7 +71,8 @@ def _report_folder_name() -> str:
     from prefect.runtime import flow_run
 
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return f"{stamp}-{flow_run.name}" if flow_run.name else stamp
+    name = re.sub(r"[^A-Za-z0-9=.,_-]+", "-", flow_run.name or "").strip("-")
+    return f"{stamp}-{name}" if name else stamp
 
 
 def _param(name: str):

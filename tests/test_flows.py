@@ -158,4 +158,10 @@ def test_invalid_parameters_are_refused_before_anything_runs(prefect_api, tmp_pa
         sharekan_pipeline({"compress": {"ks": [16, 256]}, "lutham_k": 4096, "store": str(tmp_path / "s")})
     with pytest.raises(ParameterTypeError, match="lutham_k"):
         sharekan_pipeline({"lutham_k": 1000, "store": str(tmp_path / "s")})
+    # rules across fields: the flow's first step, before any stage, one line naming the field
+    from flows.preflight import PreflightError
+    with pytest.raises(PreflightError, match=r"compress.ks: \[65536\] exceed the 8,384 edges"):
+        sharekan_pipeline({"train": {"hidden": 8}, "compress": {"ks": [256, 65536]}, "store": str(tmp_path / "s")})
+    with pytest.raises(PreflightError, match="data.root: .* has no VOCdevkit folder"):
+        sharekan_pipeline({"data": {"root": str(tmp_path)}, "store": str(tmp_path / "s")})
     assert not (tmp_path / "s").exists()
