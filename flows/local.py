@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import psutil
+
 __all__ = ["database_url", "free_port", "port_in_use", "prefect_env", "prefect_server", "worker", "ray_head", "ray_token",
            "bin_path", "POOL", "PortInUse"]
 
@@ -174,8 +176,6 @@ def ray_token(env: dict | None = None) -> None:
 
 def _stop_tree(roots: list, timeout: float = 15) -> None:
     """SIGTERM ``roots`` (psutil processes) and all their descendants, SIGKILL what remains."""
-    import psutil
-
     procs = {p.pid: p for r in roots for p in [r, *_children(r)]}
     for p in procs.values():
         with contextlib.suppress(psutil.Error):
@@ -188,8 +188,6 @@ def _stop_tree(roots: list, timeout: float = 15) -> None:
 
 
 def _children(proc) -> list:
-    import psutil
-
     try:
         return proc.children(recursive=True)
     except psutil.Error:
@@ -198,8 +196,6 @@ def _children(proc) -> list:
 
 def _ray_processes(temp_dir: str) -> list:
     """The processes of the Ray head whose session lives under ``temp_dir`` (workers included)."""
-    import psutil
-
     roots = []
     for p in psutil.process_iter(["cmdline"]):
         if any(temp_dir in arg for arg in (p.info["cmdline"] or [])):

@@ -1,5 +1,5 @@
 """Connecting to Ray: a local cluster of this process's own (``address="local"``: never one that a
-``ray start`` or a stale ``/tmp/ray/ray_current_cluster`` left on the machine), ``"auto"`` (a
+``ray start`` or a stale ``ray_current_cluster`` file of Ray's left on the machine), ``"auto"`` (a
 running ``ray start --head`` on this machine) or ``ray://host:port``. Ray's token authentication
 stays on: Ray enables it for a new local cluster (making ``~/.ray/auth_token``) unless
 ``RAY_AUTH_MODE`` says otherwise, and nothing here says otherwise; some of Ray's servers listen on
@@ -35,7 +35,7 @@ def init_kwargs(address: str | None = None, num_cpus: int | None = None) -> dict
         os.environ.setdefault("RAY_OVERRIDE_JOB_RUNTIME_ENV", "1")
         return kw | {"address": address}
     # "local": always a new cluster of our own, never one a `ray start` (or a stale
-    # /tmp/ray/ray_current_cluster) left on this machine; attaching happens only by address.
+    # ray_current_cluster file) left on this machine; attaching happens only by address.
     return kw | {"address": "local", "num_cpus": num_cpus or os.cpu_count(), "include_dashboard": False,
                  "_node_ip_address": "127.0.0.1"}
 
