@@ -218,7 +218,9 @@ def ray_head(port: int = 6379, num_cpus: int | None = None, env: dict | None = N
     temp_dir = tempfile.mkdtemp(prefix="skray-", dir="/tmp")  # short: Ray's socket paths live here
     cmd = [bin_path("ray"), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
            "--disable-usage-stats", f"--temp-dir={temp_dir}"]
-    agent = free_port() if dashboard_port else None
+    agent = None
+    while dashboard_port and agent in (None, port, dashboard_port):  # free_port() can hand out a port twice
+        agent = free_port()
     cmd += ([f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
              f"--dashboard-agent-listen-port={agent}"] if dashboard_port else ["--include-dashboard=false"])
     if num_cpus:
