@@ -16,7 +16,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from storage.store import ArtifactStore, parse_location  # noqa: E402
-from tasks.stages import load_head  # noqa: E402
+from tasks.head import load_head  # noqa: E402
 
 
 def main(argv=None):
@@ -33,7 +33,7 @@ def main(argv=None):
     feats = torch.from_numpy(store.get(st["features_test"]["version"]).array("feats")[:32]).float()
     rows = head.standardise(feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]))[:a.rows]
     sizes = [head.kan.layers[0].in_features] + [lay.out_features for lay in head.kan.layers]
-    codebook = torch.from_numpy(store.get(st[f"codebook_K{a.k}"]["version"]).array("codebook")[...])
+    codebook = torch.from_numpy(store.get(report["codebooks"][str(a.k)]).array("codebook")[...])
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     torch.save({"sizes": sizes, "kan": head.kan.state_dict(), "codebook": codebook, "rows": rows.contiguous()}, a.out)
     print(f"wrote {a.out}: head {sizes}, codebook {tuple(codebook.shape)}, rows {tuple(rows.shape)}")

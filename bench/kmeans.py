@@ -23,6 +23,16 @@ from the points it serves than their mean is, so only like is compared with like
 
     python bench/kmeans.py --points 2000000 --ks 4096 65536 --niter 10 --niter-large 2 \
         --niter-euclid-large 12 --json bench/results/kmeans.json
+
+``--gpu`` (on a GPU machine) asks instead: how much faster is the assignment on the GPU? For each K,
+from the same initial centroids: the 2-worker CPU run (two shard actors, CPU FAISS), the same
+shard actors with the torch CUDA backend (one actor holding every shard on the GPU), and the
+in-memory source on the GPU (``sharekan.clustering.InMemory(backend="cuda")``). Reported: seconds
+per iteration (median), the objective after each common iteration and its largest relative
+difference from the CPU run's, and the speed-up per iteration.
+
+    python bench/kmeans.py --gpu --points 10000000 --ks 4096 65536 --niter 4 --niter-cpu 2 \
+        --json bench/results/kmeans_gpu.json
 """
 
 from __future__ import annotations
@@ -40,13 +50,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sharekan.demo import format_table  # noqa: E402
+from sharekan.clustering import InMemory, kmeans  # noqa: E402
 from sharekan.kmeans import assign_stats, init_centroids  # noqa: E402
+from sharekan.table import format_table  # noqa: E402
 from sharekan.vq import decompose  # noqa: E402
 from storage.shards import put_rows  # noqa: E402
 from storage.store import ArtifactStore  # noqa: E402
 from tasks.cluster import connect  # noqa: E402
-from tasks.kmeans import ShardPool  # noqa: E402
+from tasks.kmeans import RayShards  # noqa: E402
 
 D = 13
 
@@ -69,10 +80,10 @@ def time_to(target: float, trace: list[tuple[float, float]]) -> float | None:
     return next((t for t, o in trace if o <= target), None)
 
 
-def run_distributed(store_path, version, k, init, niter, spherical=True) -> dict:
-    with ShardPool(store_path, version, "shapes") as pool:
+def run_distributed(store_path, version, k, init, niter, spherical=True, backend="cpu") -> dict:
+    with RayShards(store_path, version, "shapes", backend) as pool:
         t0 = time.perf_counter()
-        cb, hist = pool.fit(k, niter=niter, tol=0, init=init, progress=False, spherical=spherical)
+        cb, hist = kmeans(pool, k, niter=niter, tol=0, init=init, spherical=spherical)
         total = time.perf_counter() - t0
         steps = pool.step_seconds()
     walls = np.diff([0.0] + [h["seconds"] for h in hist])
@@ -110,6 +121,57 @@ def run_minibatch(x, k, init, niter) -> dict:
             "per_iter": total / max(1, km.n_iter_), "overhead": None, "trace": []}
 
 
+def run_in_memory(x, k, init, niter, backend) -> dict:
+    source = InMemory(x, backend)
+    t0 = time.perf_counter()
+    cb, hist = kmeans(source, k, niter=niter, tol=0, init=init)
+    walls = np.diff([0.0] + [h["seconds"] for h in hist])
+    return {"centroids": cb, "seconds": time.perf_counter() - t0,
+            "per_iter": float(np.median(walls[1:] if len(walls) > 1 else walls)), "overhead": None,
+            "trace": [(h["seconds"], h["objective"]) for h in hist]}
+
+
+def gpu_main(a) -> None:
+    x = shapes(a.points)
+    connect(num_cpus=os.cpu_count())
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        store = ArtifactStore(Path(tmp) / "store")
+        versions = {w: put_rows(store, "splines", {"points": a.points, "workers": w}, [], "bench",
+                                {"shapes": x}, chunk_rows=-(-a.points // w), workers=1)[0].version for w in (1, 2)}
+        for k in a.ks:
+            init = init_centroids(x[np.random.default_rng(1).choice(len(x), 4 * k, replace=False)], k, seed=0)
+            runs = {}
+            for name, run in (("CPU, 2 shard actors", lambda: run_distributed(str(Path(tmp) / "store"), versions[2],
+                                                                             k, init, a.niter_cpu, backend="cpu")),
+                              ("torch CUDA, shard actor", lambda: run_distributed(str(Path(tmp) / "store"),
+                                                                                  versions[1], k, init, a.niter,
+                                                                                  backend="cuda")),
+                              ("torch CUDA, in memory", lambda: run_in_memory(x, k, init, a.niter, "cuda"))):
+                print(f"K={k}: {name} ...", flush=True)
+                runs[name] = run()
+            cpu = runs["CPU, 2 shard actors"]
+            for name, r in runs.items():
+                common = min(len(cpu["trace"]), len(r["trace"]))
+                rel = max(abs(r["trace"][i][1] - cpu["trace"][i][1]) / cpu["trace"][i][1] for i in range(common))
+                results.append({"k": k, "method": name, "points": a.points, "niter": len(r["trace"]),
+                                "per_iter_s": r["per_iter"], "speedup": cpu["per_iter"] / r["per_iter"],
+                                "objective_at_common_iter": r["trace"][common - 1][1],
+                                "max_rel_objective_diff_vs_cpu": rel, "common_iters": common,
+                                "centroid_max_abs_diff_vs_cpu": float(np.abs(r["centroids"] - cpu["centroids"]).max())
+                                if len(r["trace"]) == len(cpu["trace"]) else None})
+    print(format_table([{k: (float("nan") if v is None else v) for k, v in r.items()} for r in results],
+                       [("k", "K", "d"), ("method", "method", "s"), ("niter", "iters", "d"),
+                        ("per_iter_s", "s/iter", ".3f"), ("speedup", "speed-up", ".1f"),
+                        ("objective_at_common_iter", "objective", ".6g"),
+                        ("max_rel_objective_diff_vs_cpu", "rel. diff vs CPU", ".1e")]))
+    meta = {"points": a.points, "dim": D, "cpus": os.cpu_count(), "gpu": torch.cuda.get_device_name(),
+            "command": "python bench/kmeans.py " + " ".join(sys.argv[1:])}
+    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.json).write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    print(f"wrote {a.json}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--points", type=int, default=2_000_000)
@@ -119,7 +181,11 @@ def main(argv=None):
     p.add_argument("--niter-euclid-large", type=int, help="iterations of the Euclidean run for K ≥ 32,768 "
                    "(default --niter-large; more fit in MiniBatchKMeans's time there)")
     p.add_argument("--json", default="bench/results/kmeans.json")
+    p.add_argument("--gpu", action="store_true", help="GPU assignment against the 2-worker CPU run (see above)")
+    p.add_argument("--niter-cpu", type=int, default=2, help="--gpu: iterations of the CPU run")
     a = p.parse_args(argv)
+    if a.gpu:
+        return gpu_main(a)
 
     x = shapes(a.points)
     connect(num_cpus=os.cpu_count())

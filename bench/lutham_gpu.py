@@ -4,8 +4,12 @@ Heads: (a) the trained detection head with its K=4,096 codebook (``--trained``, 
 ``bench/export_trained.py``), (b) a mid head 4,096→1,024→256 and (c) a large head
 12,544→1,024→1,024, both with random splines and a K=65,536 codebook from Lloyd k-means on their
 own shapes (a few GPU iterations). Rows per call: 1, 49, 392, 3,136. Variants: eager dense fp32
-(efficient-kan style ``KAN``), ``torch.compile`` dense fp16, the torch ``VQKANLinear`` reference
-and LUTHAM. Reported: median µs (CUDA events, warm, inputs rotated over 8 buffers), GB/s of the
+(efficient-kan style ``KAN``: the accuracy reference), the dense head as a user deploys it at its
+best (``sharekan.baselines.DenseKAN``: fp16 weights, one GEMM a layer) eager and compiled per row
+count with static shapes in ``max-autotune-no-cudagraphs`` and ``max-autotune`` (CUDA graphs,
+as LUTHAM itself uses graphs; ``fullgraph=True`` and the graph-break count recorded), the torch
+``VQKANLinear`` reference and LUTHAM. Every ratio is against the fastest fp16 dense variant of
+the same head and row count in this run ("best dense"). Reported: median µs (CUDA events, warm, inputs rotated over 8 buffers), GB/s of the
 variant's weight bytes against the copy bandwidth measured in the same run, peak device memory
 (torch allocator; LUTHAM: its arena), and LUTHAM's max relative error against the reference.
 Needs only torch, cupy and numpy (runs on the device machine).
@@ -20,35 +24,22 @@ import argparse
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sharekan.demo import format_table  # noqa: E402
+from sharekan.table import format_table  # noqa: E402
+from sharekan.baselines import DenseKAN  # noqa: E402
+from sharekan.clustering import fit_codebook  # noqa: E402
 from sharekan.kan import KAN  # noqa: E402
 from sharekan.lutham.runtime import LuthamHead  # noqa: E402
 from sharekan.lutham.validate import validate  # noqa: E402
 from sharekan.vq_kan import VQKAN, edge_shapes, encode_layer  # noqa: E402
 
 ROWS = (1, 49, 392, 3136)
-
-
-def gpu_kmeans(x: torch.Tensor, k: int, iters: int, seed: int = 0) -> torch.Tensor:
-    """Spherical Lloyd on the GPU (no FAISS on the device machine)."""
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    c = x[torch.randperm(len(x), generator=g)[:k].to(x.device)].clone()
-    for _ in range(iters):
-        lab = torch.empty(len(x), dtype=torch.int64, device=x.device)
-        step = max(1, (1 << 28) // k)  # ~1 GiB distance block
-        for s in range(0, len(x), step):
-            lab[s:s + step] = torch.cdist(x[s:s + step], c).argmin(1)
-        sums = torch.zeros_like(c).index_add_(0, lab, x)
-        cnt = torch.bincount(lab, minlength=k)
-        live = cnt > 0
-        c[live] = torch.nn.functional.normalize(sums[live] / cnt[live, None], dim=1)
-    return c
 
 
 def random_head(sizes, k, iters):
@@ -60,7 +51,7 @@ def random_head(sizes, k, iters):
             lay.base_weight.normal_(0, 1 / lay.in_features ** 0.5)
             lay.spline_scaler.uniform_(0.5, 1.5)
     shapes = torch.cat(edge_shapes(kan))
-    cb = gpu_kmeans(shapes, k, iters)
+    cb = fit_codebook(shapes, k, niter=iters, backend="cuda").cuda()  # the library's k-means, assigned on the GPU
     return kan, VQKAN([encode_layer(lay, cb, "fp16") for lay in kan.layers]).eval()
 
 
@@ -93,28 +84,57 @@ def copy_bandwidth() -> float:
     return 2 * src.numel() / us / 1e3  # GB/s, bytes read + written
 
 
-def bench_head(name, kan, vq, real=None, rows_list=ROWS):
+DENSE_MODES = ("max-autotune-no-cudagraphs", "max-autotune")
+
+
+def dense_variants(kan, rows: int, modes=DENSE_MODES):
+    """The dense head as a user runs it: eager fp32 (efficient-kan style, the reference), and fp16
+    eager and ``torch.compile``d per row count with static shapes in each of ``modes``."""
+    fp16 = DenseKAN(kan, torch.float16).eval()
+    out = {"eager dense fp32": (kan, None, 0.0), "eager dense fp16": (fp16, None, 0.0)}
+    for mode in modes:
+        t = time.perf_counter()
+        fn = torch.compile(DenseKAN(kan, torch.float16).eval(), mode=mode, dynamic=False, fullgraph=True)
+        x = torch.rand(rows, kan.layers[0].in_features, device="cuda")
+        with torch.no_grad():
+            fn(x)  # compile (and autotune) for this shape now, not inside the timing
+        torch.cuda.synchronize()
+        out[f"compiled dense fp16 ({mode})"] = (fn, fp16, time.perf_counter() - t)
+    return out
+
+
+def graph_breaks(kan, rows: int) -> int:
+    torch._dynamo.reset()
+    x = torch.rand(rows, kan.layers[0].in_features, device="cuda")
+    with torch.no_grad():
+        return torch._dynamo.explain(DenseKAN(kan, torch.float16).eval())(x).graph_break_count
+
+
+def rel_err(y, ref) -> float:
+    return float((y.float() - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+
+
+def bench_head(name, kan, vq, real=None, rows_list=ROWS, modes=DENSE_MODES):
     edges = sum(lay.in_features * lay.out_features for lay in kan.layers)
     check_head = LuthamHead(vq, max_rows=100)
     check = validate(check_head, vq, real=real)
     plan = check_head.plan.summary()
     del check_head
-    fp16 = KAN([kan.layers[0].in_features] + [lay.out_features for lay in kan.layers], grid_size=10).cuda()
-    fp16.load_state_dict(kan.state_dict())
-    fp16 = fp16.half()
-    compiled = torch.compile(fp16, dynamic=True)
-    weights = {"eager dense fp32": kan, "compiled dense fp16": fp16, "torch VQ reference": vq}
+    breaks = graph_breaks(kan, rows_list[0])
     out = []
     for rows in rows_list:
+        torch._dynamo.reset()
+        dense = dense_variants(kan, rows, modes)
         lut = LuthamHead(vq, max_rows=rows)  # arena planned for this batch: scratch stays small
         moved = sum(lut.plan.by_component[c] for c in ("codebook", "indices", "gains", "biases", "base"))
-        read = {"eager dense fp32": edges * 15 * 4, "compiled dense fp16": edges * 15 * 2,
-                "torch VQ reference": moved, "LUTHAM": moved, "LUTHAM gather only": moved}
         inputs = [torch.rand(rows, kan.layers[0].in_features, device="cuda") * 2 - 1 for _ in range(8)]
-        variants = {"eager dense fp32": lambda x: kan(x), "compiled dense fp16": lambda x: compiled(x.half()),
-                    "torch VQ reference": lambda x: vq(x)}
+        with torch.no_grad():
+            ref = kan(inputs[0])
+            err = {"eager dense fp16": rel_err(dense["eager dense fp16"][0](inputs[0]), ref),
+                   "LUTHAM": rel_err(lut.run_torch(inputs[0]), ref)}
         gather_only = LuthamHead(vq, max_rows=rows, mma_min_rows=1 << 30) if rows >= 16 else None
-        for vname in (*variants, "LUTHAM", "LUTHAM gather only"):
+        names = [*dense, "torch VQ reference", "LUTHAM", "LUTHAM gather only"]
+        for vname in names:
             if vname == "LUTHAM gather only" and gather_only is None:
                 continue
             if vname == "torch VQ reference" and rows * edges > 4e9:
@@ -122,17 +142,31 @@ def bench_head(name, kan, vq, real=None, rows_list=ROWS):
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
             with torch.no_grad():
-                us = (_timed_cupy(lut, inputs) if vname == "LUTHAM" else _timed_cupy(gather_only, inputs)
-                      if vname == "LUTHAM gather only" else timed(variants[vname], inputs))
-            if vname.startswith("LUTHAM"):
-                peak = lut.plan.total
-            else:
-                own = sum(t.numel() * t.element_size() for t in weights[vname].state_dict().values())
-                peak = torch.cuda.max_memory_allocated() - base + own
-            out.append({"head": name, "rows": rows, "variant": vname, "us": us, "gbps": read[vname] / us / 1e3,
-                        "peak_bytes": peak, "l2_window": lut.plan.l2_persisting if vname.startswith("LUTHAM") else None})
-            print(f"{name:7s} rows {rows:5d} {vname:20s} {us:10.1f} µs", flush=True)
-        del lut, gather_only
+                if vname.startswith("LUTHAM"):
+                    us = _timed_cupy(lut if vname == "LUTHAM" else gather_only, inputs)
+                    peak, read = lut.plan.total, moved
+                else:
+                    module = vq if vname == "torch VQ reference" else dense[vname][0]
+                    us = timed(module, inputs)
+                    weights = vq if vname == "torch VQ reference" else dense[vname][1] or dense[vname][0]
+                    own = sum(t.numel() * t.element_size() for t in weights.state_dict().values())
+                    peak = torch.cuda.max_memory_allocated() - base + own
+                    read = moved if vname == "torch VQ reference" else edges * 15 * (4 if "fp32" in vname else 2)
+            row = {"head": name, "rows": rows, "variant": vname, "us": us, "gbps": read / us / 1e3, "peak_bytes": peak,
+                   "l2_window": lut.plan.l2_persisting if vname.startswith("LUTHAM") else None}
+            if vname.startswith("compiled"):
+                row |= {"graph_breaks": breaks, "compile_s": dense[vname][2]}
+            if vname in err:
+                row["rel_err_vs_fp32"] = err[vname]
+            out.append(row)
+            print(f"{name:7s} rows {rows:5d} {vname:48s} {us:10.1f} µs", flush=True)
+        best = min((r for r in out if r["rows"] == rows and r["head"] == name and "fp16" in r["variant"]),
+                   key=lambda r: r["us"])
+        for r in out:
+            if r["rows"] == rows and r["head"] == name:
+                r["best_dense"], r["vs_best_dense"] = best["variant"], best["us"] / r["us"]
+        del lut, gather_only, dense
+        torch.cuda.empty_cache()
     return out, check, plan
 
 
@@ -161,6 +195,7 @@ def main(argv=None):
     p.add_argument("--kmeans-iters", type=int, default=4)
     p.add_argument("--heads", nargs="+", default=["trained", "mid", "large"])
     p.add_argument("--rows", type=int, nargs="+", default=list(ROWS))
+    p.add_argument("--modes", nargs="*", default=list(DENSE_MODES), help="torch.compile modes of the dense baseline")
     p.add_argument("--profile", help="only run LUTHAM on this head repeatedly (for ncu)")
     a = p.parse_args(argv)
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -189,15 +224,18 @@ def main(argv=None):
         else:
             kan, vq = random_head(sizes[name], 65_536, a.kmeans_iters)
             real = None
-        rows, checks[name], plans[name] = bench_head(name, kan, vq, real, a.rows)
+        rows, checks[name], plans[name] = bench_head(name, kan, vq, real, a.rows, a.modes)
         results += rows
         del kan, vq
         torch.cuda.empty_cache()
     for r in results:
         r["copy_fraction"] = r["gbps"] / bw
     print(format_table(results, [("head", "head", "s"), ("rows", "rows", "d"), ("variant", "variant", "s"),
-                          ("us", "µs", ".1f"), ("gbps", "GB/s", ".0f"), ("copy_fraction", "of copy", ".2f"),
-                          ("peak_bytes", "peak B", ",d")]))
+                          ("us", "µs", ".1f"), ("vs_best_dense", "vs best dense", ".2f"), ("gbps", "GB/s", ".0f"),
+                          ("copy_fraction", "of copy", ".2f"), ("peak_bytes", "peak B", ",d")]))
+    for r in results:
+        if "rel_err_vs_fp32" in r:
+            print(f"{r['head']} rows {r['rows']}: {r['variant']} max rel. error vs eager fp32 {r['rel_err_vs_fp32']:.2e}")
     for name, c in checks.items():
         print(f"{name}: LUTHAM max rel. error {c['max_rel_error']:.2e}, all written {c['all_written']}; "
               f"arena {plans[name]['total_bytes']:,} B, L2 window {plans[name]['l2_persisting']}")

@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sharekan.demo import format_table  # noqa: E402
+from sharekan.table import format_table  # noqa: E402
 from storage.shards import put_rows  # noqa: E402
 from storage.store import ArtifactStore  # noqa: E402
 

@@ -116,7 +116,7 @@ def run(data, n_train, n_test, epochs, seed, ks, kmeans_mode, store, out, params
             click.echo(f"Prefect API (temporary, for this run): {url}")
         from flows.pipeline import sharekan_pipeline
         from flows.report import VARIANT_COLUMNS, stage_state
-        from sharekan.demo import format_table
+        from sharekan.table import format_table
         from tasks.cluster import connect
 
         try:
@@ -134,7 +134,7 @@ def run(data, n_train, n_test, epochs, seed, ks, kmeans_mode, store, out, params
     click.echo(format_table(report["variants"], VARIANT_COLUMNS))
     click.echo("\nartifact versions:")
     for name, s in report["stages"].items():
-        click.echo(f"  {name:16s} {s.get('version') or '-':44s} {stage_state(s):8s} {s.get('seconds', 0):7.1f}s")
+        click.echo(f"  {name:18s} {s.get('version') or '-':44s} {stage_state(s):8s} {s.get('seconds', 0):7.1f}s")
     bad = report.get("skipped_samples") or []
     if bad:
         click.echo(f"\nskipped {len(bad)} bad samples (all listed in report.md), e.g. {bad[0]}")

@@ -1,28 +1,27 @@
 """Flow parameters as pydantic models: validated when a run is created, rendered as the UI's form.
 
-Every field has a title, a description and its bounds in the JSON schema the Prefect UI renders,
-so the form refuses a bad value in the field itself. Rules across fields (a codebook size against
-the head's edge count, ``lutham_k`` among the fitted sizes) are checked by ``flows.preflight``,
-the flow's first step."""
+The form is built from the stage specs (``tasks.specs``): a field's type, bounds, title and
+description are written once, and each form section hands the stages their typed specs
+(:meth:`TrainParams.features`, :meth:`TrainParams.head`, :meth:`CompressParams.codebook`, ...).
+Rules across fields (a codebook size against the head's edge count, ``lutham_k`` among the fitted
+sizes) are checked by ``flows.preflight``, the flow's first step."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from sharekan.kmeans import MAX_K
+from sharekan.detection.backbone import resolve_weights
+from sharekan.kmeans import BACKENDS, DEFAULT_KS
+from tasks.specs import (AssignmentSpec, BackboneSpec, CodebookSpec, CompressionSpec, DatasetSpec, EvaluationSpec,
+                         FeaturesSpec, HeadSpec, K, Mode, Seed, Spec)
 
-__all__ = ["DataParams", "TrainParams", "CompressParams", "PipelineParams", "DEFAULT_KS"]
-
-_SPLITS = r"^\s*[0-9A-Za-z_]+:[0-9A-Za-z_]+\s*(,\s*[0-9A-Za-z_]+:[0-9A-Za-z_]+\s*)*$"
-DEFAULT_KS = (256, 4096, MAX_K)  # the last is min(edges, MAX_K) for a given head
-K = Annotated[int, Field(ge=1, le=MAX_K)]
+__all__ = ["DataParams", "TrainParams", "CompressParams", "PipelineParams"]
 
 
-class _Params(BaseModel):
-    # strict: "yes" is no boolean and true no integer (JSON numbers still fill float fields)
-    model_config = ConfigDict(extra="forbid", strict=True)
+class _Params(Spec):
+    """Strict like the specs: "yes" is no boolean and true no integer (JSON numbers fill float fields)."""
 
 
 class DataParams(_Params):
@@ -30,34 +29,27 @@ class DataParams(_Params):
 
     root: str | None = Field(None, title="VOC root", description="folder holding VOCdevkit/VOC2007 (and VOC2012); "
                              "empty = the embedded synthetic VOC-format data set")
-    train_splits: str = Field("2007:train", pattern=_SPLITS, title="training splits",
-                              description="YEAR:SET[,YEAR:SET], e.g. 2007:trainval,2012:trainval")
-    test_splits: str = Field("2007:val", pattern=_SPLITS, title="test splits", description="YEAR:SET[,YEAR:SET]")
+    train_splits: str = DatasetSpec.model_fields["train_splits"]
+    test_splits: str = DatasetSpec.model_fields["test_splits"]
     n_train: int = Field(1000, ge=8, le=100_000, title="synthetic training images",
                          description="images generated when no VOC root is given")
     n_test: int = Field(200, ge=4, le=100_000, title="synthetic test images",
                         description="images generated when no VOC root is given")
-    skip_bad: bool = Field(False, title="skip bad samples",
-                           description="skip, count and list unreadable samples instead of failing the run")
+    skip_bad: bool = DatasetSpec.model_fields["skip_bad"]
 
 
-class TrainParams(_Params):
+class TrainParams(EvaluationSpec, HeadSpec, BackboneSpec, _Params):
     """The frozen backbone and the KAN detection head trained on its features."""
 
-    size: int = Field(192, ge=64, le=1024, multiple_of=32, title="image size", description="input image side, pixels")
-    backbone: Literal["resnet18", "resnet34", "resnet50"] = Field("resnet50", title="backbone",
-                                                                  description="frozen torchvision ResNet")
-    layer: Literal["layer3", "layer4"] = Field("layer3", title="feature layer",
-                                               description="layer3 = C4 (stride 16), layer4 = C5 (stride 32)")
-    weights: str | None = Field(None, title="backbone weights",
-                                description="torchvision checkpoint file; empty = torchvision's cache or random init")
-    hidden: int = Field(64, ge=1, le=4096, title="hidden width", description="KAN [channels, hidden, 24]")
-    grid_size: int = Field(10, ge=1, le=64, title="grid size G", description="cubic B-spline grid intervals")
-    epochs: int = Field(6, ge=1, le=1000, title="epochs", description="passes over every feature-map location")
-    lr: float = Field(5e-3, gt=0, le=1, title="learning rate", description="AdamW peak rate (one-cycle schedule)")
-    batch_size: int = Field(2048, ge=1, le=1 << 20, title="batch size", description="locations per step")
-    seed: int = Field(0, ge=0, le=2**31 - 1, title="seed", description="backbone init, head init and batch order")
-    use_07: bool = Field(False, title="VOC07 11-point AP", description="instead of all-points AP")
+    def features(self, split: str) -> FeaturesSpec:
+        fields = self.model_dump(include=set(BackboneSpec.model_fields))
+        return FeaturesSpec(**{**fields, "weights": resolve_weights(self.backbone, self.weights)}, split=split)
+
+    def head(self) -> HeadSpec:
+        return HeadSpec(**self.model_dump(include=set(HeadSpec.model_fields)))
+
+    def evaluation(self) -> EvaluationSpec:
+        return EvaluationSpec(use_07=self.use_07)
 
 
 class CompressParams(_Params):
@@ -66,11 +58,23 @@ class CompressParams(_Params):
     ks: list[K] | None = Field(None, min_length=1, title="codebook sizes K",
                                description="each 1..65,536 and at most the head's edge count; "
                                            "empty = 256, 4,096 and min(edges, 65,536)")
-    kmeans_mode: Literal["full", "minibatch", "two-level"] = Field("full", title="k-means mode",
-                                                                   description="full Lloyd, the paper's "
-                                                                               "mini-batch, or coarse-then-fine")
-    kmeans_niter: int = Field(25, ge=1, le=1000, title="k-means iterations", description="Lloyd iterations at most")
-    seed: int = Field(0, ge=0, le=2**31 - 1, title="k-means seed", description="initial centroids")
+    kmeans_mode: Mode = Field("full", title="k-means mode",
+                              description="full Lloyd, the paper's mini-batch, or coarse-then-fine")
+    kmeans_niter: int = Field(CodebookSpec.model_fields["niter"].default, ge=1, le=1000, title="k-means iterations",
+                              description="Lloyd iterations at most")
+    seed: Seed = Field(0, title="k-means seed", description="initial centroids")
+    kmeans_backend: Literal["auto", *BACKENDS] = Field(
+        "auto", title="k-means backend", description="where points are assigned: auto = the Ray workers' GPUs "
+        "when the cluster has any (FAISS GPU if installed, else torch CUDA), else CPU FAISS")
+
+    def codebook(self, k: int) -> CodebookSpec:
+        return CodebookSpec(k=k, seed=self.seed, niter=self.kmeans_niter, mode=self.kmeans_mode)
+
+    def assignment(self, k: int) -> AssignmentSpec:
+        return AssignmentSpec(k=k)
+
+    def compression(self, ks: list[int]) -> CompressionSpec:
+        return CompressionSpec(ks=tuple(ks))
 
 
 class PipelineParams(_Params):
@@ -97,3 +101,4 @@ class PipelineParams(_Params):
             raise ValueError(f"lutham_k={k} is not a default codebook size (256, 4096, min(edges, 65536)); "
                              "list it in compress.ks")
         return self
+

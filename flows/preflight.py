@@ -19,7 +19,7 @@ def preflight(params: PipelineParams) -> int:
     report folders, and every codebook size against the edge count of the head the parameters
     describe. Returns that edge count."""
     from sharekan.detection.backbone import backbone_channels
-    from sharekan.detection.compare import default_ks
+    from sharekan.kmeans import default_ks
     from sharekan.detection.head import HeadConfig
 
     t, problems = params.train, []

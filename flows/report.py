@@ -15,7 +15,7 @@ import io
 import json
 from pathlib import Path
 
-from sharekan.demo import format_table
+from sharekan.table import format_table
 from storage.store import ArtifactStore, parse_location
 
 __all__ = ["publish", "markdown", "lutham_lines", "size_vs_map_png", "codebook_png", "human_rows",
@@ -59,10 +59,8 @@ def lutham_lines(lut: dict) -> list[str]:
     return lines
 
 
-def _family(variant: str) -> str:
-    if variant.startswith("VQ"):
-        return "VQ " + variant.split()[-1]
-    return next(f for f, *_ in _FAMILIES if variant.startswith(f.split()[0]))
+def _family(row: dict) -> str:
+    return f"VQ {row['dtype']}" if row["kind"] == "vq" else row["kind"]
 
 
 def _figure(width: float, height: float):
@@ -88,17 +86,17 @@ def size_vs_map_png(rows: list[dict]) -> bytes:
     plt, fig = _figure(7.5, 4.6)
     ax = fig.add_subplot()
     for fam, label, colour, marker in _FAMILIES:
-        pts = [r for r in rows if _family(r["variant"]) == fam]
+        pts = [r for r in rows if _family(r) == fam]
         if not pts:
             continue
         ax.scatter([r["storage_bytes"] for r in pts], [r["map50"] for r in pts], s=46, c=colour, marker=marker,
                    label=label, zorder=3)
         for r in pts:
-            tag = r["variant"].split()[1].removeprefix("K=") if fam.startswith("VQ") or fam == "pruned" else ""
+            tag = str(r["k"]) if r["kind"] == "vq" else f"{round(100 * r['sparsity'])}%" if r["kind"] == "pruned" else ""
             if tag:
                 ax.annotate(tag, (r["storage_bytes"], r["map50"]), textcoords="offset points", xytext=(5, 4),
                             fontsize=8, color=colour)
-    dense = next((r for r in rows if r["variant"].startswith("dense")), None)
+    dense = next((r for r in rows if r["kind"] == "dense"), None)
     if dense:
         ax.axhline(dense["map50"], color="grey", linestyle="--", linewidth=1, label="dense mAP", zorder=1)
     ax.set_xscale("log")
@@ -175,11 +173,10 @@ def publish(report: dict, out: Path) -> Path:
     images = {}
     if report["variants"]:
         images["size_vs_map.png"] = size_vs_map_png(report["variants"])
-    cb_stage = max((k for k in report["stages"] if k.startswith("codebook_K")), key=lambda k: int(k[10:]),
-                   default=None)
-    if cb_stage:
+    if report["codebooks"]:  # the largest codebook's first entries
+        version = report["codebooks"][max(report["codebooks"], key=int)]
         store = ArtifactStore(parse_location(report["parameters"]["store"]), create=False)
-        images["codebook.png"] = codebook_png(store.get(report["stages"][cb_stage]["version"]).array("codebook")[...])
+        images["codebook.png"] = codebook_png(store.get(version).array("codebook")[...])
     files = {"report.json": json.dumps(report, indent=2, default=str).encode(), **images,
              "report.md": markdown(report, images).encode()}
     run_dir = out / "runs" / report["run_name"]

@@ -5,6 +5,10 @@
   ``round(sparsity · edges)`` edges go, ties broken by edge order.
 * :class:`Int8KAN` stores base weights and scaled spline coefficients as int8 with one fp32 scale
   per output channel; ``|w − ŵ| ≤ scale/2`` element-wise.
+* :class:`DenseKAN` is the dense head as a user deploys it at its best: each layer one GEMM over
+  ``[silu(x), bases(x)]`` against the fused ``[base | spline]`` weight in fp16 (or any dtype),
+  bases by the Cox–de Boor recursion in fp32; no data-dependent control flow, so
+  ``torch.compile`` captures it whole (zero graph breaks) at any static shape.
 """
 
 from __future__ import annotations
@@ -15,12 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bspline import bases, uniform_grid_params
+from .bspline import bases, cox_de_boor, uniform_grid_params
 from .checks import check_choice
 from .kan import KAN, KANLinear
 from .quant import quantize
 
-__all__ = ["edge_norms", "PrunedKAN", "prune_edges", "Int8KANLinear", "Int8KAN"]
+__all__ = ["edge_norms", "PrunedKAN", "prune_edges", "Int8KANLinear", "Int8KAN", "DenseKAN"]
 
 
 def edge_norms(layer: KANLinear) -> torch.Tensor:
@@ -136,3 +140,25 @@ class Int8KAN(nn.Module):
                 "spline_coefficients": sum(nb(q.coef) for q in self.layers),
                 "scales": sum(nb(q.base_scale, q.coef_scale) for q in self.layers),
                 "grid": sum(nb(q.grid) for q in self.layers)}
+
+
+class DenseKAN(nn.Module):
+    """A :class:`KAN`'s forward, fused for inference: ``y = [silu(x), bases(x)] @ W.T`` per layer with
+    ``W [out, in·(C+1)]`` in ``dtype`` (fp16 by default; fp32 accumulate in the GEMM)."""
+
+    def __init__(self, model: KAN, dtype: torch.dtype = torch.float16):
+        super().__init__()
+        self.dtype, self.orders = dtype, []
+        for n, lay in enumerate(model.layers):
+            fused = torch.cat([lay.base_weight.detach().unsqueeze(-1), lay.scaled_spline_weight().detach()], dim=-1)
+            self.register_buffer(f"w{n}", fused.reshape(lay.out_features, -1).to(dtype).contiguous())
+            self.register_buffer(f"grid{n}", lay.grid.detach().float().clone())
+            self.orders.append(lay.spline_order)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        h = x.reshape(-1, x.shape[-1]).float()
+        for n, order in enumerate(self.orders):
+            feats = torch.cat([F.silu(h).unsqueeze(-1), cox_de_boor(h, getattr(self, f"grid{n}"), order)], dim=-1)
+            h = F.linear(feats.reshape(h.shape[0], -1).to(self.dtype), getattr(self, f"w{n}")).float()
+        return h.reshape(*lead, h.shape[-1])

@@ -18,9 +18,10 @@ from .baselines import Int8KAN, prune_edges
 from .kan import KAN
 from .memory import runtime_bytes, storage_bytes
 from .metrics import r2
+from .table import format_table
 from .vq_kan import compress_kan
 
-__all__ = ["make_task", "train", "evaluate_variants", "format_table", "main"]
+__all__ = ["make_task", "train", "evaluate_variants", "main"]
 
 
 def make_task(n_train: int = 8192, n_test: int = 4096, dim: int = 16, classes: int = 10,
@@ -81,17 +82,6 @@ def evaluate_variants(model: KAN, x: torch.Tensor, y: torch.Tensor, ks: list[int
             "runtime_bytes_b1": runtime_bytes(m, x[:1])["total"],
         })
     return rows
-
-
-def format_table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
-    """Plain-text table; ``columns`` are ``(key, header, format spec)``."""
-    cells = [[h for _, h, _ in columns]]
-    cells += [[format(r[k], f) for k, _, f in columns] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
-             for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:

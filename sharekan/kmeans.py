@@ -1,9 +1,11 @@
-"""Codebook fitting: FAISS k-means in one process, and the maths of distributed k-means.
+"""The steps of k-means (assignment statistics, centroid updates, reseeding, initialisation) and
+the codebook-size rules; ``sharekan.clustering`` runs them as a loop over a data source.
 
-Shapes are unit vectors, so the codebook is fitted by spherical k-means (centroids renormalised
-each iteration): a codeword then has the norm of the shapes it stands for and ``g = ‖c − b‖``
-keeps its meaning. FAISS is imported lazily so the rest of ``sharekan`` runs where it is absent.
-Every point is used: FAISS's silent subsampling above 256 points per centroid is switched off.
+Statistics are sums and counts, so shards computed apart add up to the statistics of the whole.
+The assignment runs on one of :data:`BACKENDS`: ``"cpu"`` (FAISS's exact ``IndexFlatL2``, else
+torch), ``"cuda"`` (torch on the GPU: blocked fp32 ``‖c‖² − 2 p·c`` and argmin, float64 sums) or
+``"faiss-gpu"`` (``GpuIndexFlatL2``, with the ``faiss-gpu`` package); :func:`pick_backend` chooses
+the fastest one present. All give the same assignments up to exact distance ties.
 """
 
 from __future__ import annotations
@@ -11,12 +13,21 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .checks import check_finite, check_positive_int
+from .checks import check_positive_int
 
-__all__ = ["MAX_K", "fit_codebook", "check_k", "assign_stats", "update_centroids", "reseed_empty",
+__all__ = ["MAX_K", "DEFAULT_KS", "BACKENDS", "default_ks", "check_k", "pick_backend", "assign_stats", "update_centroids", "reseed_empty",
            "init_centroids", "minibatch_update", "lloyd", "split_k"]
 
-MAX_K = 65_536
+MAX_K = 65_536  # uint16 indices
+DEFAULT_KS = (256, 4096, MAX_K)  # the last stands for min(edges, MAX_K) of a given head
+BACKENDS = ("cpu", "cuda", "faiss-gpu")
+_BLOCK = 1 << 28  # distances per GPU block (1 GiB of fp32)
+
+
+def default_ks(edges: int) -> list[int]:
+    """The codebook sizes fitted when none are given: 256, 4,096 and the largest K the edge count
+    supports (≤ 65,536), those above the edge count left out."""
+    return sorted({k for k in (*DEFAULT_KS[:-1], min(edges, MAX_K)) if k <= edges})
 
 
 def check_k(k: int, n_points: int, what: str = "edges") -> None:
@@ -30,41 +41,85 @@ def check_k(k: int, n_points: int, what: str = "edges") -> None:
                          f"choose K ≤ {n_points}")
 
 
-def fit_codebook(points: torch.Tensor | np.ndarray, k: int, seed: int = 0, niter: int = 25,
-                 spherical: bool = True) -> torch.Tensor:
-    """Fit ``k`` centroids ``[k, d]`` (float32) to ``points [n, d]``; deterministic given ``seed``."""
-    import faiss  # lazy: absent on GPU workers that only run kernels
-
-    x = points.detach().cpu().numpy() if isinstance(points, torch.Tensor) else np.asarray(points)
-    if x.ndim != 2:
-        raise ValueError(f"points must be 2-D [n, d], got shape {x.shape}")
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    check_finite("points", torch.from_numpy(x))
-    check_k(k, x.shape[0])
-    check_positive_int("niter", niter)
-    km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=int(seed), spherical=spherical,
-                      max_points_per_centroid=max(256, -(-x.shape[0] // k)),
-                      min_points_per_centroid=1, verbose=False)
-    km.train(x)
-    return torch.from_numpy(np.array(km.centroids, dtype=np.float32, copy=True))
-
-
 # -- the maths of distributed k-means: shards return sums, the driver updates ---------------------
 
-def assign_stats(points: np.ndarray, centroids: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
-    """Assign ``points [n, d]`` to their nearest centroid; return the per-centroid ``sums`` (float64),
-    ``counts``, the objective (sum of squared distances) and the labels."""
-    from .vq import nearest
+def faiss_gpus() -> int:
+    """GPUs FAISS can use here (0 without ``faiss-gpu``)."""
+    try:
+        import faiss
+    except ImportError:
+        return 0
+    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
 
+
+def pick_backend(requested: str = "auto") -> str:
+    """The assignment backend: ``requested`` if it is available here (an error naming what is
+    missing otherwise), or for ``"auto"`` FAISS GPU, else torch CUDA, else CPU."""
+    if requested not in ("auto", *BACKENDS):
+        raise ValueError(f"k-means backend must be 'auto' or one of {BACKENDS}, got {requested!r}")
+    if requested == "faiss-gpu" and not faiss_gpus():
+        raise RuntimeError("k-means backend 'faiss-gpu' needs the faiss-gpu package and a GPU "
+                           "(pip install 'sharekan[gpu]'); use 'cuda' or 'auto'")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("k-means backend 'cuda' needs a CUDA GPU visible to this process")
+    if requested != "auto":
+        return requested
+    return "faiss-gpu" if faiss_gpus() else "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def assign_stats(points: np.ndarray | torch.Tensor, centroids: np.ndarray, backend: str = "cpu"
+                 ) -> tuple[np.ndarray, np.ndarray, float, np.ndarray | torch.Tensor]:
+    """Assign ``points [n, d]`` to their nearest centroid; return the per-centroid ``sums`` (float64),
+    ``counts``, the objective (sum of squared distances) and the labels (a CUDA tensor with the
+    ``"cuda"`` backend, where ``points`` may already live on the GPU)."""
+    if backend == "cuda":
+        return _assign_cuda(points, centroids)
     pts = np.ascontiguousarray(points, dtype=np.float32)
     cb = np.ascontiguousarray(centroids, dtype=np.float32)
-    labels = nearest(torch.from_numpy(pts), torch.from_numpy(cb)).numpy()
+    if backend == "faiss-gpu":
+        labels = _nearest_faiss_gpu(pts, cb)
+    else:
+        from .vq import nearest
+
+        labels = nearest(torch.from_numpy(pts), torch.from_numpy(cb)).numpy()
     k, d = cb.shape
     sums = np.stack([np.bincount(labels, weights=pts[:, j], minlength=k) for j in range(d)], axis=1)
     counts = np.bincount(labels, minlength=k).astype(np.int64)
     diff = pts.astype(np.float64) - cb[labels].astype(np.float64)
     return sums, counts, float(np.einsum("ij,ij->", diff, diff)), labels
+
+
+def _nearest_faiss_gpu(pts: np.ndarray, cb: np.ndarray) -> np.ndarray:
+    import faiss
+
+    index = faiss.GpuIndexFlatL2(faiss.StandardGpuResources(), cb.shape[1])
+    index.add(cb)
+    return index.search(pts, 1)[1][:, 0].astype(np.int64)
+
+
+@torch.no_grad()
+def _assign_cuda(points, centroids):
+    pts = torch.as_tensor(points, device="cuda", dtype=torch.float32)
+    cb = torch.as_tensor(np.ascontiguousarray(centroids, dtype=np.float32), device="cuda")
+    k, d = cb.shape
+    cb_sq, cb64 = (cb * cb).sum(dim=1), cb.double()
+    labels = torch.empty(len(pts), dtype=torch.int64, device="cuda")
+    sums = torch.zeros(k, d, dtype=torch.float64, device="cuda")
+    objective = torch.zeros((), dtype=torch.float64, device="cuda")
+    step = max(1, _BLOCK // k)
+    tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False  # full fp32
+    try:
+        for s in range(0, len(pts), step):
+            p = pts[s:s + step]
+            lab = torch.addmm(cb_sq, p, cb.T, alpha=-2.0).argmin(dim=1)  # ‖c‖² − 2 p·c, first index on ties
+            labels[s:s + step] = lab
+            p64 = p.double()
+            sums.index_add_(0, lab, p64)
+            objective += (p64 - cb64[lab]).square().sum()
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    counts = torch.bincount(labels, minlength=k)
+    return sums.cpu().numpy(), counts.cpu().numpy().astype(np.int64), float(objective), labels
 
 
 def update_centroids(sums: np.ndarray, counts: np.ndarray, previous: np.ndarray,

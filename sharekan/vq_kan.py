@@ -20,11 +20,15 @@ from torch import nn
 from .bspline import cubic_active
 from .checks import check_choice
 from .kan import KAN, KANLinear
-from .kmeans import check_k, fit_codebook
+from .clustering import fit_codebook
+from .kmeans import check_k
 from .quant import QuantizedTensor, quantize
 from .vq import decode, decompose, index_dtype, nearest
 
-__all__ = ["VQKANLinear", "VQKAN", "encode_layer", "edge_shapes", "fit_codebooks", "compress_kan"]
+__all__ = ["DTYPES", "GAIN_DTYPES", "VQKANLinear", "VQKAN", "encode_layer", "edge_shapes", "fit_codebooks", "compress_kan"]
+
+DTYPES = ("fp32", "fp16", "int8")  # what gains, biases and base weights may be stored as
+GAIN_DTYPES = ("fp16", "int8")  # the widths the pipeline's compression table encodes
 
 _CHUNK_ELEMENTS = 1 << 20  # transient [rows, out_chunk, in] elements per step
 
@@ -203,7 +207,7 @@ def compress_kan(model: KAN, k: int, scope: str = "head", gain_dtype: str = "fp1
     check_choice("scope", scope, ("head", "layer"))
     check_choice("codebook_dtype", codebook_dtype, ("fp32", "fp16"))
     for dtype_name, value in (("gain_dtype", gain_dtype), ("base_dtype", base_dtype or gain_dtype)):
-        check_choice(dtype_name, value, ("fp32", "fp16", "int8"))
+        check_choice(dtype_name, value, DTYPES)
     books = codebooks if codebooks is not None else fit_codebooks(model, k, scope, seed, niter)
     if len(books) != len(model.layers):
         raise ValueError(f"{len(books)} codebooks for {len(model.layers)} layers")

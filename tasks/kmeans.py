@@ -1,31 +1,30 @@
-"""Distributed k-means on Ray: one actor per shard of shape vectors, read from the artifact store.
+"""The distributed data source of ``sharekan.clustering.kmeans``: one Ray actor per stored shard.
 
-Each iteration every :class:`ShardActor` assigns its points to the nearest centroid (FAISS) and
-returns only per-centroid sums, counts and its objective; the driver adds them in shard order
-(so the result does not depend on scheduling) and updates the centroids with
-``sharekan.kmeans.lloyd``, the same code the single-process path runs. An actor whose process
-dies is restarted and re-reads its shard; the retried call returns the same statistics, so the
-run ends with the same codebook. :class:`ShardPool` keeps the actors for a final pass that
-writes every row's index, gain and bias back to the store, each actor writing its own shard.
+:class:`RayShards` implements the library's ``Source`` protocol: each step every
+:class:`ShardActor` assigns its points to the nearest centroid (FAISS) and returns only
+per-centroid sums, counts and its objective; the source adds them in shard order (so the result
+does not depend on scheduling). The k-means loop itself is the library's, the same for one array
+and for shards. An actor whose process dies is restarted and re-reads its shard; the retried call
+returns the same statistics, so the run ends with the same codebook. The actors stay for a final
+pass that writes every row's index, gain and bias back to the store, each actor its own shard.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import time
 
 import numpy as np
 import ray
 
-from sharekan.kmeans import assign_stats, check_k, init_centroids, lloyd, minibatch_update, split_k
+from sharekan.clustering import MODES, fine_centroids, kmeans, sample_rows
+from sharekan.kmeans import BACKENDS, assign_stats, init_centroids, pick_backend
 from sharekan.vq import index_dtype
 from storage.shards import read_shard
 from storage.store import ArtifactStore, open_artifact_group, version_id
 
-__all__ = ["ShardActor", "ShardPool", "ShardError", "distributed_kmeans", "check_shard_memory", "MODES"]
+__all__ = ["ShardActor", "RayShards", "ShardError", "distributed_kmeans", "check_shard_memory"]
 
-MODES = ("full", "minibatch", "two-level")
 _RETRIES = 3  # restarts of a dying actor (a killed process) before the run fails naming the shard
 
 
@@ -35,9 +34,10 @@ class ShardError(RuntimeError):
 
 @ray.remote(num_cpus=1, max_restarts=_RETRIES, max_task_retries=_RETRIES)
 class ShardActor:
-    """Holds shard ``index`` of array ``name`` of artifact ``version``."""
+    """Holds shard ``index`` of array ``name`` of artifact ``version``; assigns on ``backend``
+    (``sharekan.kmeans.BACKENDS``, or "auto": this worker's GPU if Ray gave it one)."""
 
-    def __init__(self, location, version: str, name: str, index: int):
+    def __init__(self, location, version: str, name: str, index: int, backend: str = "cpu"):
         import faiss
         import torch
 
@@ -45,25 +45,32 @@ class ShardActor:
         torch.set_num_threads(1)
         self.where = (location, version, name, index)
         self.step_seconds: list[float] = []
+        self.backend = pick_backend(backend)
         try:
             art = ArtifactStore(location, create=False).get(version)
             self.points = np.ascontiguousarray(read_shard(art, name, index), dtype=np.float32)
         except Exception as e:
             raise ShardError(f"cannot read shard {index} of {version}/{name} from {location}: {e}") from e
+        self.data = torch.from_numpy(self.points).cuda() if self.backend == "cuda" else self.points
         self.labels = None
         self.coarse = None
+
+    def _assign(self, points, centroids):
+        return assign_stats(points, centroids, self.backend)
+
+    def _labels(self, centroids) -> np.ndarray:
+        labels = self._assign(self.data, centroids)[3]
+        return labels.cpu().numpy() if hasattr(labels, "cpu") else labels
 
     def size(self) -> int:
         return len(self.points)
 
     def sample(self, n: int, seed: int) -> np.ndarray:
-        idx = np.sort(np.random.default_rng(seed).choice(len(self.points), size=min(n, len(self.points)),
-                                                         replace=False))
-        return self.points[idx]
+        return sample_rows(self.points, n, seed)
 
     def step(self, centroids: np.ndarray):
         t = time.perf_counter()
-        sums, counts, objective, labels = assign_stats(self.points, centroids)
+        sums, counts, objective, labels = self._assign(self.data, centroids)
         self.step_seconds.append(time.perf_counter() - t)
         moved = len(labels) if self.labels is None else int((labels != self.labels).sum())
         self.labels = labels
@@ -71,12 +78,12 @@ class ShardActor:
 
     def batch(self, centroids: np.ndarray, n: int, seed: int):
         """Statistics of ``n`` points of this shard drawn with ``seed`` (mini-batch mode)."""
-        sums, counts, objective, _ = assign_stats(self.sample(n, seed), centroids)
+        sums, counts, objective, _ = self._assign(self.sample(n, seed), centroids)
         return sums, counts, objective
 
     def split(self, coarse: np.ndarray) -> np.ndarray:
         """Assign to the coarse centroids (two-level mode), keep the labels, return counts."""
-        self.coarse = assign_stats(self.points, coarse)[3]
+        self.coarse = self._labels(coarse)
         return np.bincount(self.coarse, minlength=len(coarse))
 
     def members(self, cluster: int) -> np.ndarray:
@@ -85,14 +92,14 @@ class ShardActor:
     def fine(self, k: int, seed: int, niter: int, tol: float, spherical: bool, *parts: np.ndarray) -> np.ndarray:
         """Fit one coarse cluster's fine centroids from its members gathered from every shard
         (the actors share the fine fits, so no extra processes or CPU claims are needed)."""
-        return _fine(k, seed, niter, tol, spherical, list(parts))
+        return fine_centroids(np.concatenate(parts), k, seed, niter, tol, spherical, self.backend)
 
     def write(self, session, stage: str, version: str, start: int, centroids: np.ndarray, extra: tuple):
         """Final pass: this shard's nearest-codeword indices (and the ``extra`` row arrays of the
         source artifact, e.g. gains and biases) into the artifact being written; returns the fork."""
         location, source, _, index = self.where
         group = open_artifact_group(session, stage, version)
-        labels = assign_stats(self.points, centroids)[3]
+        labels = self._labels(centroids)
         stop = start + len(labels)
         group["indices"][start:stop] = labels.astype(_np_index_dtype(len(centroids)))
         art = ArtifactStore(location, create=False).get(source)
@@ -103,6 +110,9 @@ class ShardActor:
     def pid(self) -> int:
         return os.getpid()
 
+    def which_backend(self) -> str:
+        return self.backend
+
     def timings(self) -> list[float]:
         """Seconds of each :meth:`step` (its compute, without Ray's transport)."""
         return self.step_seconds
@@ -110,17 +120,6 @@ class ShardActor:
 
 def _np_index_dtype(k: int) -> np.dtype:
     return np.dtype(str(index_dtype(k)).removeprefix("torch."))
-
-
-def _fine(k: int, seed: int, niter: int, tol: float, spherical: bool, parts: list[np.ndarray]) -> np.ndarray:
-    """Fine centroids of one coarse cluster (two-level mode): Lloyd on its gathered members."""
-    pts = np.concatenate(parts)
-
-    def stats(c):
-        sums, counts, objective, _ = assign_stats(pts, c)
-        return sums, counts, objective, 0
-
-    return lloyd(stats, init_centroids(pts, k, seed), niter=niter, tol=tol, seed=seed, spherical=spherical)[0]
 
 
 def check_shard_memory(shard_bytes: list[int], node_bytes: float, what: str) -> None:
@@ -131,10 +130,17 @@ def check_shard_memory(shard_bytes: list[int], node_bytes: float, what: str) -> 
                              f"{node_bytes / 2**30:.2f} GiB of memory; re-shard with fewer rows per shard")
 
 
-class ShardPool:
-    """One restartable actor per shard of ``version/name``; use as a context manager."""
+class RayShards:
+    """One restartable actor per shard of ``version/name``: a ``sharekan.clustering.Source``; use as
+    a context manager (the actors stop on exit).
 
-    def __init__(self, location, version: str, name: str):
+    ``backend``: "auto" assigns on GPUs when the cluster has any (each actor then claims an equal
+    share of them) and on CPUs otherwise; "cpu", "cuda" or "faiss-gpu" force one (a GPU backend on
+    a cluster without GPUs is refused before any actor starts). :attr:`backend` is what ran."""
+
+    def __init__(self, location, version: str, name: str, backend: str = "auto"):
+        if backend not in ("auto", *BACKENDS):
+            raise ValueError(f"k-means backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
         self.location, self.version, self.name = location, version, name
         self.what = f"{version}/{name}"
         arr = ArtifactStore(location, create=False).get(version).array(name)
@@ -146,16 +152,25 @@ class ShardPool:
                 for i in range(n)]
         nodes = [nd["Resources"].get("memory", 0) for nd in ray.nodes() if nd.get("Alive")]
         check_shard_memory(need, max(nodes, default=0), self.what)
-        # explicit CPU share: every shard gets an actor even when shards outnumber CPUs
-        cpus = min(1.0, ray.cluster_resources().get("CPU", 1.0) / n)
-        self.actors = [ShardActor.options(num_cpus=cpus).remote(location, version, name, i) for i in range(n)]
+        # explicit CPU (and GPU) shares: every shard gets an actor even when shards outnumber them
+        resources = ray.cluster_resources()
+        gpus = resources.get("GPU", 0)
+        if backend in ("cuda", "faiss-gpu") and gpus < 1:
+            raise ShardError(f"k-means backend {backend!r} needs a GPU but the Ray cluster has none")
+        if backend == "auto" and gpus < 1:
+            backend = "cpu"
+        share = {"num_cpus": min(1.0, resources.get("CPU", 1.0) / n)}
+        if backend != "cpu":
+            share["num_gpus"] = min(1.0, gpus / n)
+        self.actors = [ShardActor.options(**share).remote(location, version, name, i, backend) for i in range(n)]
         try:
             self.sizes = self.gather([a.size.remote() for a in self.actors])
+            self.backend = ",".join(sorted(set(self.gather([a.which_backend.remote() for a in self.actors]))))
         except BaseException:
             self.close()
             raise
 
-    def __enter__(self) -> ShardPool:
+    def __enter__(self) -> RayShards:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -187,7 +202,7 @@ class ShardPool:
         return np.array(self.gather([a.timings.remote() for a in self.actors]))
 
     def stats(self, centroids: np.ndarray):
-        ref = ray.put(centroids)
+        ref = ray.put(np.ascontiguousarray(centroids, dtype=np.float32))
         parts = self.gather([a.step.remote(ref) for a in self.actors])
         return tuple(sum(p[j] for p in parts) for j in range(4))
 
@@ -197,77 +212,29 @@ class ShardPool:
         parts = self.gather([a.sample.remote(q, seed + i) for i, (a, q) in enumerate(zip(self.actors, quota))])
         return init_centroids(np.concatenate(parts), k, seed)
 
-    def fit(self, k: int, seed: int = 0, niter: int = 25, tol: float = 1e-4, init: np.ndarray | None = None,
-            mode: str = "full", batch_size: int = 4096, coarse_k: int | None = None, progress: bool = True,
-            spherical: bool = True):
-        """Fit ``k`` centroids; returns ``(centroids, history)`` (see :func:`distributed_kmeans`)."""
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        check_k(k, self.rows, f"rows of {self.what}")
-        started = time.perf_counter()
+    def batch(self, centroids: np.ndarray, n: int, seed: int):
+        """``n`` points split across shards by size; shard ``i`` draws with ``seed + i``."""
+        ref = ray.put(np.ascontiguousarray(centroids, dtype=np.float32))
+        per_shard = [max(1, round(n * s / self.rows)) for s in self.sizes]
+        parts = self.gather([a.batch.remote(ref, m, seed + i)
+                             for i, (a, m) in enumerate(zip(self.actors, per_shard))])
+        return tuple(sum(p[j] for p in parts) for j in range(3))
 
-        def report(h):
-            h["seconds"] = time.perf_counter() - started
-            if progress:
-                print(f"k-means {h.get('phase', mode)} iter {h['iteration'] + 1}: objective {h['objective']:.6g}, "
-                      f"moved {h['moved'] / self.rows:.2%}, reseeded {h['reseeded']}, {h['seconds']:.1f}s", flush=True)
+    def split(self, coarse: np.ndarray) -> np.ndarray:
+        ref = ray.put(np.ascontiguousarray(coarse, dtype=np.float32))
+        return sum(self.gather([a.split.remote(ref) for a in self.actors]))
 
-        if mode == "two-level":
-            return self._two_level(k, seed, niter, tol, coarse_k, report, progress, spherical)
-        if init is None:
-            init = self.initial(k, seed)
-        if mode == "full":
-            return lloyd(self.stats, init, niter=niter, tol=tol, seed=seed, spherical=spherical, progress=report)
-        return self._minibatch(init, niter, batch_size, seed, report, spherical)
-
-    def _minibatch(self, init, niter, batch_size, seed, report, spherical):
-        centroids = np.ascontiguousarray(init, dtype=np.float32)
-        totals = np.zeros(len(centroids), dtype=np.int64)
-        per_shard = [max(1, round(batch_size * s / self.rows)) for s in self.sizes]
-        history = []
-        for it in range(niter):
-            ref = ray.put(centroids)
-            parts = self.gather([a.batch.remote(ref, n, seed * 1_000_003 + it * 1_009 + i)
-                                 for i, (a, n) in enumerate(zip(self.actors, per_shard))])
-            sums, counts = sum(p[0] for p in parts), sum(p[1] for p in parts)
-            centroids, totals = minibatch_update(centroids, totals, sums, counts, spherical)
-            history.append({"iteration": it, "objective": sum(p[2] for p in parts), "moved": 0, "reseeded": 0})
-            report(history[-1])
-        return centroids, history
-
-    def _two_level(self, k, seed, niter, tol, coarse_k, report, progress, spherical):
-        """Coarse k-means over all shards (``coarse_k`` ≈ √K centroids), then each coarse cluster's
-        share of the K fine centroids fitted in parallel on that cluster's members, by the actors."""
-        kc = coarse_k or max(1, min(k, round(math.sqrt(k))))
-        check_k(kc, k, "fine centroids")
-
-        def coarse_report(h):
-            h["phase"] = "coarse"
-            report(h)
-
-        coarse, history = lloyd(self.stats, self.initial(kc, seed), niter=niter, tol=tol, seed=seed,
-                                spherical=spherical, progress=coarse_report)
-        ref = ray.put(coarse)
-        counts = sum(self.gather([a.split.remote(ref) for a in self.actors]))
-        ks = split_k(counts, k)
-        live = [c for c in range(kc) if ks[c] > 0]
-        # every actor's members calls are queued before any fine fit, so no fit waits on a busy actor
-        members = {c: [a.members.remote(c) for a in self.actors] for c in live}
-        jobs = {c: self.actors[i % len(self.actors)].fine.remote(int(ks[c]), seed * 65_537 + c, niter, tol,
-                                                                 spherical, *members[c])
-                for i, c in enumerate(live)}
-        pending, done = list(jobs.values()), 0
+    def fine(self, jobs, niter, tol, spherical, done):
+        """The fine fits run on the actors, round robin; every members call is queued before any
+        fit, so no fit waits on a busy actor."""
+        members = {c: [a.members.remote(c) for a in self.actors] for c, _, _ in jobs}
+        refs = [self.actors[i % len(self.actors)].fine.remote(k, seed, niter, tol, spherical, *members[c])
+                for i, (c, k, seed) in enumerate(jobs)]
+        pending = list(refs)
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
-            done += len(ready)
-            if progress and (done % max(1, len(jobs) // 10) == 0 or not pending):
-                print(f"k-means fine clusters {done}/{len(jobs)}", flush=True)
-        centroids = np.concatenate(self.gather([jobs[c] for c in live]))  # coarse-cluster order
-        sums, counts, objective, _ = self.stats(centroids)
-        history.append({"iteration": len(history), "phase": "fine", "objective": objective,
-                        "moved": 0, "reseeded": 0})
-        report(history[-1])
-        return centroids, history
+            done(len(ready))
+        return self.gather(refs)
 
     def write_assignment(self, store: ArtifactStore, stage: str, params: dict, inputs: list[str], code: str,
                          centroids: np.ndarray, extra: tuple[str, ...] = ("gains", "biases"),
@@ -289,20 +256,10 @@ class ShardPool:
                                  write_shards, meta)
 
 
-def distributed_kmeans(location, version: str, name: str, k: int, seed: int = 0, niter: int = 25,
-                       tol: float = 1e-4, init: np.ndarray | None = None, mode: str = "full",
-                       batch_size: int = 4096, coarse_k: int | None = None, progress: bool = True,
-                       spherical: bool = True):
-    """Fit ``k`` centroids to the rows of ``version/name``, one actor per shard.
-
-    ``mode="full"`` is Lloyd over all points (default); ``"minibatch"`` is the paper's
-    mini-batch k-means (``batch_size`` points per iteration, split across shards by size; the
-    objective reported is the batch's); ``"two-level"`` fits ``coarse_k`` (≈ √K) coarse clusters,
-    then the fine centroids of each as parallel tasks. Returns ``(centroids, history)``; ``init``
-    overrides the seeded initialisation (``k`` points sampled across shards by size).
-    ``spherical`` (default, for unit shapes) renormalises the centroids each update; ``False`` is
-    plain Euclidean k-means, the objective scikit-learn's ``MiniBatchKMeans`` minimises."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    with ShardPool(location, version, name) as pool:
-        return pool.fit(k, seed, niter, tol, init, mode, batch_size, coarse_k, progress, spherical)
+def distributed_kmeans(location, version: str, name: str, k: int, backend: str = "auto", **kw):
+    """``sharekan.clustering.kmeans`` (its keyword arguments) over the shards of ``version/name``."""
+    mode = kw.get("mode", "full")
+    if mode not in MODES:  # before any actor starts
+        raise ValueError(f"k-means mode must be one of {MODES}, got {mode!r}")
+    with RayShards(location, version, name, backend) as source:
+        return kmeans(source, k, **kw)

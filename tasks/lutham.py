@@ -9,28 +9,29 @@ with LUTHAM in place of the head's KAN against the torch VQ reference (within 0.
 from __future__ import annotations
 
 import copy
-import sys
-import time
 
 import numpy as np
 import ray
 import torch
 
 import sharekan.lutham.compile
+import sharekan.lutham.geometry
+import sharekan.lutham.l2
 import sharekan.lutham.module
 import sharekan.lutham.plan
 import sharekan.lutham.runtime
 import sharekan.lutham.timing
 import sharekan.lutham.validate
-from storage.store import ArtifactStore, code_version, version_id
+from .data import load_split
+from .head import load_head
+from .runner import Run, StageResult, stage, task
+from .specs import LuthamSpec
 
 __all__ = ["NO_GPU", "MAX_REL_ERROR", "MAX_MAP_DELTA", "ValidationFailed", "gpu_available", "compile_and_validate"]
 
 NO_GPU = "skipped: no GPU worker"
 MAX_REL_ERROR = 1e-3
 MAX_MAP_DELTA = 0.001  # 0.1 point of mAP@0.5
-CODE = code_version(sys.modules[__name__], sharekan.lutham.compile, sharekan.lutham.module, sharekan.lutham.plan,
-                    sharekan.lutham.runtime, sharekan.lutham.timing, sharekan.lutham.validate)
 
 
 class ValidationFailed(RuntimeError):
@@ -42,60 +43,60 @@ def gpu_available() -> bool:
     return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) >= 1
 
 
+@task({"num_gpus": 1, "num_cpus": 1})
 def compile_and_validate(loc, head_version: str, codebook_version: str, features_version: str,
-                         dataset_version: str, max_rows: int = 4096) -> dict:
+                         dataset_version: str, max_rows: int = 4096) -> StageResult:
+    """On a GPU worker: the LUTHAM build for this GPU's architecture (see :func:`lutham`)."""
+    from sharekan.lutham.compile import source_hash
+
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"the LUTHAM stage needs a GPU; Ray placed it on a worker without one ({NO_GPU})")
+    major, minor = torch.cuda.get_device_capability()
+    spec = LuthamSpec(arch=f"sm_{major}{minor}", source=source_hash(), max_rows=max_rows)
+    return lutham(loc, spec, head_version, codebook_version, features_version, dataset_version)
+
+
+@stage("lutham", {"num_gpus": 1, "num_cpus": 1},
+       uses=(load_head, load_split, sharekan.lutham.compile, sharekan.lutham.geometry, sharekan.lutham.l2, sharekan.lutham.module, sharekan.lutham.plan, sharekan.lutham.runtime,
+             sharekan.lutham.timing, sharekan.lutham.validate))
+def lutham(run: Run, spec: LuthamSpec, head_version: str, codebook_version: str, features_version: str,
+           dataset_version: str) -> StageResult:
     """Compile for this GPU, validate that very binary, time it, and store it with its plan.
 
-    Returns the stage's summary: validation cases and figures, detector mAP with LUTHAM and with
-    the torch reference, quick timings against the dense and torch-VQ heads. A failed check raises
-    one message per failing case and stores nothing."""
-    from sharekan.lutham.compile import load_cubin, nvrtc_compile, source_hash
+    The result's meta holds the summary: validation cases and figures, detector mAP with LUTHAM
+    and with the torch reference, quick timings against the dense and torch-VQ heads. A failed
+    check raises one message per failing case and stores nothing."""
+    from sharekan.lutham.compile import load_cubin, nvrtc_compile
     from sharekan.lutham.module import LuthamKAN
     from sharekan.lutham.timing import compare
     from sharekan.lutham.validate import detector_map, failures, validate
     from sharekan.vq_kan import compress_kan
 
-    from .stages import load_head, load_split
-
-    t0 = time.perf_counter()
-    if not torch.cuda.is_available():
-        raise RuntimeError(f"the LUTHAM stage needs a GPU; Ray placed it on a worker without one ({NO_GPU})")
-    major, minor = torch.cuda.get_device_capability()
-    arch = f"sm_{major}{minor}"
-    store = ArtifactStore(loc)
-    params = {"arch": arch, "source": source_hash(), "max_rows": max_rows, "gain_dtype": "fp16"}
-    inputs = [head_version, codebook_version, features_version, dataset_version]
-    version = version_id("lutham", params, inputs, CODE)
-    if store.has(version):
-        art = store.get(version)
-        return {"version": version, "created": False, "seconds": time.perf_counter() - t0, **art.meta["summary"]}
-    head = load_head(store.get(head_version))
-    cb = torch.from_numpy(store.get(codebook_version).array("codebook")[...])
+    head = load_head(run.store.get(head_version))
+    cb = torch.from_numpy(run.store.get(codebook_version).array("codebook")[...])
     vq = compress_kan(head.kan, len(cb), codebooks=[cb] * len(head.kan.layers)).eval()
-    cubin = nvrtc_compile(arch)
-    lut = LuthamKAN(vq, max_rows=max_rows, module=load_cubin(cubin))  # validate the binary that is stored
-    samples = load_split(store, dataset_version, "test").samples
-    feats = torch.from_numpy(store.get(features_version).array("feats")[...]).float()
-    size = store.get(head_version).meta["size"]
+    cubin = nvrtc_compile(spec.arch)
+    lut = LuthamKAN(vq, max_rows=spec.max_rows, module=load_cubin(cubin))  # validate the binary that is stored
+    samples = load_split(run.store, dataset_version, "test").samples
+    feats_art = run.store.get(features_version)
+    feats = torch.from_numpy(feats_art.array("feats")[...]).float()
     per_image = feats.shape[2] * feats.shape[3]
     real = head.standardise(feats[:8].permute(0, 2, 3, 1).reshape(-1, feats.shape[1]))
     check = validate(lut, vq.cuda(), real=real.cuda())
-    maps = detector_map(head, vq.cpu(), lut, feats, samples, size)
+    maps = detector_map(head, vq.cpu(), lut, feats, samples, feats_art.params["size"])
     failed = failures(check, maps, MAX_REL_ERROR, MAX_MAP_DELTA)
     if failed:
-        raise ValidationFailed(f"LUTHAM validation failed on {torch.cuda.get_device_name()} ({arch}), nothing stored: "
-                               + "; ".join(failed))
+        raise ValidationFailed(f"LUTHAM validation failed on {torch.cuda.get_device_name()} ({spec.arch}), "
+                               "nothing stored: " + "; ".join(failed))
     dense = head.kan.cuda().eval()
     timings = compare({"dense fp32": dense, "dense fp16": copy.deepcopy(dense).half(), "torch VQ": vq.cuda(),
                        "LUTHAM": lut}, lut.in_features, rows=(1, per_image, 8 * per_image))
-    summary = {"arch": arch, "device": torch.cuda.get_device_name(), "validated": True,
+    summary = {"arch": spec.arch, "device": torch.cuda.get_device_name(), "validated": True,
                "max_rel_error": check["max_rel_error"], "all_written": check["all_written"],
                "cases": check["cases"], "map50_reference": maps["map50_reference"],
-               "map50_lutham": maps["map50_lutham"], "timings_us": timings,
+               "map50_lutham": maps["map50_lutham"], "timings_us": timings, "codebook_k": len(cb),
                "plan_summary": f"{lut.plan.total:,} B arena, hot {lut.plan.hot_bytes():,} B; "
                                f"L2 window {lut.plan.l2_persisting}"}
     plan = {k: v for k, v in lut.plan.summary().items() if k != "blocks"}
-    art, created = store.put("lutham", params, inputs, CODE,
-                             {f"cubin_{arch}": np.frombuffer(cubin, dtype=np.uint8)},
-                             meta={"summary": summary, "plan": plan, "blocks": lut.plan.summary()["blocks"]})
-    return {"version": art.version, "created": created, "seconds": time.perf_counter() - t0, **summary}
+    return run.put({f"cubin_{spec.arch}": np.frombuffer(cubin, dtype=np.uint8)},
+                   meta={"summary": summary, "plan": plan, "blocks": lut.plan.summary()["blocks"]})

@@ -68,3 +68,15 @@ def test_int8_error_bound_and_output_close():
              + ql.coef_scale[None, :] / 2 * basis_sum.sum(1, keepdim=True))
     assert torch.all(err <= bound + 1e-5)
     assert err.max() > 0
+
+
+def test_dense_kan_is_the_kan_forward_and_compiles_without_graph_breaks():
+    from sharekan.baselines import DenseKAN
+
+    kan = randomize(KAN([12, 6, 5]))
+    x = torch.rand(7, 3, 12) * 2.4 - 1.2  # inside and outside the grid
+    assert torch.allclose(DenseKAN(kan, torch.float32)(x), kan(x), atol=1e-5)
+    half = DenseKAN(kan)  # fp16 weights: the deployment baseline
+    assert half.w0.dtype == torch.float16 and half(x).dtype == torch.float32
+    explained = torch._dynamo.explain(DenseKAN(kan, torch.float32))(x.reshape(-1, 12))
+    assert explained.graph_break_count == 0 and explained.graph_count == 1

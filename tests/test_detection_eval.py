@@ -82,7 +82,12 @@ def test_coco_json_rescored_by_pycocotools_matches_torchmetrics(tmp_path):
 
 
 def _row(variant, map50, compression):
-    return {"variant": variant, "map50": map50, "compression": compression}
+    from sharekan.detection.compare import Variant
+
+    v = Variant("vq", k=int(variant.split()[1][2:]), dtype=variant.split()[2]) if variant.startswith("VQ") \
+        else Variant("dense")
+    assert v.name == variant
+    return {"variant": v.name, **v.to_dict(), "map50": map50, "compression": compression}
 
 
 def test_runtime_k_prefers_the_best_map_among_variants_that_compress():

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 import ray
 
+from sharekan.clustering import InMemory, kmeans
 from sharekan.kmeans import assign_stats, init_centroids, lloyd
 from storage.shards import put_rows
 from storage.store import ArtifactStore
 from tasks.cluster import connect
-from tasks.kmeans import ShardError, ShardPool, check_shard_memory, distributed_kmeans
+from tasks.kmeans import RayShards, ShardError, check_shard_memory, distributed_kmeans
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,6 +62,24 @@ def test_distributed_equals_single_process(shapes, spherical):
     assert np.allclose(dist, ref, atol=1e-5)
     assert np.array_equal(assign_stats(pts, dist)[3], assign_stats(pts, ref)[3])
     assert len(hist) == len(ref_hist) and hist[-1]["objective"] <= hist[0]["objective"]
+    lib, _ = kmeans(InMemory(pts), 16, init=init, niter=30, spherical=spherical)  # the library's own source
+    assert np.allclose(lib, ref, atol=1e-5)
+
+
+def test_one_loop_serves_one_array_and_the_shards(shapes):
+    """The same ``sharekan.clustering.kmeans`` over an in-memory array and over Ray shard actors:
+    from the same initial centroids, the same two-level codebook (fine fits on the actors)."""
+    path, version, pts = shapes
+    memory = InMemory(pts)
+    with RayShards(path, version, "shapes") as shards:
+        assert shards.rows == 6000 and len(shards.actors) == 4
+        one_shard_start = shards.initial(30, 4)  # drawn across shards in proportion to their rows
+        shards.initial = memory.initial  # the same coarse initialisation for both
+        sharded, hist = kmeans(shards, 30, mode="two-level", seed=4, niter=12)
+    memory, mem_hist = kmeans(memory, 30, mode="two-level", seed=4, niter=12)
+    assert np.allclose(sharded, memory, atol=1e-5)
+    assert [h["phase"] for h in hist] == [h["phase"] for h in mem_hist]
+    assert one_shard_start.shape == (30, 13) and len(np.unique(one_shard_start, axis=0)) == 30
 
 
 def test_deterministic_across_runs(shapes):
@@ -100,8 +119,8 @@ def test_two_level_mode_is_deterministic_and_close_to_full(shapes):
 def test_final_pass_writes_indices_gains_biases_per_shard(shapes, tmp_path):
     path, version, pts = shapes
     store = ArtifactStore(path)
-    with ShardPool(path, version, "shapes") as pool:
-        cb, _ = pool.fit(16, seed=0, niter=5, progress=False)
+    with RayShards(path, version, "shapes") as pool:
+        cb, _ = kmeans(pool, 16, seed=0, niter=5)
         art, created = pool.write_assignment(store, "encoded", {"k": 16}, [version], "c", cb)
         again, created_again = pool.write_assignment(store, "encoded", {"k": 16}, [version], "c", cb)
     src = store.get(version)
@@ -171,7 +190,7 @@ def test_unreadable_shard_is_named(shapes):
 CLUSTER_SCRIPT = textwrap.dedent("""
     import sys
     from tasks.cluster import connect
-    from tasks.kmeans import ShardError, ShardPool, check_shard_memory, distributed_kmeans
+    from tasks.kmeans import distributed_kmeans
     connect(address=sys.argv[1])
     cb, hist = distributed_kmeans(sys.argv[2], sys.argv[3], "shapes", 8, niter=5, progress=False)
     print("centroids", cb.shape[0], len(hist))

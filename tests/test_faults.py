@@ -128,21 +128,23 @@ def test_a_worker_killed_mid_training_resumes_from_its_checkpoint(tmp_path):
     continues from the last epoch's checkpoint, and the head equals one trained without a kill."""
     import ray
 
-    from tasks import stages
+    from tasks import data, head
     from tasks.cluster import connect
+    from tasks.runner import submit
+    from tasks.specs import FeaturesSpec, HeadSpec
 
     generate_voc(tmp_path / "data", n_train=16, n_test=6, seed=0)
     store = tmp_path / "store"
     connect(num_cpus=2)
     try:
-        ds = ray.get(stages.submit("dataset", str(store), str(tmp_path / "data"), "2007:train", "2007:val", False,
-                                   "synthetic"))
-        backbone = {"name": "resnet18", "layer": "layer3", "weights": None, "seed": 0}
-        feats = ray.get(stages.submit("features", str(store), ds["version"], backbone, 64, "train"))
+        spec = data.describe(tmp_path / "data", "synthetic", "2007:train", "2007:val", False)
+        ds = ray.get(submit(data.dataset, str(store), spec, root=str(tmp_path / "data")))
+        feats = ray.get(submit(data.features, str(store), FeaturesSpec(size=64, backbone="resnet18", split="train"),
+                               ds.version))
         shutil.copytree(store, tmp_path / "reference")
-        args = (feats["version"], ds["version"], 64, 8, 10, 200, 5e-3, 16, 0)
+        args = (HeadSpec(hidden=8, epochs=200, batch_size=16), feats.version, ds.version)
         ckpt = tmp_path / "ckpt" / "head.safetensors"
-        run = stages.submit("train", str(store), *args, checkpoint=str(ckpt), progress=False)
+        run = submit(head.train, str(store), *args, checkpoint=str(ckpt), progress=False)
         deadline = time.time() + 240
         while not list(ckpt.parent.glob("*.resume.pt")):  # a few epochs done
             assert time.time() < deadline, "training wrote no checkpoint"
@@ -153,13 +155,13 @@ def test_a_worker_killed_mid_training_resumes_from_its_checkpoint(tmp_path):
         for w in workers:
             w.send_signal(signal.SIGKILL)
         killed = ray.get(run)
-        clean = ray.get(stages.submit("train", str(tmp_path / "reference"), *args, progress=False))
+        clean = ray.get(submit(head.train, str(tmp_path / "reference"), *args, progress=False))
     finally:
         ray.shutdown()
-    assert 1 <= killed["resumed_from"] < 200, killed  # the retry continued, it did not start again
-    assert clean["resumed_from"] == 0 and killed["version"] == clean["version"]
-    a = ArtifactStore(store, create=False).get(killed["version"]).arrays()
-    b = ArtifactStore(tmp_path / "reference", create=False).get(clean["version"]).arrays()
+    assert 1 <= killed.meta["resumed_from"] < 200, killed  # the retry continued, it did not start again
+    assert clean.meta["resumed_from"] == 0 and killed.version == clean.version
+    a = ArtifactStore(store, create=False).get(killed.version).arrays()
+    b = ArtifactStore(tmp_path / "reference", create=False).get(clean.version).arrays()
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
     assert not list(ckpt.parent.glob("*.resume.pt"))  # removed once the head was stored
 

@@ -41,8 +41,12 @@ def test_report_and_exports(run):
         assert row["storage_bytes"] > 0 and row["runtime_bytes_8img"] >= row["runtime_bytes_1img"] > 0
         assert row["compression"] == pytest.approx(saved["variants"][0]["storage_bytes"] / row["storage_bytes"])
     assert all(r["vq_forward_rel_diff"] < 1e-4 for r in saved["compression"] if r["variant"].startswith("VQ"))
+    assert list(saved["stages"]) == ["dataset", "features_train", "features_test", "head", "evaluation", "splines",
+                                     "codebook K=16", "assignment K=16", "codebook K=256", "assignment K=256",
+                                     "compression", "lutham"]
     for name, stage in ((k, s) for k, s in saved["stages"].items() if k != "lutham"):
-        assert stage["created"] and stage["seconds"] >= 0 and stage["version"].startswith(name.split("_")[0])
+        assert stage["created"] and stage["seconds"] >= 0 and stage["version"].startswith(stage["stage"] + "-")
+    assert [(r["kind"], r["k"], r["dtype"]) for r in saved["variants"][-2:]] == [("vq", 256, "fp16"), ("vq", 256, "int8")]
     coco = COCO(str(out / "coco_gt.json"))
     assert len(coco.getImgIds()) == 6
     assert all(d["category_id"] in coco.getCatIds() for d in json.loads((out / "coco_detections.json").read_text()))
@@ -69,7 +73,7 @@ def test_every_stage_is_a_versioned_artifact_with_lineage(run):
     store = ArtifactStore(tmp / "store", create=False)
     stages = report["stages"]
     assert store.get(stages["compression"]["version"]).meta["rows"][0]["variant"] == "dense fp32"
-    codebook = store.get(stages["codebook_K256"]["version"])
+    codebook = store.get(report["codebooks"]["256"])
     assert codebook.array("codebook").shape == (256, 13)
     splines = store.get(codebook.inputs[0])
     assert splines.stage == "splines" and splines.inputs == [stages["head"]["version"]]
@@ -77,7 +81,7 @@ def test_every_stage_is_a_versioned_artifact_with_lineage(run):
     assert np.array_equal(shard0, splines.array("shapes")[:16_384]) and shard0.shape == (EDGES, 13)
     assignment = store.ls("assignment")
     assert len(assignment) == 2 and {a.inputs[0] for a in assignment} == \
-        {stages["codebook_K16"]["version"], stages["codebook_K256"]["version"]}
+        {report["codebooks"]["16"], report["codebooks"]["256"]}
     feats = store.get(stages["features_train"]["version"])
     assert feats.array("feats").shape[0] == 16 and feats.inputs == [stages["dataset"]["version"]]
     head = store.get(stages["head"]["version"])
@@ -121,7 +125,7 @@ def test_task_runs_and_artifacts_reach_the_flows_api(run):
                                                                                               "compile"}
     assert names["compile"].state.name == "Skipped" and names["train"].state.name == "Completed"
     by_name = {t.task_key.split("-")[0] if t.task_key else t.name for t in task_runs}
-    assert {"dataset", "features", "train", "evaluate", "splines", "codebook", "compression"} <= by_name
+    assert {"dataset", "features", "train", "evaluate", "splines", "codebook", "assignment", "compression"} <= by_name
     assert all(t.state.is_completed() for t in task_runs)
     assert {a.key for a in arts} >= {"sharekan-report", "sharekan-compression", "sharekan-stages"}
     by_key = {a.key: a for a in arts}
@@ -162,6 +166,9 @@ def test_invalid_parameters_are_refused_before_anything_runs(prefect_api, tmp_pa
     from flows.preflight import PreflightError
     with pytest.raises(PreflightError, match=r"compress.ks: \[65536\] exceed the 8,384 edges"):
         sharekan_pipeline({"train": {"hidden": 8}, "compress": {"ks": [256, 65536]}, "store": str(tmp_path / "s")})
+    with pytest.raises(PreflightError, match=r"lutham_k: 65536 is not among the codebook sizes fitted "
+                                             r"\(\[256, 4096, 8384\]\)"):  # a default K the head is too small for
+        sharekan_pipeline({"train": {"hidden": 8}, "lutham_k": 65536, "store": str(tmp_path / "s")})
     with pytest.raises(PreflightError, match="data.root: .* has no VOCdevkit folder"):
         sharekan_pipeline({"data": {"root": str(tmp_path)}, "store": str(tmp_path / "s")})
     assert not (tmp_path / "s").exists()

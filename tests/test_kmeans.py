@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from sharekan.kmeans import fit_codebook
+from sharekan.clustering import fit_codebook
 from sharekan.vq import nearest
 
 

@@ -46,6 +46,31 @@ def test_plan_refuses_bad_heads():
         plan_arena([LayerSpec(8, 4, 17)], 16, 0)
 
 
+@pytest.mark.parametrize("rows,in_f,out_f", [(1, 12_544, 1024), (15, 1024, 24), (16, 64, 24), (3136, 1024, 1024),
+                                             (17, 5, 3), (200, 12_544, 1024)])
+def test_launch_geometry_covers_every_row_output_and_input(rows, in_f, out_f):
+    from sharekan.lutham import geometry as g
+
+    (blocks,), (threads,) = g.prep_launch(rows, in_f, out_f)
+    assert blocks * threads >= rows * max(in_f, out_f)
+    launches = g.gather_launches(rows, in_f, out_f, n_sm=132)
+    assert [r0 for _, r0, *_ in launches] == list(range(0, rows, 16)) and sum(r for _, _, r, *_ in launches) == rows
+    for kernel, _, r, chunk, (grid,), (block,) in launches:
+        assert int(kernel.removeprefix("lutham_gather")) >= r and chunk % g.GATHER_STEP == 0
+        assert grid * block // 32 >= out_f * -(-in_f // chunk)  # a warp per (output, split)
+    chunk, (gx, gy, gz), (block,) = g.mma_launch(rows, in_f, out_f, n_sm=132)
+    assert gx * g.TN >= out_f and gy * g.TM >= rows and gz * chunk >= in_f > (gz - 1) * chunk
+    assert block == g.MMA_THREADS
+
+
+def test_the_kernels_refuse_to_compile_without_the_geometry(monkeypatch):
+    from sharekan.lutham import compile as c
+
+    monkeypatch.setattr(c, "OPTIONS", tuple(o for o in c.OPTIONS if not o.startswith("-DTM=")))
+    with pytest.raises(RuntimeError, match="-D options of sharekan.lutham.geometry"):
+        c.nvrtc_compile("sm_90")
+
+
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_every_kernel_compiles_with_nvrtc(arch):
     cubin = nvrtc_compile(arch)

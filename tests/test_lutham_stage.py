@@ -28,7 +28,7 @@ def test_compile_flow_stores_the_validated_binary_and_plan(gpu_run):
     from sharekan.lutham.module import LuthamKAN
     from sharekan.vq_kan import compress_kan
     from storage.store import ArtifactStore
-    from tasks.stages import load_head
+    from tasks.head import load_head
 
     tmp, params, report = gpu_run
     lut = report["lutham"]
@@ -71,8 +71,8 @@ def test_compile_flow_alone_reuses_the_stored_version(gpu_run):
 
     tmp, params, report = gpu_run
     s = report["stages"]
-    again = compile_flow(s["head"]["version"], s[f"codebook_K{report['lutham']['codebook_k']}"]["version"],
-                         s["features_test"]["version"], s["dataset"]["version"], params.store)["stages"]["lutham"]
+    again = compile_flow(s["head"]["version"], report["codebooks"][str(report["lutham"]["codebook_k"])],
+                         s["features_test"]["version"], s["dataset"]["version"], params.store)
     assert not again["created"] and again["version"] == report["lutham"]["version"]
 
 
@@ -97,7 +97,7 @@ def test_a_wrong_kernel_result_fails_the_stage_naming_the_case(gpu_run, monkeypa
     s = report["stages"]
     with pytest.raises(ValidationFailed) as err:
         compile_and_validate(params.store, s["head"]["version"],
-                             s[f"codebook_K{report['lutham']['codebook_k']}"]["version"],
+                             report["codebooks"][str(report["lutham"]["codebook_k"])],
                              s["features_test"]["version"], s["dataset"]["version"], max_rows=1024)
     msg = str(err.value)
     assert "case rows=17 inputs=inside: max relative error" in msg

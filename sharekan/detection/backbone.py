@@ -19,7 +19,7 @@ import torchvision
 from torch import nn
 from tqdm import tqdm
 
-__all__ = ["BackboneInfo", "build_backbone", "backbone_channels", "extract_features", "preprocess", "STRIDES"]
+__all__ = ["BackboneInfo", "build_backbone", "resolve_weights", "backbone_channels", "extract_features", "preprocess", "STRIDES"]
 
 STRIDES = {"layer3": 16, "layer4": 32}
 _MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
@@ -45,6 +45,13 @@ def _find_cached(name: str) -> Path | None:
     return found[0] if found else None
 
 
+def resolve_weights(name: str, weights: str | Path | None) -> str | None:
+    """The checkpoint file a backbone loads: ``weights`` if given, else torchvision's cached file for
+    ``name``, else ``None`` (random initialisation)."""
+    path = Path(weights) if weights else _find_cached(name)
+    return None if path is None else str(path)
+
+
 def backbone_channels(name: str, layer: str) -> int:
     """Feature channels of ``name`` cut after ``layer``, from the architecture alone (no weights)."""
     if not name.startswith("resnet") or not hasattr(torchvision.models, name):
@@ -62,7 +69,8 @@ def build_backbone(name: str = "resnet50", layer: str = "layer3", weights: str |
         raise ValueError(f"backbone must be a torchvision ResNet (e.g. 'resnet50'), got {name!r}")
     torch.manual_seed(seed)
     net = getattr(torchvision.models, name)(weights=None)
-    path = Path(weights) if weights else _find_cached(name)
+    found = resolve_weights(name, weights)
+    path = None if found is None else Path(found)
     if weights and not path.is_file():
         raise FileNotFoundError(f"backbone weights file not found: {path}")
     if path is not None:

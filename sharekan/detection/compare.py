@@ -13,24 +13,43 @@ memory is measured on the compressed forward itself.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+from typing import Literal
+
 import torch
 from torch import nn
 
 from ..baselines import Int8KAN, prune_edges
-from ..kmeans import MAX_K
 from ..memory import runtime_bytes, storage_components
-from ..vq_kan import VQKAN, compress_kan
+from ..vq_kan import GAIN_DTYPES, VQKAN, compress_kan
 from .evaluate import voc_ap
 from .head import KANDetectionHead
 from .train import ground_truth, predict
 from .voc import Sample
 
-__all__ = ["default_ks", "baseline_variants", "vq_variants", "compare_variants", "runtime_k"]
+__all__ = ["Variant", "baseline_variants", "vq_variants", "compare_variants", "runtime_k"]
 
 
-def default_ks(edges: int) -> list[int]:
-    """K = 256, 4,096 and the largest K the edge count supports (≤ 65,536), deduplicated."""
-    return sorted({k for k in (256, 4096, min(edges, MAX_K)) if k <= edges})
+@dataclass(frozen=True)
+class Variant:
+    """What a compressed head is: ``kind`` and, for VQ, codebook size ``k`` and gain ``dtype``; for
+    pruning, the ``sparsity``. ``name`` is for people (tables, charts), never parsed."""
+
+    kind: Literal["dense", "int8", "pruned", "vq"]
+    k: int | None = None
+    dtype: str | None = None
+    sparsity: float | None = None
+
+    @property
+    def name(self) -> str:
+        if self.kind == "vq":
+            return f"VQ K={self.k} {self.dtype}"
+        if self.kind == "pruned":
+            return f"pruned {round(self.sparsity * 100)}%"
+        return {"dense": "dense fp32", "int8": "int8 PTQ"}[self.kind]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 def runtime_k(rows: list[dict], min_compression: float = 2.0) -> int:
@@ -38,33 +57,32 @@ def runtime_k(rows: list[dict], min_compression: float = 2.0) -> int:
     those stored ≥ ``min_compression``× smaller than dense (ties: the smaller K), else the most
     compressed one. The largest K is not the default: at K near the edge count the codebook is as
     big as the splines it replaces (K = 65,536 on a 67k-edge head compresses 1.0×)."""
-    vq = [(int(r["variant"].split()[1][2:]), r) for r in rows
-          if r["variant"].startswith("VQ K=") and r["variant"].endswith(" fp16")]
+    vq = [(r["k"], r) for r in rows if r["kind"] == "vq" and r["dtype"] == "fp16"]
     if not vq:
-        raise ValueError("no 'VQ K=... fp16' variant among the compression rows")
+        raise ValueError("no VQ variant with fp16 gains among the compression rows")
     small = [(k, r) for k, r in vq if r["compression"] >= min_compression]
     if small:
         return min(small, key=lambda kr: (-kr[1]["map50"], kr[0]))[0]
     return max(vq, key=lambda kr: (kr[1]["compression"], -kr[0]))[0]
 
 
-def baseline_variants(kan: nn.Module, sparsities=(0.1, 0.3, 0.5)) -> list[tuple[str, nn.Module]]:
+def baseline_variants(kan: nn.Module, sparsities=(0.1, 0.3, 0.5)) -> list[tuple[Variant, nn.Module]]:
     """Dense fp32, int8 PTQ and magnitude pruning (global, by edge norm) at ``sparsities``."""
-    return ([("dense fp32", kan), ("int8 PTQ", Int8KAN(kan))]
-            + [(f"pruned {round(s * 100)}%", prune_edges(kan, s)) for s in sparsities])
+    return ([(Variant("dense"), kan), (Variant("int8"), Int8KAN(kan))]
+            + [(Variant("pruned", sparsity=s), prune_edges(kan, s)) for s in sparsities])
 
 
 def vq_variants(kan: nn.Module, codebooks: dict[int, torch.Tensor],
-                gain_dtypes=("fp16", "int8")) -> list[tuple[str, VQKAN]]:
+                gain_dtypes=GAIN_DTYPES) -> list[tuple[Variant, VQKAN]]:
     """A head-shared VQ variant per (K, gain dtype) from fitted ``codebooks`` ``{K: [K, C]}``."""
     n_layers = len(kan.layers)
-    return [(f"VQ K={k} {dt}", compress_kan(kan, k, gain_dtype=dt, codebooks=[cb] * n_layers))
+    return [(Variant("vq", k=k, dtype=dt), compress_kan(kan, k, gain_dtype=dt, codebooks=[cb] * n_layers))
             for k, cb in sorted(codebooks.items()) for dt in gain_dtypes]
 
 
 @torch.no_grad()
 def compare_variants(head: KANDetectionHead, feats: torch.Tensor, samples: list[Sample], size: int,
-                     variants: list[tuple[str, nn.Module]], progress: bool = True) -> list[dict]:
+                     variants: list[tuple[Variant, nn.Module]], progress: bool = True) -> list[dict]:
     """One row per variant (see the module docstring); the first variant is the reference."""
     gts = ground_truth(samples)
     n, c, h, w = feats.shape
@@ -73,7 +91,7 @@ def compare_variants(head: KANDetectionHead, feats: torch.Tensor, samples: list[
     extra = head.extra_bytes()
     rows = []
     ref_map = ref_bytes = None
-    for name, variant in variants:
+    for v, variant in variants:
         scoring = variant.decoded() if isinstance(variant, VQKAN) else variant
         check = None
         if isinstance(variant, VQKAN):
@@ -85,12 +103,12 @@ def compare_variants(head: KANDetectionHead, feats: torch.Tensor, samples: list[
         if ref_map is None:
             ref_map, ref_bytes = result["map"], stored
         rows.append({
-            "variant": name, "map50": result["map"], "delta_map50": result["map"] - ref_map,
+            "variant": v.name, **v.to_dict(), "map50": result["map"], "delta_map50": result["map"] - ref_map,
             "storage_bytes": stored, "compression": ref_bytes / stored,
             "runtime_bytes_1img": runtime_bytes(variant, rows_1)["total"],
             "runtime_bytes_8img": runtime_bytes(variant, rows_8)["total"],
             "components": comps, "vq_forward_rel_diff": check,
         })
         if progress:
-            print(f"  {name}: mAP@0.5 {result['map']:.4f}, {stored:,} B", flush=True)
+            print(f"  {v.name}: mAP@0.5 {result['map']:.4f}, {stored:,} B", flush=True)
     return rows

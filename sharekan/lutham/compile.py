@@ -8,13 +8,15 @@ import os
 import sys
 from pathlib import Path
 
+from .geometry import defines
+
 __all__ = ["SOURCE", "KERNELS", "ARCHS", "source", "include_dirs", "nvrtc_compile", "load_module", "load_cubin",
            "source_hash"]
 
 SOURCE = Path(__file__).with_name("kernels") / "lutham.cu"
 KERNELS = ("lutham_prep", "lutham_gather1", "lutham_gather4", "lutham_gather16", "lutham_mma")
 ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90")
-OPTIONS = ("-std=c++17", "--use_fast_math")
+OPTIONS = ("-std=c++17", "--use_fast_math", *defines())
 
 
 def source() -> str:
@@ -22,7 +24,8 @@ def source() -> str:
 
 
 def source_hash() -> str:
-    return hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
+    """What the binary is built from: the kernels' source and the compile options (tile constants)."""
+    return hashlib.sha256(SOURCE.read_bytes() + " ".join(OPTIONS).encode()).hexdigest()[:16]
 
 
 def include_dirs() -> list[str]:

@@ -4,25 +4,23 @@
 planned arena once — codebook rows padded to 16-byte-aligned ``plan.codebook_width`` floats,
 indices as uint16, gains, biases and base weights as fp16 — and runs each layer as
 ``lutham_prep`` then ``lutham_gather`` (< 16 rows) or ``lutham_mma`` (≥ 16 rows), both splitting
-the inputs so small layers fill the GPU; the launches for a row count are captured once as a
-CUDA graph and replayed. Where the CUDA runtime allows, an L2 persisting access-policy window
-covers the arena's hot prefix (codebook first); the plan records whether it was set.
+the inputs so small layers fill the GPU (launch sizes from ``geometry``); the launches for a row
+count are captured once as a CUDA graph and replayed. Where the CUDA runtime allows, an L2
+persisting access-policy window (``l2``) covers the arena's hot prefix (codebook first); the plan
+records whether it was set.
 """
 
 from __future__ import annotations
-
-import ctypes
 
 import numpy as np
 import torch
 
 from .compile import KERNELS, load_module
+from .geometry import MMA_MIN_ROWS, gather_launches, mma_launch, prep_launch
+from .l2 import persist
 from .plan import LayerSpec, Plan, codebook_width, plan_arena
 
-__all__ = ["LuthamHead", "MMA_MIN_ROWS"]
-
-MMA_MIN_ROWS = 16  # from here on the tensor-core path reuses decoded weights across rows
-_GATHER_ROWS = 16  # rows per gather launch (its register accumulators)
+__all__ = ["LuthamHead"]
 
 
 class LuthamHead:
@@ -64,7 +62,7 @@ class LuthamHead:
         self.use_graphs = use_graphs
         self.mma_min_rows = mma_min_rows
         if persist_l2:
-            self.plan.l2_persisting = _persist(self.arena, self.plan.hot_bytes(), self.plan.total, self.stream)
+            self.plan.l2_persisting = persist(self.arena, self.plan.hot_bytes(), self.plan.total, self.stream)
 
     def view(self, name: str):
         import cupy as cp
@@ -125,71 +123,20 @@ class LuthamHead:
     def _launch(self, rows: int) -> None:
         prep, cb = self.view("prep"), self.view("codebook")
         width = np.int32(cb.shape[1])
-        n_sm = self._sms
         for n, lay in enumerate(self.plan.layers):
             xin, yout = self.view(f"act{n}"), self.view(f"act{n + 1}")
             i_f, o_f = lay.in_features, lay.out_features
-            total = rows * max(i_f, o_f)
-            self.kernels["lutham_prep"]((-(-total // 256),), (256,), (
+            self.kernels["lutham_prep"](*prep_launch(rows, i_f, o_f), (
                 xin, np.int32(rows), np.int32(i_f), self.view(f"L{n}.grid"), self.view(f"L{n}.t0"),
                 self.view(f"L{n}.h"), np.int32(lay.n_knots), np.int32(self.plan.n_coef), prep, yout, np.int32(o_f)))
             edge = (self.view(f"L{n}.indices"), self.view(f"L{n}.gains"), self.view(f"L{n}.biases"),
                     self.view(f"L{n}.base"), self.view(f"L{n}.scales"))
             if rows < self.mma_min_rows:
-                splits = max(1, min(-(-64 * n_sm // o_f), i_f // 128))      # ~64 warps per SM in all
-                chunk = -(-(-(-i_f // splits)) // 128) * 128
-                splits = -(-i_f // chunk)
-                for r0 in range(0, rows, _GATHER_ROWS):
-                    r = min(_GATHER_ROWS, rows - r0)
-                    self.kernels[f"lutham_gather{1 if r == 1 else 4 if r <= 4 else 16}"]((-(-o_f * splits * 32 // 256),), (256,), (
-                        prep[r0:], np.int32(r), np.int32(i_f), np.int32(o_f), np.int32(chunk), cb, width, *edge,
-                        yout[r0:]))
+                for kernel, r0, r, chunk, grid, block in gather_launches(rows, i_f, o_f, self._sms):
+                    self.kernels[kernel](grid, block, (prep[r0:], np.int32(r), np.int32(i_f), np.int32(o_f),
+                                                       np.int32(chunk), cb, width, *edge, yout[r0:]))
             else:
-                tiles = -(-o_f // 64) * -(-rows // 64)
-                splits = max(1, min(-(-2 * n_sm // tiles), i_f // 64))      # ~2 blocks per SM in all
-                chunk = -(-(-(-i_f // splits)) // 8) * 8
-                splits = -(-i_f // chunk)
-                self.kernels["lutham_mma"]((-(-o_f // 64), -(-rows // 64), splits), (128,), (
+                chunk, grid, block = mma_launch(rows, i_f, o_f, self._sms)
+                self.kernels["lutham_mma"](grid, block, (
                     prep, np.int32(rows), np.int32(i_f), np.int32(o_f), np.int32(chunk), cb, width,
                     np.int32(self.plan.n_coef), *edge, yout))
-
-
-class _Window(ctypes.Structure):
-    _fields_ = [("base_ptr", ctypes.c_void_p), ("num_bytes", ctypes.c_size_t), ("hitRatio", ctypes.c_float),
-                ("hitProp", ctypes.c_int), ("missProp", ctypes.c_int)]
-
-
-class _AttrValue(ctypes.Union):
-    _fields_ = [("accessPolicyWindow", _Window), ("pad", ctypes.c_char * 64)]
-
-
-def _cudart():
-    with open("/proc/self/maps") as f:  # the runtime CuPy already loaded, so handles agree
-        paths = {line.split()[-1] for line in f if "libcudart.so" in line}
-    if not paths:
-        raise OSError("libcudart is not loaded")
-    return ctypes.CDLL(sorted(paths)[0])
-
-
-def _persist(arena, hot: int, total: int, stream) -> str:
-    """Ask for an L2 persisting window over the arena's prefix; says what was set, or why not."""
-    import cupy as cp
-
-    try:
-        dev = cp.cuda.Device().id
-        rt = cp.cuda.runtime
-        max_window = rt.deviceGetAttribute(109, dev)   # cudaDevAttrMaxAccessPolicyWindowSize
-        max_persist = rt.deviceGetAttribute(108, dev)  # cudaDevAttrMaxPersistingL2CacheSize
-        if max_window <= 0 or max_persist <= 0:
-            return "not set: device has no persisting L2"
-        window = min(total, max_window)
-        rt.deviceSetLimit(0x06, min(max_persist, window))  # cudaLimitPersistingL2CacheSize
-        value = _AttrValue()
-        value.accessPolicyWindow = _Window(arena.data.ptr, window, min(1.0, max_persist / window), 2, 1)
-        err = _cudart().cudaStreamSetAttribute(ctypes.c_void_p(stream.ptr), 1, ctypes.byref(value))
-        if err:
-            return f"not set: cudaStreamSetAttribute error {err}"
-        return (f"set: {window:,} B window (hot prefix {hot:,} B), hit ratio {min(1.0, max_persist / window):.2f}, "
-                f"persisting limit {min(max_persist, window):,} B")
-    except Exception as e:  # no runtime symbol, unsupported device: the plan says so
-        return f"not set: {e}"

@@ -20,6 +20,14 @@
 #include <cuda_fp16.h>
 #include <mma.h>
 
+// Tile and launch constants come from sharekan/lutham/geometry.py as -D options (one source for the
+// kernels and the launches); the code below is written for these values.
+#if !defined(TM) || !defined(TN) || !defined(TI) || !defined(KS) || !defined(MMA_THREADS) || !defined(GATHER_STEP)
+#error "compile with the -D options of sharekan.lutham.geometry.defines()"
+#endif
+static_assert(TM == 64 && TN == 64 && MMA_THREADS == 128, "lutham_mma: a 2x2 grid of warps, 32x32 each");
+static_assert(GATHER_STEP == 32 * 4, "lutham_gather: 32 lanes x 4 edges (one 8-byte index load) a step");
+
 using namespace nvcuda;
 
 extern "C" __global__ void lutham_prep(const float* __restrict__ x, int rows, int in_f,
@@ -75,7 +83,7 @@ __device__ __forceinline__ void edge_term(const float* __restrict__ prep, int ro
 }
 
 // grid: out_f * splits warps; warp (o, s) sums inputs [s * chunk, (s + 1) * chunk) (chunk a multiple
-// of 128) with 8-byte loads of 4 edges per lane, then adds its partial sums into y. R (1, 4 or 16)
+// of GATHER_STEP) with 8-byte loads of 4 edges per lane, then adds its partial sums into y. R (1, 4 or 16)
 // bounds the rows of one launch: a small R keeps registers few and occupancy high at batch 1.
 template <int R>
 __device__ __forceinline__ void gather(const float* __restrict__ prep, int rows, int in_f, int out_f, int chunk,
@@ -96,14 +104,14 @@ __device__ __forceinline__ void gather(const float* __restrict__ prep, int rows,
     const long row0 = (long)o * in_f;
     int vec_end = (in_f % 4 == 0) ? i_end : i_begin;  // 8-byte loads need 4-aligned rows
     // two groups of 4 edges per lane per step: all 8 index loads issue before any codeword load
-    for (int i = i_begin + lane * 4; i + 3 < vec_end; i += 256) {
-        const bool second = i + 128 + 3 < vec_end;
+    for (int i = i_begin + lane * 4; i + 3 < vec_end; i += 2 * GATHER_STEP) {
+        const bool second = i + GATHER_STEP + 3 < vec_end;
         ushort4 k4[2];
         uint2 g2[2], b2[2], w2[2];
 #pragma unroll
         for (int u = 0; u < 2; ++u) {
             if (u == 0 || second) {
-                long at = row0 + i + u * 128;
+                long at = row0 + i + u * GATHER_STEP;
                 k4[u] = __ldg(reinterpret_cast<const ushort4*>(idx + at));
                 g2[u] = __ldg(reinterpret_cast<const uint2*>(gain + at));
                 b2[u] = __ldg(reinterpret_cast<const uint2*>(bias + at));
@@ -119,7 +127,7 @@ __device__ __forceinline__ void gather(const float* __restrict__ prep, int rows,
             unsigned short ks[4] = {k4[u].x, k4[u].y, k4[u].z, k4[u].w};
 #pragma unroll
             for (int j = 0; j < 4; ++j)
-                edge_term<R>(prep, rows, in_f, i + u * 128 + j, cb + (long)ks[j] * width, gs * __half2float(g[j]),
+                edge_term<R>(prep, rows, in_f, i + u * GATHER_STEP + j, cb + (long)ks[j] * width, gs * __half2float(g[j]),
                              bs * __half2float(b[j]), ws * __half2float(w[j]), acc);
         }
     }
@@ -148,10 +156,6 @@ GATHER(1)
 GATHER(4)
 GATHER(16)
 
-#define TM 64
-#define TN 64
-#define TI 4
-#define KS 16
 #define KT (TI * KS)
 #define LD (KT + 8)
 
@@ -163,7 +167,7 @@ __device__ __forceinline__ void split_store(__half* hi, __half* lo, float v) {
 
 // Each operand is split into fp16 hi + lo parts and the tile product is hi*hi + hi*lo + lo*hi
 // (fp32 accumulate): near-fp32 accuracy from fp16 tensor cores.
-extern "C" __global__ void __launch_bounds__(128)
+extern "C" __global__ void __launch_bounds__(MMA_THREADS)
 lutham_mma(const float* __restrict__ prep, int rows, int in_f, int out_f, int chunk, const float* __restrict__ cb,
            int width, int n_coef, const unsigned short* __restrict__ idx, const __half* __restrict__ gain,
            const __half* __restrict__ bias, const __half* __restrict__ base, const float* __restrict__ scales,

@@ -1,0 +1,111 @@
+"""k-means assignment backends: the choice (everywhere) and, on a GPU, the torch CUDA and FAISS GPU
+paths against the CPU path from the same initial centroids."""
+
+import numpy as np
+import pytest
+import torch
+
+from sharekan.clustering import InMemory, kmeans
+from sharekan.kmeans import assign_stats, faiss_gpus, init_centroids, pick_backend
+
+
+def mixture(n=20_000, k=40, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((k, 13))
+    pts = centres[rng.integers(0, k, n)] + 0.4 * rng.standard_normal((n, 13))
+    return (pts / np.linalg.norm(pts, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_backend_choice_names_what_is_missing():
+    assert pick_backend("cpu") == "cpu"
+    assert pick_backend("auto") == ("faiss-gpu" if faiss_gpus() else "cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="k-means backend must be 'auto' or one of"):
+        pick_backend("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="'cuda' needs a CUDA GPU"):
+            pick_backend("cuda")
+    if not faiss_gpus():
+        with pytest.raises(RuntimeError, match=r"faiss-gpu.*sharekan\[gpu\]"):
+            pick_backend("faiss-gpu")
+
+
+def _same_up_to_ties(pts, cb, a, b):
+    """Labels equal except where both centroids are equally near (fp32 rounding of the distance)."""
+    a, b = np.asarray(a), np.asarray(b)
+    diff = np.flatnonzero(a != b)
+    da = ((pts[diff] - cb[a[diff]]) ** 2).sum(1)
+    db = ((pts[diff] - cb[b[diff]]) ** 2).sum(1)
+    assert len(diff) <= 1e-4 * len(pts) and np.allclose(da, db, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["cuda", "faiss-gpu"])
+def test_gpu_assignment_equals_the_cpu_path(backend):
+    if backend == "faiss-gpu" and not faiss_gpus():
+        pytest.skip("faiss-gpu is not installed (pip install 'sharekan[gpu]')")
+    pts = mixture()
+    cb = init_centroids(pts, 300, seed=1)
+    s_cpu, n_cpu, o_cpu, l_cpu = assign_stats(pts, cb, "cpu")
+    s_gpu, n_gpu, o_gpu, l_gpu = assign_stats(pts, cb, backend)
+    l_gpu = l_gpu.cpu().numpy() if isinstance(l_gpu, torch.Tensor) else l_gpu
+    _same_up_to_ties(pts, cb, l_cpu, l_gpu)
+    if np.array_equal(l_cpu, l_gpu):
+        assert np.array_equal(n_cpu, n_gpu) and np.allclose(s_cpu, s_gpu, rtol=1e-9, atol=1e-9)
+    assert o_gpu == pytest.approx(o_cpu, rel=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["full", "two-level"])
+def test_gpu_kmeans_equals_the_cpu_run_from_the_same_start(mode):
+    pts = mixture(seed=3)
+    start = init_centroids(pts, 64, seed=2)
+    kw = {"mode": mode, "seed": 2, "niter": 20} | ({"init": start} if mode == "full" else {})
+    cpu, h_cpu = kmeans(InMemory(pts, "cpu"), 64, **kw)
+    gpu, h_gpu = kmeans(InMemory(torch.from_numpy(pts).cuda(), "cuda"), 64, **kw)
+    assert np.allclose(gpu, cpu, atol=1e-5)
+    assert len(h_gpu) == len(h_cpu)
+    assert all(g["objective"] == pytest.approx(c["objective"], rel=1e-5) for g, c in zip(h_gpu, h_cpu))
+
+
+@pytest.mark.gpu
+def test_shard_actors_on_the_gpu_give_the_cpu_codebook(tmp_path):
+    ray = pytest.importorskip("ray")
+    from storage.shards import put_rows
+    from storage.store import ArtifactStore
+    from tasks.cluster import connect
+    from tasks.kmeans import RayShards
+
+    pts = mixture(seed=5)
+    art, _ = put_rows(ArtifactStore(tmp_path), "splines", {}, [], "c", {"shapes": pts}, chunk_rows=5000, workers=1)
+    start = init_centroids(pts, 50, seed=0)
+    connect(num_cpus=4)
+    try:
+        with RayShards(tmp_path, art.version, "shapes", "auto") as shards:  # the cluster has a GPU: auto takes it
+            assert shards.backend in ("cuda", "faiss-gpu")
+            gpu, _ = kmeans(shards, 50, init=start, niter=15)
+        with RayShards(tmp_path, art.version, "shapes", "cpu") as shards:
+            cpu, _ = kmeans(shards, 50, init=start, niter=15)
+    finally:
+        ray.shutdown()
+    assert np.allclose(gpu, cpu, atol=1e-5)
+
+
+def test_a_gpu_backend_on_a_cluster_without_gpus_is_refused_before_any_actor(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    ray = pytest.importorskip("ray")
+    from storage.shards import put_rows
+    from storage.store import ArtifactStore
+    from tasks.cluster import connect
+    from tasks.kmeans import RayShards, ShardError
+
+    art, _ = put_rows(ArtifactStore(tmp_path), "splines", {}, [], "c", {"shapes": mixture(n=100)}, chunk_rows=50,
+                      workers=1)
+    connect(num_cpus=1)
+    try:
+        with pytest.raises(ShardError, match="backend 'cuda' needs a GPU but the Ray cluster has none"):
+            RayShards(tmp_path, art.version, "shapes", "cuda")
+        with RayShards(tmp_path, art.version, "shapes", "auto") as shards:
+            assert shards.backend == "cpu"
+    finally:
+        ray.shutdown()
