@@ -48,7 +48,7 @@ def lutham_lines(lut: dict) -> list[str]:
               f"{lut['map50_reference']:.4f}.", "", f"Plan: {lut.get('plan_summary', '')}.", ""]
     timings = lut.get("timings_us") or []
     if timings:
-        names = [k for k in timings[0] if k != "rows"]
+        names = [k for k in ("dense fp32", "dense fp16", "torch VQ", "LUTHAM") if k in timings[0]]
         lines += ["Forward time, µs (median wall clock per call, device synchronised; a quick check against eager "
                   "heads — `bench/lutham_gpu.py` compares the compiled dense baselines):", "",
                   "| rows | " + " | ".join(names) + " | LUTHAM vs eager dense fp16 |", "|---" * (len(names) + 2) + "|"]
