@@ -48,6 +48,17 @@ def tiny(tmp, **over):
 
 
 @pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray cluster of 2 CPUs for the test module, stopped at its end."""
+    ray = pytest.importorskip("ray")
+    from tasks.cluster import connect
+
+    resources = connect(num_cpus=2)
+    yield resources
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
 def prefect_api():
     """A temporary Prefect server (``prefect_test_harness``) and a local Ray cluster whose workers
     report to it; both stopped at the end of the module."""

@@ -11,27 +11,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import ray
 
 from sharekan.clustering import InMemory, kmeans
 from sharekan.kmeans import assign_stats, init_centroids, lloyd
 from storage.shards import put_rows
 from storage.store import ArtifactStore
-from tasks.cluster import connect
 from tasks.kmeans import RayShards, ShardError, check_shard_memory, distributed_kmeans
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    connect(num_cpus=2)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory, cluster):
+def shapes(tmp_path_factory, ray_cluster):
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((12, 13))
     pts = centres[rng.integers(0, 12, 6000)] + 0.3 * rng.standard_normal((6000, 13))

@@ -95,3 +95,16 @@ def test_an_edit_changes_the_code_version_of_the_stages_it_touches_only(tmp_path
     (copy / "head.py").write_text(src.replace(marker, marker + "    # an edit\n"))
     again = _codes(copy)
     assert {n for n in after if after[n] != again[n]} == {"evaluation", "splines", "compression", "lutham"}
+
+
+def test_importing_the_flows_starts_nothing_and_changes_no_environment(tmp_path):
+    """Our modules have no import-time side effects (the libraries' own, e.g. Ray's, happen first)."""
+    code = ("import os, json, prefect, prefect_ray, ray, torch, torchvision; before = dict(os.environ); "
+            "import flows.pipeline, flows.cli, flows.local, tasks.cluster; "
+            "print(json.dumps([ray.is_initialized(), {k: v for k, v in os.environ.items() if before.get(k) != v}]))")
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    initialised, changed = json.loads(out.stdout.splitlines()[-1])
+    assert not initialised and changed == {}
