@@ -78,18 +78,21 @@ def _params(overrides: dict, params_json: str | None):
 @click.option("--seed", type=int, help="seed for training and k-means [0]")
 @click.option("--k", "ks", type=int, multiple=True, help="codebook size (repeatable) [256, 4096, min(edges, 65536)]")
 @click.option("--kmeans-mode", type=click.Choice(["full", "minibatch", "two-level"]), help="[full]")
+@click.option("--kmeans-backend", type=click.Choice(["auto", "cpu", "cuda", "faiss-gpu"]),
+              help="where k-means assigns points [auto: the Ray workers' GPUs if any, else CPU]")
 @click.option("--store", help="artifact store folder or s3://bucket/prefix [$SHAREKAN_STORE or artifacts/store]")
 @click.option("--out", help="report folder [artifacts/detection]")
 @click.option("--params", "params_json", help="all parameters as JSON (a file or a string); options override it")
 @click.option("--address", help="Ray cluster: 'auto' or ray://host:port [a local cluster]")
 @click.option("--no-lutham", is_flag=True, help="skip the LUTHAM compile/validate stage")
 @click.option("--lutham-k", type=int, help="codebook size LUTHAM runs [the best-mAP VQ variant ≥ 2x smaller]")
-def run(data, n_train, n_test, epochs, seed, ks, kmeans_mode, store, out, params_json, address, no_lutham,
-        lutham_k) -> None:
+def run(data, n_train, n_test, epochs, seed, ks, kmeans_mode, kmeans_backend, store, out, params_json, address,
+        no_lutham, lutham_k) -> None:
     """Run the whole pipeline (local Ray, Prefect's API: $PREFECT_API_URL or a temporary local server)."""
     params = _params({"data.root": data, "data.n_train": n_train, "data.n_test": n_test, "train.epochs": epochs,
                       "train.seed": seed, "compress.seed": seed, "compress.ks": list(ks) or None,
-                      "compress.kmeans_mode": kmeans_mode, "lutham_k": lutham_k}, params_json)
+                      "compress.kmeans_mode": kmeans_mode, "compress.kmeans_backend": kmeans_backend,
+                      "lutham_k": lutham_k}, params_json)
     params = params.model_copy(update={k: v for k, v in {"store": store, "out": out}.items() if v is not None}
                                | ({"lutham": False} if no_lutham else {}))
     from flows.local import prefect_env, prefect_server

@@ -108,3 +108,13 @@ def test_importing_the_flows_starts_nothing_and_changes_no_environment(tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     initialised, changed = json.loads(out.stdout.splitlines()[-1])
     assert not initialised and changed == {}
+
+
+def test_the_cli_offers_the_library_s_modes_and_backends():
+    from flows.cli import run
+    from sharekan.clustering import MODES
+    from sharekan.kmeans import BACKENDS
+
+    options = {p.name: p for p in run.params}
+    assert tuple(options["kmeans_mode"].type.choices) == MODES
+    assert tuple(options["kmeans_backend"].type.choices) == ("auto", *BACKENDS)
