@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 
 from sharekan.detection.backbone import resolve_weights
 from sharekan.kmeans import BACKENDS, DEFAULT_KS
+from sharekan.vq_kan import DTYPES, GAIN_DTYPES
 from tasks.specs import (AssignmentSpec, BackboneSpec, CodebookSpec, CompressionSpec, DatasetSpec, EvaluationSpec,
                          FeaturesSpec, HeadSpec, K, Mode, Seed, Spec)
 
@@ -63,6 +64,9 @@ class CompressParams(_Params):
     kmeans_niter: int = Field(CodebookSpec.model_fields["niter"].default, ge=1, le=1000, title="k-means iterations",
                               description="Lloyd iterations at most")
     seed: Seed = Field(0, title="k-means seed", description="initial centroids")
+    gain_dtypes: list[Literal[DTYPES]] = Field(list(GAIN_DTYPES), min_length=1, title="side-data widths",
+                                               description="how each VQ variant stores its per-edge gains, "
+                                                           "biases and base weights (int8/int4: per-row scales)")
     kmeans_backend: Literal["auto", *BACKENDS] = Field(
         "auto", title="k-means backend", description="where points are assigned: auto = the Ray workers' GPUs "
         "when the cluster has any (FAISS GPU if installed, else torch CUDA), else CPU FAISS")
@@ -74,7 +78,7 @@ class CompressParams(_Params):
         return AssignmentSpec(k=k)
 
     def compression(self, ks: list[int]) -> CompressionSpec:
-        return CompressionSpec(ks=tuple(ks))
+        return CompressionSpec(ks=tuple(ks), gain_dtypes=tuple(self.gain_dtypes))
 
 
 class PipelineParams(_Params):

@@ -26,7 +26,8 @@ VARIANT_COLUMNS = [("variant", "variant", "s"), ("map50", "mAP@0.5", ".4f"), ("d
                    ("runtime_bytes_1img", "runtime B 1 img", ",d")]
 _FAMILIES = (("dense", "dense fp32", "k", "o"), ("int8", "int8 PTQ", "tab:purple", "s"),
              ("pruned", "magnitude pruning", "tab:red", "v"), ("VQ fp16", "VQ, fp16 gains", "tab:blue", "D"),
-             ("VQ int8", "VQ, int8 gains", "tab:green", "^"))
+             ("VQ int8", "VQ, int8 gains", "tab:green", "^"),
+             ("VQ int4", "VQ, int4 gains", "tab:olive", "v"), ("VQ fp32", "VQ, fp32 gains", "tab:cyan", "D"))
 
 
 def stage_state(stage: dict) -> str:

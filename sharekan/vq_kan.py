@@ -22,12 +22,12 @@ from .checks import check_choice
 from .kan import KAN, KANLinear
 from .clustering import fit_codebook
 from .kmeans import check_k
-from .quant import QuantizedTensor, quantize
+from .quant import STORAGE_DTYPES, QuantizedTensor, quantize, unpack_int4
 from .vq import decode, decompose, index_dtype, nearest
 
 __all__ = ["DTYPES", "GAIN_DTYPES", "VQKANLinear", "VQKAN", "encode_layer", "edge_shapes", "fit_codebooks", "compress_kan"]
 
-DTYPES = ("fp32", "fp16", "int8")  # what gains, biases and base weights may be stored as
+DTYPES = STORAGE_DTYPES  # what gains, biases and base weights may be stored as
 GAIN_DTYPES = ("fp16", "int8")  # the widths the pipeline's compression table encodes
 
 _CHUNK_ELEMENTS = 1 << 20  # transient [rows, out_chunk, in] elements per step
@@ -53,8 +53,9 @@ class VQKANLinear(nn.Module):
             raise ValueError(f"codebook has {codebook.shape[1]} coefficients per codeword, "
                              f"the grid implies {n_coef}")
         for name, q in (("gains", gains), ("biases", biases), ("base_weight", base_weight)):
-            if tuple(q.data.shape) != (out_f, in_f):
-                raise ValueError(f"{name} has shape {tuple(q.data.shape)}, expected {(out_f, in_f)}")
+            want = (out_f, -(-in_f // 2)) if q.dtype == "int4" else (out_f, in_f)  # int4: two a byte
+            if tuple(q.data.shape) != want:
+                raise ValueError(f"{name} has shape {tuple(q.data.shape)}, expected {want}")
         self.in_features, self.out_features, self.n_coef = in_f, out_f, n_coef
         self.register_buffer("codebook", codebook)
         self.register_buffer("indices", indices.to(index_dtype(codebook.shape[0])))
@@ -66,8 +67,16 @@ class VQKANLinear(nn.Module):
         self.register_buffer("t0", grid[:, 0].to(torch.float32).contiguous(), persistent=False)
         self.register_buffer("h", h.to(torch.float32).contiguous(), persistent=False)
 
+    def stored_values(self, name: str, rows: slice = slice(None)) -> torch.Tensor:
+        """``name``'s ("gain", "bias" or "base") stored values ``[out, in]`` as float32, unpacked and
+        unscaled (the per-row scale is ``<name>_scale``, or ``None``)."""
+        data = getattr(self, name)[rows]
+        if getattr(self, name + "_dtype") == "int4":
+            return unpack_int4(data, self.in_features).to(torch.float32)
+        return data.to(torch.float32)
+
     def _q(self, name: str, rows: slice) -> torch.Tensor:
-        data = getattr(self, name)[rows].to(torch.float32)
+        data = self.stored_values(name, rows)
         scale = getattr(self, name + "_scale")
         return data if scale is None else data * scale[rows, None]
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sharekan.clustering import MODES
 from sharekan.kmeans import MAX_K
-from sharekan.vq_kan import GAIN_DTYPES
+from sharekan.vq_kan import DTYPES, GAIN_DTYPES
 
 __all__ = ["Spec", "K", "Seed", "DatasetSpec", "BackboneSpec", "FeaturesSpec", "HeadSpec", "EvaluationSpec",
            "SplinesSpec", "CodebookSpec", "AssignmentSpec", "CompressionSpec", "LuthamSpec"]
@@ -97,7 +97,7 @@ class CompressionSpec(Spec):
     """The variants of the compression table: baselines, and VQ at each K and gain dtype."""
 
     ks: tuple[K, ...]
-    gain_dtypes: tuple[Literal[GAIN_DTYPES], ...] = GAIN_DTYPES
+    gain_dtypes: tuple[Literal[DTYPES], ...] = GAIN_DTYPES
     sparsities: tuple[float, ...] = (0.1, 0.3, 0.5)
 
 

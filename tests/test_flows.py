@@ -23,7 +23,7 @@ def run(prefect_api, tmp_path_factory):
     from flows.pipeline import sharekan_pipeline
 
     tmp = tmp_path_factory.mktemp("flow")
-    params = tiny(tmp)
+    params = tiny(tmp, compress={"gain_dtypes": ["fp16", "int8", "int4"]})
     state = sharekan_pipeline(params, return_state=True)
     assert state.is_completed(), state
     return tmp, params, state.result(), state.state_details.flow_run_id
@@ -36,7 +36,9 @@ def test_report_and_exports(run):
     assert 0.0 <= saved["map50"] <= 1.0
     names = [r["variant"] for r in saved["variants"]]
     assert names == ["dense fp32", "int8 PTQ", "pruned 10%", "pruned 30%", "pruned 50%",
-                     "VQ K=16 fp16", "VQ K=16 int8", "VQ K=256 fp16", "VQ K=256 int8"]
+                     "VQ K=16 fp16", "VQ K=16 int8", "VQ K=16 int4", "VQ K=256 fp16", "VQ K=256 int8", "VQ K=256 int4"]
+    by_name = {r["variant"]: r for r in saved["variants"]}
+    assert by_name["VQ K=256 int4"]["storage_bytes"] < by_name["VQ K=256 int8"]["storage_bytes"]
     for row in saved["variants"]:
         assert row["storage_bytes"] > 0 and row["runtime_bytes_8img"] >= row["runtime_bytes_1img"] > 0
         assert row["compression"] == pytest.approx(saved["variants"][0]["storage_bytes"] / row["storage_bytes"])
@@ -46,7 +48,8 @@ def test_report_and_exports(run):
                                      "compression", "lutham"]
     for name, stage in ((k, s) for k, s in saved["stages"].items() if k != "lutham"):
         assert stage["created"] and stage["seconds"] >= 0 and stage["version"].startswith(stage["stage"] + "-")
-    assert [(r["kind"], r["k"], r["dtype"]) for r in saved["variants"][-2:]] == [("vq", 256, "fp16"), ("vq", 256, "int8")]
+    assert [(r["kind"], r["k"], r["dtype"]) for r in saved["variants"][-3:]] == [("vq", 256, "fp16"), ("vq", 256, "int8"),
+                                                                               ("vq", 256, "int4")]
     coco = COCO(str(out / "coco_gt.json"))
     assert len(coco.getImgIds()) == 6
     assert all(d["category_id"] in coco.getCatIds() for d in json.loads((out / "coco_detections.json").read_text()))
@@ -86,7 +89,7 @@ def test_every_stage_is_a_versioned_artifact_with_lineage(run):
     assert feats.array("feats").shape[0] == 16 and feats.inputs == [stages["dataset"]["version"]]
     head = store.get(stages["head"]["version"])
     assert set(head.inputs) == {stages["features_train"]["version"], stages["dataset"]["version"]}
-    assert len(store.ls("encoded")) == 4
+    assert len(store.ls("encoded")) == 6
 
 
 def test_checkpoint_restores_the_head(run):

@@ -113,7 +113,7 @@ def vq_head(sizes, k, device="cuda", gain_dtype="fp16", grid_size=10):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("gain_dtype", ["fp16", "int8"])
+@pytest.mark.parametrize("gain_dtype", ["fp16", "int8", "int4"])
 def test_lutham_matches_the_reference_inside_and_outside_the_grid(gain_dtype):
     from sharekan.lutham.runtime import LuthamHead
     from sharekan.lutham.validate import validate

@@ -49,8 +49,8 @@ class LuthamHead:
             self._put(f"L{n}.indices", lay.indices.cpu().numpy().astype(np.uint16))
             scales = []
             for name, q in (("gains", "gain"), ("biases", "bias"), ("base", "base")):
-                data, scale = getattr(lay, q), getattr(lay, q + "_scale")  # int8 rows keep their scale
-                self._put(f"L{n}.{name}", data.detach().float().cpu().numpy().astype(np.float16))
+                data, scale = lay.stored_values(q), getattr(lay, q + "_scale")  # int8/int4 rows keep their scale
+                self._put(f"L{n}.{name}", data.detach().cpu().numpy().astype(np.float16))
                 scales.append(np.ones(lay.out_features, np.float32) if scale is None
                               else scale.detach().float().cpu().numpy().reshape(-1))
             self._put(f"L{n}.scales", np.stack(scales))
