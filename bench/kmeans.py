@@ -121,6 +121,13 @@ def run_minibatch(x, k, init, niter) -> dict:
             "per_iter": total / max(1, km.n_iter_), "overhead": None, "trace": []}
 
 
+def store_shards(path: Path, x: np.ndarray) -> dict[int, str]:
+    """The points stored as 1 and as 2 shards: ``{shards: artifact version}``."""
+    store = ArtifactStore(path)
+    return {w: put_rows(store, "splines", {"points": len(x), "workers": w}, [], "bench", {"shapes": x},
+                        chunk_rows=-(-len(x) // w), workers=1)[0].version for w in (1, 2)}
+
+
 def run_in_memory(x, k, init, niter, backend) -> dict:
     source = InMemory(x, backend)
     t0 = time.perf_counter()
@@ -136,9 +143,7 @@ def gpu_main(a) -> None:
     connect(num_cpus=os.cpu_count())
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        store = ArtifactStore(Path(tmp) / "store")
-        versions = {w: put_rows(store, "splines", {"points": a.points, "workers": w}, [], "bench",
-                                {"shapes": x}, chunk_rows=-(-a.points // w), workers=1)[0].version for w in (1, 2)}
+        versions = store_shards(Path(tmp) / "store", x)
         for k in a.ks:
             init = init_centroids(x[np.random.default_rng(1).choice(len(x), 4 * k, replace=False)], k, seed=0)
             runs = {}
@@ -191,10 +196,7 @@ def main(argv=None):
     connect(num_cpus=os.cpu_count())
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        store = ArtifactStore(Path(tmp) / "store")
-        versions = {w: put_rows(store, "splines", {"points": a.points, "workers": w}, [], "bench",
-                                {"shapes": x}, chunk_rows=-(-a.points // w), workers=1)[0].version
-                    for w in (1, 2)}
+        versions = store_shards(Path(tmp) / "store", x)
         for k in a.ks:
             niter = a.niter if k < 32_768 else a.niter_large
             sample = np.random.default_rng(1).choice(len(x), min(len(x), 4 * k), replace=False)
