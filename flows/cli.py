@@ -1,5 +1,6 @@
 """The ``sharekan`` command line: ``run`` (the pipeline), ``server`` (local Prefect server, work
-pool, worker and Ray head), ``deploy`` (deployments/prefect.yaml) and ``artifacts ls | show |
+pool, worker and Ray head), ``study pareto | shared`` (the study flows), ``deploy``
+(deployments/prefect.yaml) and ``artifacts ls | show |
 lineage | tag | gc``."""
 
 from __future__ import annotations
@@ -95,46 +96,20 @@ def run(data, n_train, n_test, epochs, seed, ks, kmeans_mode, kmeans_backend, st
                       "lutham_k": lutham_k}, params_json)
     params = params.model_copy(update={k: v for k, v in {"store": store, "out": out}.items() if v is not None}
                                | ({"lutham": False} if no_lutham else {}))
-    from flows.local import prefect_env, prefect_server
-
     from flows.preflight import PreflightError, preflight
 
     try:
         preflight(params)  # the flow checks again; here it fails before any server starts
     except PreflightError as e:
         raise click.UsageError(str(e)) from None
-    api = os.environ.get("PREFECT_API_URL")
-    try:
-        Path(params.out).mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise click.BadParameter(f"cannot create {params.out}: {e}", param_hint="--out") from None
-    with ExitStack() as services:
-        # a temporary server of this run's own (its own database: concurrent runs never share one),
-        # stopped on exit and by the kernel if this process is killed
-        url = api or services.enter_context(prefect_server(
-            home=services.enter_context(tempfile.TemporaryDirectory(prefix="sharekan-prefect-")),
-            log=Path(params.out) / "prefect-server.log", die_with_parent=True))
-        os.environ.update({k: v for k, v in prefect_env(url).items() if k.startswith(("PREFECT_", "RAY_"))})
-        if not api:
-            click.echo(f"Prefect API (temporary, for this run): {url}")
-        from flows.pipeline import sharekan_pipeline
-        from flows.report import VARIANT_COLUMNS, stage_state
-        from sharekan.table import format_table
-        from tasks.cluster import connect
+    from flows.pipeline import sharekan_pipeline
+    from flows.report import stage_state, variant_columns
+    from sharekan.table import format_table
 
-        try:
-            resources = connect(address)
-            click.echo(f"Ray: {address or 'local'} cluster, {resources.get('CPU', 0):.0f} CPUs, "
-                       f"{resources.get('GPU', 0):.0f} GPUs")
-            state = sharekan_pipeline(params, return_state=True)
-        finally:
-            _flush_logs()  # before a temporary server stops, failed or not
-    if not state.is_completed():
-        raise click.ClickException(f"the run failed: {_cause(state)}")
-    report = state.result()
+    report = _run_flow(sharekan_pipeline, params, params.out, address)
     click.echo(f"\ndense head: mAP@0.5 {report['map50']:.4f} ({report['metric']}), "
                f"torchmetrics COCO-style AP50 {report['torchmetrics_map50']:.4f}")
-    click.echo(format_table(report["variants"], VARIANT_COLUMNS))
+    click.echo(format_table(report["variants"], variant_columns(report["variants"])))
     click.echo("\nartifact versions:")
     for name, s in report["stages"].items():
         click.echo(f"  {name:18s} {s.get('version') or '-':44s} {stage_state(s):8s} {s.get('seconds', 0):7.1f}s")
@@ -142,6 +117,67 @@ def run(data, n_train, n_test, epochs, seed, ks, kmeans_mode, kmeans_backend, st
     if bad:
         click.echo(f"\nskipped {len(bad)} bad samples (all listed in report.md), e.g. {bad[0]}")
     click.echo(f"\nreport: {Path(params.out) / 'report.json'} (and report.md) in {report['seconds']:.0f}s")
+
+
+def _run_flow(flow, params, out: str, address: str | None):
+    """``flow(params)`` on Ray (``address``, or a local cluster) reporting to Prefect's API
+    ($PREFECT_API_URL, or a temporary server of this run's own); its result, or a one-line error."""
+    from flows.local import prefect_env, prefect_server
+    from tasks.cluster import connect
+
+    api = os.environ.get("PREFECT_API_URL")
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise click.BadParameter(f"cannot create {out}: {e}", param_hint="--out") from None
+    with ExitStack() as services:
+        # a temporary server of this run's own (its own database: concurrent runs never share one),
+        # stopped on exit and by the kernel if this process is killed
+        url = api or services.enter_context(prefect_server(
+            home=services.enter_context(tempfile.TemporaryDirectory(prefix="sharekan-prefect-")),
+            log=Path(out) / "prefect-server.log", die_with_parent=True))
+        os.environ.update({k: v for k, v in prefect_env(url).items() if k.startswith(("PREFECT_", "RAY_"))})
+        if not api:
+            click.echo(f"Prefect API (temporary, for this run): {url}")
+        try:
+            resources = connect(address)
+            click.echo(f"Ray: {address or 'local'} cluster, {resources.get('CPU', 0):.0f} CPUs, "
+                       f"{resources.get('GPU', 0):.0f} GPUs")
+            state = flow(params, return_state=True)
+        finally:
+            _flush_logs()  # before a temporary server stops, failed or not
+    if not state.is_completed():
+        raise click.ClickException(f"the run failed: {_cause(state)}")
+    return state.result()
+
+
+@main.command()
+@click.argument("which", type=click.Choice(["pareto", "shared"]))
+@click.option("--params", "params_json", help="the study's parameters as JSON (a file or a string)")
+@click.option("--address", help="Ray cluster: 'auto' or ray://host:port [a local cluster]")
+def study(which: str, params_json: str | None, address: str | None) -> None:
+    """Run a study flow: ``pareto`` (K×G sweep over seeds, with the Pareto front) or ``shared`` (one
+    codebook for many heads, and a head it never saw)."""
+    from pydantic import ValidationError
+
+    from flows.preflight import PreflightError, preflight
+    from flows.report import PARETO_COLUMNS, SHARED_COLUMNS
+    from flows.studies import SharedParams, SweepParams, pareto_sweep, shared_codebook
+    from sharekan.table import format_table
+
+    model, flow, columns = {"pareto": (SweepParams, pareto_sweep, PARETO_COLUMNS),
+                            "shared": (SharedParams, shared_codebook, SHARED_COLUMNS)}[which]
+    try:
+        params = model.model_validate(_json_params(params_json))
+        preflight(params.base)
+    except ValidationError as e:
+        raise click.BadParameter(str(e), param_hint="--params") from None
+    except PreflightError as e:
+        raise click.UsageError(str(e)) from None
+    result = _run_flow(flow, params, params.out, address)
+    rows = [{**r, "pareto": "*" if r.get("pareto") else ""} for r in result["rows"]]
+    click.echo(format_table(rows, columns))
+    click.echo(f"\nreport: {Path(params.out) / (which + '.json')} (and {which}.md)")
 
 
 def _cause(state) -> str:

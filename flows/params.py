@@ -15,8 +15,8 @@ from pydantic import Field, model_validator
 from sharekan.detection.backbone import resolve_weights
 from sharekan.kmeans import BACKENDS, DEFAULT_KS
 from sharekan.vq_kan import DTYPES, GAIN_DTYPES
-from tasks.specs import (AssignmentSpec, BackboneSpec, CodebookSpec, CompressionSpec, DatasetSpec, EvaluationSpec,
-                         FeaturesSpec, HeadSpec, K, Mode, Seed, Spec)
+from tasks.specs import (BACKBONES, AssignmentSpec, BackboneSpec, CodebookSpec, CompressionSpec, DatasetSpec,
+                         EvaluationSpec, FeaturesSpec, FinetuneSpec, HeadSpec, K, Mode, PretrainSpec, Seed, Spec)
 
 __all__ = ["DataParams", "TrainParams", "CompressParams", "PipelineParams"]
 
@@ -36,15 +36,52 @@ class DataParams(_Params):
                          description="images generated when no VOC root is given")
     n_test: int = Field(200, ge=4, le=100_000, title="synthetic test images",
                         description="images generated when no VOC root is given")
+    seed: Seed | None = Field(None, title="synthetic data seed", description="empty = the training seed")
+    n_ood: int = Field(200, ge=0, le=100_000, title="synthetic out-of-distribution images",
+                       description="a shifted test split generated when no VOC root is given (colours, contrast, "
+                                   "striped backgrounds, noise, smaller objects); 0 = none")
+    ood_splits: str = DatasetSpec.model_fields["ood_splits"]
     skip_bad: bool = DatasetSpec.model_fields["skip_bad"]
 
 
 class TrainParams(EvaluationSpec, HeadSpec, BackboneSpec, _Params):
-    """The frozen backbone and the KAN detection head trained on its features."""
+    """The frozen backbone and the KAN detection head trained on its features.
+
+    ``backbone="auto"``: ResNet-50 (the paper's) when weights are given or in torchvision's cache,
+    else a ResNet-18 pretrained on the training split by the ``backbone`` stage."""
+
+    backbone: Literal["auto", *BACKBONES] = Field(
+        "auto", title="backbone", description="frozen torchvision ResNet; auto = resnet50 with weights given or "
+        "cached, else resnet18 pretrained on the training split")
+    backbone_seed: Seed | None = Field(None, title="backbone seed",
+                                       description="the backbone's initialisation and pretraining; empty = seed")
+    pretrain_epochs: int = Field(PretrainSpec.model_fields["epochs"].default, ge=0, le=200,
+                                 title=PretrainSpec.model_fields["epochs"].title,
+                                 description=PretrainSpec.model_fields["epochs"].description)
+    pretrain_crop: int = PretrainSpec.model_fields["crop"]
+
+    def backbone_name(self) -> str:
+        """The concrete ResNet: ``backbone`` unless it is ``auto`` (see the class)."""
+        if self.backbone != "auto":
+            return self.backbone
+        return "resnet50" if resolve_weights("resnet50", self.weights) else "resnet18"
+
+    def pretrain(self) -> PretrainSpec | None:
+        """The backbone stage's spec, or ``None`` when weights exist or pretraining is off."""
+        name = self.backbone_name()
+        if self.pretrain_epochs == 0 or resolve_weights(name, self.weights):
+            return None
+        return PretrainSpec(backbone=name, layer=self.layer, size=self.size, seed=self._backbone_seed(),
+                            epochs=self.pretrain_epochs, crop=min(self.pretrain_crop, self.size))
+
+    def _backbone_seed(self) -> int:
+        return self.seed if self.backbone_seed is None else self.backbone_seed
 
     def features(self, split: str) -> FeaturesSpec:
         fields = self.model_dump(include=set(BackboneSpec.model_fields))
-        return FeaturesSpec(**{**fields, "weights": resolve_weights(self.backbone, self.weights)}, split=split)
+        name = self.backbone_name()
+        return FeaturesSpec(**{**fields, "backbone": name, "weights": resolve_weights(name, self.weights),
+                               "seed": self._backbone_seed()}, split=split)
 
     def head(self) -> HeadSpec:
         return HeadSpec(**self.model_dump(include=set(HeadSpec.model_fields)))
@@ -71,6 +108,30 @@ class CompressParams(_Params):
         "auto", title="k-means backend", description="where points are assigned: auto = the Ray workers' GPUs "
         "when the cluster has any (FAISS GPU if installed, else torch CUDA), else CPU FAISS")
 
+    finetune_epochs: int = Field(FinetuneSpec.model_fields["epochs"].default, ge=0, le=100,
+                                 title=FinetuneSpec.model_fields["epochs"].title,
+                                 description=FinetuneSpec.model_fields["epochs"].description)
+    finetune_dtypes: list[Literal[DTYPES]] = Field(["int8", "int4"], title="fine-tuned side-data widths",
+                                                   description="which of the side-data widths get a fine-tuned "
+                                                               "variant at every K")
+    finetune_lr: float = FinetuneSpec.model_fields["lr"]
+    finetune_codebook: bool = FinetuneSpec.model_fields["train_codebook"]
+
+    @model_validator(mode="after")
+    def _finetune_dtypes(self):
+        missing = [d for d in self.finetune_dtypes if d not in self.gain_dtypes]
+        if missing and self.finetune_epochs:
+            raise ValueError(f"compress.finetune_dtypes {missing} are not among compress.gain_dtypes {self.gain_dtypes}")
+        return self
+
+    def finetunes(self, ks: list[int]) -> list[FinetuneSpec]:
+        """One fine-tuning spec per (K, fine-tuned width); none when ``finetune_epochs`` is 0."""
+        if not self.finetune_epochs:
+            return []
+        return [FinetuneSpec(k=k, gain_dtype=dt, epochs=self.finetune_epochs, lr=self.finetune_lr,
+                             train_codebook=self.finetune_codebook, seed=self.seed)
+                for k in ks for dt in self.finetune_dtypes]
+
     def codebook(self, k: int) -> CodebookSpec:
         return CodebookSpec(k=k, seed=self.seed, niter=self.kmeans_niter, mode=self.kmeans_mode)
 
@@ -78,7 +139,8 @@ class CompressParams(_Params):
         return AssignmentSpec(k=k)
 
     def compression(self, ks: list[int]) -> CompressionSpec:
-        return CompressionSpec(ks=tuple(ks), gain_dtypes=tuple(self.gain_dtypes))
+        return CompressionSpec(ks=tuple(ks), gain_dtypes=tuple(self.gain_dtypes),
+                               finetuned=tuple((f.k, f.gain_dtype) for f in self.finetunes(ks)))
 
 
 class PipelineParams(_Params):

@@ -1,6 +1,6 @@
 """The SHARe-KAN pipeline as Prefect flows whose tasks run on Ray (``prefect-ray``).
 
-``sharekan_pipeline``: data → features → train → evaluate → spline shards → k-means → assignment →
+``sharekan_pipeline``: data → backbone (pretrained when no weights exist) → features → train → evaluate → spline shards → k-means → assignment →
 compression table → LUTHAM compile/validate → report. The stage flows ``train``, ``compress`` and
 ``compile`` run alone on artifact versions. Every task is a stage of ``tasks`` called with its typed
 spec (from the form, ``flows.params``) and input versions, run as a Ray task with the stage's
@@ -33,12 +33,13 @@ from .preflight import preflight
 from .report import publish
 from .runner import ClusterTaskRunner
 
-__all__ = ["sharekan_pipeline", "train_flow", "compress_flow", "compile_flow", "parameter_sweep"]
+__all__ = ["sharekan_pipeline", "train_flow", "compress_flow", "compile_flow", "parameter_sweep", "dataset_stage",
+           "features_stages"]
 
 _TASKS = {fn: task(fn, name=fn.__name__, retries=RETRIES, retry_delay_seconds=2, retry_condition_fn=retry_transient,
                    log_prints=True)
-          for fn in (data.dataset, data.features, head.train, head.evaluate, compress.splines, compress.codebook,
-                     compress.assignment, compress.compression, lutham.compile_and_validate)}
+          for fn in (data.dataset, data.pretrain, data.features, head.train, head.evaluate, compress.splines, compress.codebook,
+                     compress.assignment, compress.finetune, compress.compression, lutham.compile_and_validate)}
 
 
 def _submit(fn, *args, **kwargs):
@@ -73,7 +74,7 @@ def _pipeline_run_name() -> str:
 def _train_run_name() -> str:
     p = _param("params")
     p = TrainParams.model_validate(p) if isinstance(p, dict) else (p or TrainParams())
-    return f"train {p.backbone} hidden={p.hidden} G={p.grid_size} epochs={p.epochs}"
+    return f"train {p.backbone_name()} hidden={p.hidden} G={p.grid_size} epochs={p.epochs}"
 
 
 def _report_folder_name() -> str:
@@ -88,39 +89,75 @@ def _report_folder_name() -> str:
 @flow(name="train", flow_run_name=_train_run_name, task_runner=ClusterTaskRunner(), log_prints=True)
 def train_flow(dataset_version: str, params: TrainParams = TrainParams(), store: str | None = None,
                out: str = "artifacts/detection") -> dict[str, StageResult]:
-    """Features → head → dense evaluation (COCO JSON exported into ``out``), from a stored data set."""
+    """Backbone (pretrained on the training split when no weights exist) → features → head → dense
+    evaluation (COCO JSON exported into ``out``), from a stored data set."""
     loc = parse_location(store)
-    ArtifactStore(loc, create=False).get(dataset_version)  # names a missing version before any work
-    f_train, f_test = (_submit(data.features, loc, params.features(split), dataset_version)
-                       for split in ("train", "test"))
-    f_train, f_test = _logged(f_train.result()), _logged(f_test.result())
+    first = features_stages(loc, params, dataset_version)
+    f_train, f_test = first["features_train"], first["features_test"]
     if not f_train.meta["backbone"]["pretrained"]:
-        get_run_logger().warning("backbone has RANDOM INITIALISATION (no weights given or cached)")
+        get_run_logger().warning("backbone has RANDOM INITIALISATION (no weights given or cached, pretraining off)")
     trained = _run(head.train, loc, params.head(), f_train.version, dataset_version,
                    checkpoint=str(Path(out) / "checkpoints" / "head.safetensors"))
     ev = _run(head.evaluate, loc, params.evaluation(), trained.version, f_test.version, dataset_version)
     head.export_coco(loc, ev.version, out)
-    return {"features_train": f_train, "features_test": f_test, "head": trained, "evaluation": ev}
+    return {**first, "head": trained, "evaluation": ev}
+
+
+def dataset_stage(params: PipelineParams) -> StageResult:
+    """The data set of ``params`` as a stage (the embedded synthetic set generated first when no VOC
+    root is given, next to the report folder)."""
+    loc, d = parse_location(params.store), params.data
+    data_seed = params.train.seed if d.seed is None else d.seed
+    root = d.root or str(data.synthetic_root(Path(params.out).parent / "data", data_seed, d.n_train, d.n_test, d.n_ood))
+    ood = d.ood_splits if d.root else ("2007:ood" if d.n_ood else "")
+    spec = data.describe(root, d.root or "synthetic", d.train_splits, d.test_splits, d.skip_bad, ood)
+    return _run(data.dataset, loc, spec, root=root)
+
+
+def features_stages(loc, params: TrainParams, dataset_version: str) -> dict[str, StageResult]:
+    """``backbone`` (pretrained on the training split when no weights exist) and ``features_<split>``
+    for every split of the data set (train, test, and ood when it has one)."""
+    ds = ArtifactStore(loc, create=False).get(dataset_version)  # names a missing version before any work
+    out, backbone = {}, []
+    if (spec := params.pretrain()) is not None:
+        out["backbone"] = _run(data.pretrain, loc, spec, dataset_version)
+        backbone = [out["backbone"].version]
+    splits = ["train", "test"] + (["ood"] if ds.params["ood_splits"] else [])
+    feats = {split: _submit(data.features, loc, params.features(split), dataset_version, *backbone) for split in splits}
+    return out | {f"features_{split}": _logged(f.result()) for split, f in feats.items()}
 
 
 @flow(name="compress", flow_run_name="compress {head_version}", task_runner=ClusterTaskRunner(), log_prints=True)
 def compress_flow(head_version: str, features_version: str, dataset_version: str,
-                  params: CompressParams = CompressParams(), store: str | None = None) -> dict:
+                  params: CompressParams = CompressParams(), store: str | None = None,
+                  ood_features_version: str | None = None) -> dict:
     """Spline shards → a codebook (distributed k-means) and per-edge assignment for each K → the
-    compression table. Returns ``{"splines", "codebooks": {k: …}, "assignments": {k: …}, "compression"}``."""
+    fine-tuned variants (on the head's own training features) → the compression table. Returns
+    ``{"splines", "codebooks": {k: …}, "assignments": {k: …}, "finetuned": {"K=k dtype": …}, "compression"}``."""
     loc = parse_location(store)
+    train_features = ArtifactStore(loc, create=False).get(head_version).inputs[0]  # what the head was trained on
     spl = _run(compress.splines, loc, SplinesSpec(), head_version)
     edges = spl.meta["edges"]
     ks = params.ks or default_ks(edges)
     if any(k > edges for k in ks):
         raise ValueError(f"compress.ks: {[k for k in ks if k > edges]} exceed the head's {edges:,} edges")
     backend = params.kmeans_backend
-    books = {k: _run(compress.codebook, loc, params.codebook(k), spl.version, backend=backend) for k in ks}
-    assigned = {k: _run(compress.assignment, loc, params.assignment(k), books[k].version, spl.version, backend=backend)
-                for k in ks}
-    table = _run(compress.compression, loc, params.compression(ks), head_version, features_version, dataset_version,
-                 *(books[k].version for k in ks))
-    return {"splines": spl, "codebooks": books, "assignments": assigned, "compression": table}
+    books = {k: _submit(compress.codebook, loc, params.codebook(k), spl.version, backend=backend) for k in ks}
+    books = {k: _logged(b.result()) for k, b in books.items()}
+    assigned = {k: _submit(compress.assignment, loc, params.assignment(k), books[k].version, spl.version,
+                           backend=backend) for k in ks}
+    assigned = {k: _logged(a.result()) for k, a in assigned.items()}
+    tuned = {f"K={f.k} {f.gain_dtype}": _submit(compress.finetune, loc, f, head_version, train_features, dataset_version,
+                                          books[f.k].version) for f in params.finetunes(ks)}
+    tuned = {key: _logged(t.result()) for key, t in tuned.items()}
+    models = [*(books[k].version for k in ks), *(t.version for t in tuned.values())]
+    spec = params.compression(ks)
+    table = _run(compress.compression, loc, spec, head_version, features_version, dataset_version, *models)
+    out = {"splines": spl, "codebooks": books, "assignments": assigned, "finetuned": tuned, "compression": table}
+    if ood_features_version is not None:  # every variant scored again on the shifted split
+        out["compression_ood"] = _run(compress.compression, loc, spec.model_copy(update={"split": "ood"}), head_version,
+                                      ood_features_version, dataset_version, *models)
+    return out
 
 
 @flow(name="compile", flow_run_name="compile LUTHAM {codebook_version}", task_runner=ClusterTaskRunner(),
@@ -142,12 +179,10 @@ def sharekan_pipeline(params: PipelineParams = PipelineParams()) -> dict:
     """The whole pipeline on one set of parameters; writes ``report.json`` and Prefect artifacts."""
     t0 = time.perf_counter()
     preflight(params)
-    loc, d = parse_location(params.store), params.data
-    root = d.root or str(data.synthetic_root(Path(params.out).parent / "data", params.train.seed, d.n_train, d.n_test))
-    spec = data.describe(root, d.root or "synthetic", d.train_splits, d.test_splits, d.skip_bad)
-    ds = _run(data.dataset, loc, spec, root=root)
+    ds = dataset_stage(params)
     tr = train_flow(ds.version, params.train, params.store, params.out)
-    comp = compress_flow(tr["head"].version, tr["features_test"].version, ds.version, params.compress, params.store)
+    comp = compress_flow(tr["head"].version, tr["features_test"].version, ds.version, params.compress, params.store,
+                         tr["features_ood"].version if "features_ood" in tr else None)
     rows = comp["compression"].meta["rows"]
     lut = None
     if params.lutham:
@@ -171,15 +206,23 @@ def _report(params: PipelineParams, first: dict[str, StageResult], comp: dict, l
     for k in comp["codebooks"]:
         stages[f"codebook K={k}"] = comp["codebooks"][k].summary()
         stages[f"assignment K={k}"] = comp["assignments"][k].summary()
+    for name, s in comp["finetuned"].items():
+        stages[f"finetune {name}"] = s.summary()
     stages["compression"] = comp["compression"].summary()
+    ood = {r["variant"]: r for r in comp["compression_ood"].meta["rows"]} if "compression_ood" in comp else {}
+    if ood:
+        stages["compression_ood"] = comp["compression_ood"].summary()
     if lut is not None:
         stages["lutham"] = {key: lut[key] for key in ("stage", "version", "created", "seconds", "skipped") if key in lut}
     return {
         "run_name": run_name, "parameters": params.model_dump(), "seconds": seconds,
         "map50": ev["map50"], "metric": ev["metric"], "torchmetrics_map50": ev["torchmetrics_map50"],
         "per_class_ap": ev["per_class_ap"],
-        "variants": [{k: r[k] for k in ("variant", "kind", "k", "dtype", "sparsity", "map50", "delta_map50",
-                                        "storage_bytes", "runtime_bytes_1img", "runtime_bytes_8img", "compression")}
+        "variants": [{**{k: r[k] for k in ("variant", "kind", "k", "dtype", "sparsity", "finetuned", "map50",
+                                           "delta_map50", "storage_bytes", "runtime_bytes_1img", "runtime_bytes_8img",
+                                           "compression")},
+                      **({"map50_ood": ood[r["variant"]]["map50"], "delta_map50_ood": ood[r["variant"]]["delta_map50"]}
+                         if ood else {})}
                      for r in rows],
         "compression": rows,
         "codebooks": {str(k): s.version for k, s in comp["codebooks"].items()},

@@ -27,11 +27,11 @@ def preflight(params: PipelineParams) -> int:
         problems.append(f"data.root: {params.data.root} has no VOCdevkit folder")
     if Path(params.out).exists() and not Path(params.out).is_dir():
         problems.append(f"out: {params.out} is a file, not a folder")
-    edges = HeadConfig(in_channels=backbone_channels(t.backbone, t.layer), hidden=t.hidden).edges
+    edges = HeadConfig(in_channels=backbone_channels(t.backbone_name(), t.layer), hidden=t.hidden).edges
     ks = params.compress.ks or default_ks(edges)
     too_big = [k for k in ks if k > edges]
     if too_big:
-        problems.append(f"compress.ks: {too_big} exceed the {edges:,} edges of a {t.backbone}/{t.layer} head "
+        problems.append(f"compress.ks: {too_big} exceed the {edges:,} edges of a {t.backbone_name()}/{t.layer} head "
                         f"with hidden={t.hidden}")
     if params.lutham_k is not None and params.lutham_k not in ks:
         problems.append(f"lutham_k: {params.lutham_k} is not among the codebook sizes fitted ({ks})")

@@ -19,15 +19,23 @@ from sharekan.table import format_table
 from storage.store import ArtifactStore, parse_location
 
 __all__ = ["publish", "markdown", "lutham_lines", "size_vs_map_png", "codebook_png", "human_rows",
-           "VARIANT_COLUMNS", "stage_state"]
+           "variant_columns", "stage_state"]
 
-VARIANT_COLUMNS = [("variant", "variant", "s"), ("map50", "mAP@0.5", ".4f"), ("delta_map50", "Δ mAP", "+.4f"),
-                   ("storage_bytes", "storage B", ",d"), ("compression", "ratio", ".1f"),
-                   ("runtime_bytes_1img", "runtime B 1 img", ",d")]
+_COLUMNS = [("variant", "variant", "s"), ("map50", "mAP@0.5", ".4f"), ("delta_map50", "Δ mAP", "+.4f"),
+            ("storage_bytes", "storage B", ",d"), ("compression", "ratio", ".1f"),
+            ("runtime_bytes_1img", "runtime B 1 img", ",d")]
+_OOD = [("map50_ood", "mAP OOD", ".4f"), ("delta_map50_ood", "Δ OOD", "+.4f")]
+
+
+def variant_columns(rows: list[dict]) -> list[tuple[str, str, str]]:
+    """The variant table's columns; the out-of-distribution ones when the run scored a shifted split."""
+    return _COLUMNS[:3] + _OOD + _COLUMNS[3:] if rows and "map50_ood" in rows[0] else _COLUMNS
 _FAMILIES = (("dense", "dense fp32", "k", "o"), ("int8", "int8 PTQ", "tab:purple", "s"),
              ("pruned", "magnitude pruning", "tab:red", "v"), ("VQ fp16", "VQ, fp16 gains", "tab:blue", "D"),
              ("VQ int8", "VQ, int8 gains", "tab:green", "^"),
-             ("VQ int4", "VQ, int4 gains", "tab:olive", "v"), ("VQ fp32", "VQ, fp32 gains", "tab:cyan", "D"))
+             ("VQ int4", "VQ, int4 gains", "tab:olive", "v"), ("VQ fp32", "VQ, fp32 gains", "tab:cyan", "D"),
+             ("VQ int8 fine-tuned", "VQ, int8 gains, fine-tuned", "darkgreen", "P"),
+             ("VQ int4 fine-tuned", "VQ, int4 gains, fine-tuned", "darkgoldenrod", "X"))
 
 
 def stage_state(stage: dict) -> str:
@@ -61,7 +69,9 @@ def lutham_lines(lut: dict) -> list[str]:
 
 
 def _family(row: dict) -> str:
-    return f"VQ {row['dtype']}" if row["kind"] == "vq" else row["kind"]
+    if row["kind"] != "vq":
+        return row["kind"]
+    return f"VQ {row['dtype']}" + (" fine-tuned" if row.get("finetuned") else "")
 
 
 def _figure(width: float, height: float):
@@ -138,7 +148,9 @@ def codebook_png(codebook, n: int = 16) -> bytes:
 def human_rows(rows: list[dict]) -> list[dict]:
     """The variant table for people: rounded figures under readable headers."""
     return [{"variant": r["variant"], "mAP at IoU 0.5": f"{r['map50']:.4f}",
-             "change (points)": f"{100 * r['delta_map50']:+.2f}", "storage": f"{r['storage_bytes']:,} B",
+             "change (points)": f"{100 * r['delta_map50']:+.2f}",
+             **({"change out of distribution (points)": f"{100 * r['delta_map50_ood']:+.2f}"} if "map50_ood" in r else {}),
+             "storage": f"{r['storage_bytes']:,} B",
              "smaller than dense": f"{r['compression']:.1f}x",
              "runtime memory, 1 image": f"{r['runtime_bytes_1img'] / 1e6:.1f} MB"} for r in rows]
 
@@ -154,7 +166,7 @@ def markdown(report: dict, images: dict[str, bytes], file_links: bool = True) ->
         lines.append(f"| {name} | `{s.get('version')}` | {stage_state(s)} | {s.get('seconds', 0):.1f} |")
     if report["variants"]:
         lines += ["", "## Compression (storage and runtime bytes measured)", "", "```",
-                  format_table(report["variants"], VARIANT_COLUMNS), "```"]
+                  format_table(report["variants"], variant_columns(report["variants"])), "```"]
     if report.get("skipped_samples"):
         lines += ["", f"## Skipped samples ({len(report['skipped_samples'])})", ""]
         lines += [f"- {m}" for m in report["skipped_samples"]]
@@ -198,3 +210,71 @@ def publish(report: dict, out: Path) -> Path:
                           table=[{"stage": k, "version": v.get("version") or "-", "state": stage_state(v),
                                   "seconds": f"{v.get('seconds', 0):.1f}"} for k, v in report["stages"].items()])
     return run_dir
+
+
+PARETO_COLUMNS = [("variant", "variant", "s"), ("grid_size", "G", "d"), ("ratio", "ratio", ".1f"),
+                  ("storage_bytes", "storage B", ",.0f"), ("map50_mean", "mAP@0.5", ".4f"),
+                  ("delta_map_mean", "Δ mAP mean", "+.4f"), ("delta_map_std", "± std", ".4f"),
+                  ("pareto", "front", "s")]
+SHARED_COLUMNS = [("variant", "variant", "s"), ("heads", "heads", "d"), ("shared_bytes", "N heads B", ",d"),
+                  ("dense_bytes", "N dense B", ",d"), ("ratio", "ratio", ".1f"), ("separate_ratio", "own books", ".1f"),
+                  ("delta_map_mean", "Δ mAP shared", "+.4f"), ("delta_map_own_mean", "Δ mAP own", "+.4f"),
+                  ("transfer_delta", "Δ unseen head", "+.4f"), ("transfer_own_delta", "Δ unseen own", "+.4f")]
+
+
+def pareto_png(rows: list[dict]) -> bytes:
+    """Storage (log bytes) against seed-mean mAP@0.5, one line per (G, side-data width, fine-tuned)
+    over K, error bars the seed spread; dense heads as black markers, the front circled."""
+    plt, fig = _figure(8.5, 5.2)
+    ax = fig.add_subplot()
+    colours = dict(zip(sorted({r["grid_size"] for r in rows}), ("tab:blue", "tab:orange", "tab:green", "tab:red",
+                                                                 "tab:purple", "tab:brown")))
+    lines: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["kind"] == "vq":
+            lines.setdefault((r["grid_size"], r["side_bits"], r["finetuned"]), []).append(r)
+        elif r["kind"] == "dense":
+            ax.scatter(r["storage_bytes"], r["map50_mean"], c="k", marker="o", zorder=4)
+            ax.annotate(f"dense G={r['grid_size']}", (r["storage_bytes"], r["map50_mean"]), textcoords="offset points",
+                        xytext=(-10, 6), fontsize=7, ha="right")
+    for (g, bits, tuned), pts in sorted(lines.items()):
+        pts = sorted(pts, key=lambda r: r["storage_bytes"])
+        ax.errorbar([r["storage_bytes"] for r in pts], [r["map50_mean"] for r in pts],
+                    yerr=[r["delta_map_std"] for r in pts], color=colours.get(g, "grey"),
+                    linestyle="-" if tuned else ":", marker="s" if bits == 4 else "^", markersize=4, capsize=2,
+                    linewidth=1.2, label=f"G={g}, int{bits}{', fine-tuned' if tuned else ''}")
+    front = [r for r in rows if r.get("pareto")]
+    ax.scatter([r["storage_bytes"] for r in front], [r["map50_mean"] for r in front], s=110, facecolors="none",
+               edgecolors="k", linewidths=1, zorder=5, label="Pareto front")
+    ax.set_xscale("log")
+    ax.set_xlabel("storage (everything inference needs), bytes, log scale")
+    ax.set_ylabel("mAP@0.5, mean over seeds")
+    ax.set_title("K×G sweep: storage against accuracy (markers along a line: K)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    return _png(plt, fig)
+
+
+def publish_study(name: str, result: dict, out: Path) -> None:
+    """Write a study's ``<name>.json``, ``<name>.md`` (and ``pareto.png``) to ``out``, and register
+    its table and Markdown with Prefect inside a flow run."""
+    from storage.files import atomic_write
+
+    columns = PARETO_COLUMNS if name == "pareto" else SHARED_COLUMNS
+    rows = [{**r, "pareto": "*" if r.get("pareto") else ""} for r in result["rows"]]
+    images = {"pareto.png": pareto_png(result["rows"])} if name == "pareto" else {}
+    lines = [f"# SHARe-KAN study: {name}", "", "```", format_table(rows, columns), "```"]
+    if name == "pareto":
+        lines += ["", "Pareto front (smallest storage for its mAP): " + ", ".join(result["front"])]
+    files = {f"{name}.json": json.dumps(result, indent=2, default=str).encode(), **images}
+    for fname, data in files.items():
+        atomic_write(out / fname, lambda tmp, data=data: tmp.write_bytes(data))
+    body = "\n".join(lines) + "\n"
+    link = "".join(f"\n![{n}]({n})\n" for n in images)
+    atomic_write(out / f"{name}.md", lambda tmp: tmp.write_text(body + link))
+    from prefect.artifacts import create_markdown_artifact
+    from prefect.context import FlowRunContext
+
+    if FlowRunContext.get() is not None:
+        embedded = "".join(f"\n![{n}](data:image/png;base64,{base64.b64encode(d).decode()})\n" for n, d in images.items())
+        create_markdown_artifact(key=f"sharekan-{name}", markdown=body + embedded, description=f"SHARe-KAN {name} study")

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bspline import bases, cox_de_boor, uniform_grid_params
+from .bspline import bases, cox_de_boor, grid_bytes, uniform_grid_params
 from .checks import check_choice
 from .kan import KAN, KANLinear
 from .quant import quantize
@@ -64,7 +64,7 @@ class PrunedKAN(nn.Module):
             out["base_weights"] += kept * 4
             out["spline_coefficients"] += kept * layer.n_coef * 4
             out["mask"] += -(-mask.numel() // 8)
-            out["grid"] += layer.grid.numel() * layer.grid.element_size()
+            out["grid"] += grid_bytes(layer.grid)
         return out
 
 
@@ -139,7 +139,7 @@ class Int8KAN(nn.Module):
         return {"base_weights": sum(nb(q.base) for q in self.layers),
                 "spline_coefficients": sum(nb(q.coef) for q in self.layers),
                 "scales": sum(nb(q.base_scale, q.coef_scale) for q in self.layers),
-                "grid": sum(nb(q.grid) for q in self.layers)}
+                "grid": sum(grid_bytes(q.grid) for q in self.layers)}
 
 
 class DenseKAN(nn.Module):

@@ -15,6 +15,9 @@ import torch
 
 __all__ = [
     "make_grid",
+    "compact_grid",
+    "expand_grid",
+    "grid_bytes",
     "cox_de_boor",
     "cubic_active",
     "scatter_active",
@@ -32,6 +35,38 @@ def make_grid(in_features: int, grid_size: int, spline_order: int,
     h = (hi - lo) / grid_size
     knots = torch.arange(-spline_order, grid_size + spline_order + 1, dtype=torch.float32) * h + lo
     return knots.expand(in_features, -1).contiguous()
+
+
+def compact_grid(grid: torch.Tensor, spline_order: int = 3) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(lo, h)`` with :func:`expand_grid` giving back ``grid`` bit for bit — one value each when
+    every input shares its knots (``[1]``), else one per input — or ``None`` when no such pair
+    exists (a non-uniform grid, or rounding that the formula cannot reproduce)."""
+    n = grid.shape[1]
+    if grid.dtype != torch.float32 or n < 2 * spline_order + 2:
+        return None
+    d = grid.to(torch.float64)
+    lo = grid[:, spline_order]
+    for h in ((d[:, -1] - d[:, 0]) / (n - 1), (d[:, n - 1 - spline_order] - lo.double()) / (n - 1 - 2 * spline_order)):
+        h = h.to(torch.float32)
+        pair = (lo[:1], h[:1]) if torch.equal(lo, lo[:1].expand_as(lo)) and torch.equal(h, h[:1].expand_as(h)) \
+            else (lo, h)
+        if torch.equal(expand_grid(*pair, grid.shape[0], n, spline_order), grid):
+            return pair[0].clone(), pair[1].clone()
+    return None
+
+
+def expand_grid(lo: torch.Tensor, h: torch.Tensor, in_features: int, n_knots: int, spline_order: int = 3
+                ) -> torch.Tensor:
+    """The knots ``lo + j·h``, ``j = -spline_order … n_knots - spline_order - 1``: ``[in_features, n_knots]``
+    (:func:`make_grid`'s formula, so its grids come back bit for bit)."""
+    j = torch.arange(-spline_order, n_knots - spline_order, dtype=torch.float32, device=lo.device)
+    return (j[None, :] * h[:, None] + lo[:, None]).expand(in_features, -1).contiguous()
+
+
+def grid_bytes(grid: torch.Tensor, spline_order: int = 3) -> int:
+    """Bytes a grid takes stored in its smallest exact form (see :func:`compact_grid`)."""
+    pair = compact_grid(grid, spline_order)
+    return grid.numel() * grid.element_size() if pair is None else sum(t.numel() * 4 for t in pair)
 
 
 def cox_de_boor(x: torch.Tensor, grid: torch.Tensor, spline_order: int) -> torch.Tensor:

@@ -80,6 +80,14 @@ class KANLinear(nn.Module):
             return self.spline_weight * self.spline_scaler.unsqueeze(-1)
         return self.spline_weight
 
+    def slope_penalty(self) -> torch.Tensor:
+        """Mean squared slope of the edges' control polygons, ``((c[j+1] − c[j]) / h)²``: a B-spline's
+        derivative is a spline of those slopes, so this bounds (in mean square) how fast an edge
+        can change its output — the Lipschitz penalty of the head option ``lipschitz``."""
+        h = (self.grid[:, -1] - self.grid[:, 0]) / (self.grid.shape[1] - 1)       # [in]
+        c = self.scaled_spline_weight()
+        return (((c[..., 1:] - c[..., :-1]) / h[None, :, None]) ** 2).mean()
+
     def uniform_params(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """``(t0, h)`` per input when the grid is uniform (cached until the grid changes)."""
         key = (self.grid.data_ptr(), self.grid._version, self.grid.device)
@@ -152,6 +160,10 @@ class KAN(nn.Module):
         for layer in self.layers:
             x = layer(x)
         return x
+
+    def slope_penalty(self) -> torch.Tensor:
+        """The layers' :meth:`KANLinear.slope_penalty`, summed."""
+        return sum(layer.slope_penalty() for layer in self.layers)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """Validate every layer's entries first, so a bad state dict leaves the model untouched."""

@@ -15,7 +15,7 @@ import torch
 
 from .checks import check_positive_int
 
-__all__ = ["MAX_K", "DEFAULT_KS", "BACKENDS", "default_ks", "check_k", "pick_backend", "assign_stats", "update_centroids", "reseed_empty",
+__all__ = ["MAX_K", "DEFAULT_KS", "BACKENDS", "default_ks", "ladder_ks", "check_k", "pick_backend", "assign_stats", "update_centroids", "reseed_empty",
            "init_centroids", "minibatch_update", "lloyd", "split_k"]
 
 MAX_K = 65_536  # uint16 indices
@@ -28,6 +28,15 @@ def default_ks(edges: int) -> list[int]:
     """The codebook sizes fitted when none are given: 256, 4,096 and the largest K the edge count
     supports (≤ 65,536), those above the edge count left out."""
     return sorted({k for k in (*DEFAULT_KS[:-1], min(edges, MAX_K)) if k <= edges})
+
+
+def ladder_ks(edges: int, start: int = 64, factor: int = 4) -> list[int]:
+    """Codebook sizes ``start · factor^j`` below the edge count (and ≤ 65,536): a sweep's K axis."""
+    out, k = [], start
+    while k < edges and k <= MAX_K:
+        out.append(k)
+        k *= factor
+    return out
 
 
 def check_k(k: int, n_points: int, what: str = "edges") -> None:

@@ -2,7 +2,8 @@
 
 *Storage* is what a file or a device arena must hold for inference. Dense and pruned KANs are
 counted with the spline scaler folded into the coefficients (``C + 1`` fp32 per edge: the
-smallest dense form, so ratios are not flattered). Every variant counts its grids; pruning
+smallest dense form, so ratios are not flattered). Every variant counts its grids, a uniform grid
+as ``(lo, h)`` (``bspline.grid_bytes``: what VQ layers store; dense ones are counted the same); pruning
 counts a 1-bit mask per edge; int8 counts its scales; VQ counts its codebook(s) once.
 
 *Runtime* is measured, not derived: the bytes of the module's resident tensors plus the peak of
@@ -19,6 +20,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from .bspline import grid_bytes
 from .kan import KAN
 
 __all__ = ["storage_components", "storage_bytes", "resident_bytes", "runtime_bytes", "PeakTracker"]
@@ -33,7 +35,7 @@ def storage_components(model: nn.Module) -> dict[str, int]:
         for layer in model.layers:
             out["base_weights"] += layer.base_weight.numel() * 4
             out["spline_coefficients"] += layer.spline_weight.numel() * 4
-            out["grid"] += layer.grid.numel() * layer.grid.element_size()
+            out["grid"] += grid_bytes(layer.grid)
         return out
     raise TypeError(f"no storage accounting for {type(model).__name__}")
 

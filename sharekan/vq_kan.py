@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bspline import cubic_active
+from .bspline import compact_grid, cubic_active, expand_grid
 from .checks import check_choice
 from .kan import KAN, KANLinear
 from .clustering import fit_codebook
@@ -28,7 +28,7 @@ from .vq import decode, decompose, index_dtype, nearest
 __all__ = ["DTYPES", "GAIN_DTYPES", "VQKANLinear", "VQKAN", "encode_layer", "edge_shapes", "fit_codebooks", "compress_kan"]
 
 DTYPES = STORAGE_DTYPES  # what gains, biases and base weights may be stored as
-GAIN_DTYPES = ("fp16", "int8")  # the widths the pipeline's compression table encodes
+GAIN_DTYPES = ("fp16", "int8", "int4")  # the widths the pipeline's compression table encodes
 
 _CHUNK_ELEMENTS = 1 << 20  # transient [rows, out_chunk, in] elements per step
 
@@ -62,7 +62,14 @@ class VQKANLinear(nn.Module):
         _register_q(self, "gain", gains)
         _register_q(self, "bias", biases)
         _register_q(self, "base", base_weight)
-        self.register_buffer("grid", grid.to(torch.float32))
+        grid = grid.to(torch.float32)
+        pair = compact_grid(grid)  # a uniform grid is stored as (lo, h): 8 bytes a layer, not 4·in·(G+7)
+        if pair is None:
+            self.register_buffer("grid", grid.clone())
+        else:
+            self.register_buffer("grid_lo", pair[0])
+            self.register_buffer("grid_h", pair[1])
+            self.register_buffer("grid", expand_grid(*pair, in_f, grid.shape[1]), persistent=False)
         h = (grid[:, -1] - grid[:, 0]) / (grid.shape[1] - 1)
         self.register_buffer("t0", grid[:, 0].to(torch.float32).contiguous(), persistent=False)
         self.register_buffer("h", h.to(torch.float32).contiguous(), persistent=False)
@@ -136,9 +143,10 @@ class VQKANLinear(nn.Module):
         def nbytes(*names):
             return sum(t.numel() * t.element_size() for n in names
                        if (t := getattr(self, n)) is not None)
+        grid = ("grid",) if "grid" in self.state_dict() else ("grid_lo", "grid_h")
         return {"indices": nbytes("indices"), "gains": nbytes("gain", "gain_scale"),
                 "biases": nbytes("bias", "bias_scale"), "base_weights": nbytes("base", "base_scale"),
-                "grid": nbytes("grid")}
+                "grid": nbytes(*grid)}
 
 
 class VQKAN(nn.Module):

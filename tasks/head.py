@@ -60,7 +60,8 @@ def train(run: Run, spec: HeadSpec, features_version: str, dataset_version: str,
     resume = None if checkpoint is None else Path(checkpoint).with_name(f"{run.version}.resume.pt")
     resumed_from = resume_epoch(resume)  # > 0 when an earlier attempt of this version was killed
     history = train_head(head, x, cls, box, centres, epochs=spec.epochs, batch_size=spec.batch_size, lr=spec.lr,
-                         seed=spec.seed, progress=progress, on_epoch=on_epoch, resume_path=resume)
+                         seed=spec.seed, progress=progress, on_epoch=on_epoch, resume_path=resume,
+                         lipschitz=spec.lipschitz)
     arrays = {k: v.detach().cpu().numpy() for k, v in head.state_dict().items()}
     out = run.put(arrays, meta={**meta, "history": history, "edges": cfg.edges})
     if resume is not None:

@@ -131,25 +131,30 @@ def check_shard_memory(shard_bytes: list[int], node_bytes: float, what: str) -> 
 
 
 class RayShards:
-    """One restartable actor per shard of ``version/name``: a ``sharekan.clustering.Source``; use as
-    a context manager (the actors stop on exit).
+    """One restartable actor per shard of ``version/name`` (or of several artifacts' ``name``,
+    pooled, e.g. the spline shapes of many heads): a ``sharekan.clustering.Source``; use as a
+    context manager (the actors stop on exit).
 
     ``backend``: "auto" assigns on GPUs when the cluster has any (each actor then claims an equal
     share of them) and on CPUs otherwise; "cpu", "cuda" or "faiss-gpu" force one (a GPU backend on
     a cluster without GPUs is refused before any actor starts). :attr:`backend` is what ran."""
 
-    def __init__(self, location, version: str, name: str, backend: str = "auto"):
+    def __init__(self, location, version: str | list[str], name: str, backend: str = "auto"):
         if backend not in ("auto", *BACKENDS):
             raise ValueError(f"k-means backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
-        self.location, self.version, self.name = location, version, name
-        self.what = f"{version}/{name}"
-        arr = ArtifactStore(location, create=False).get(version).array(name)
-        self.rows, self.dim = arr.shape[0], int(np.prod(arr.shape[1:]))
-        self.shard_rows = (arr.shards or arr.chunks)[0]
-        n = -(-self.rows // self.shard_rows)
+        versions = [version] if isinstance(version, str) else list(version)
+        self.location, self.name = location, name
+        self.version = versions[0] if len(versions) == 1 else None  # several: pooled, for fitting only
+        self.what = " + ".join(f"{v}/{name}" for v in versions)
+        shards = []  # (version, index, rows): every shard of every artifact, in order
+        for v in versions:
+            arr = ArtifactStore(location, create=False).get(v).array(name)
+            self.dim, self.shard_rows = int(np.prod(arr.shape[1:])), (arr.shards or arr.chunks)[0]
+            shards += [(v, i, min(self.shard_rows, arr.shape[0] - i * self.shard_rows))
+                       for i in range(-(-arr.shape[0] // self.shard_rows))]
+        self.rows, n = sum(r for _, _, r in shards), len(shards)
         # points, labels and FAISS's distance block: ~3× the float32 shard, plus the interpreter
-        need = [3 * min(self.shard_rows, self.rows - i * self.shard_rows) * self.dim * 4 + (200 << 20)
-                for i in range(n)]
+        need = [3 * rows * self.dim * 4 + (200 << 20) for _, _, rows in shards]
         nodes = [nd["Resources"].get("memory", 0) for nd in ray.nodes() if nd.get("Alive")]
         check_shard_memory(need, max(nodes, default=0), self.what)
         # explicit CPU (and GPU) shares: every shard gets an actor even when shards outnumber them
@@ -162,7 +167,7 @@ class RayShards:
         share = {"num_cpus": min(1.0, resources.get("CPU", 1.0) / n)}
         if backend != "cpu":
             share["num_gpus"] = min(1.0, gpus / n)
-        self.actors = [ShardActor.options(**share).remote(location, version, name, i, backend) for i in range(n)]
+        self.actors = [ShardActor.options(**share).remote(location, v, name, i, backend) for v, i, _ in shards]
         try:
             self.sizes = self.gather([a.size.remote() for a in self.actors])
             self.backend = ",".join(sorted(set(self.gather([a.which_backend.remote() for a in self.actors]))))
@@ -241,6 +246,8 @@ class RayShards:
                          meta: dict | None = None):
         """Store ``indices`` (nearest codeword per row) and the ``extra`` row arrays of the source
         as a new artifact with the source's shard layout; every actor writes its own shard."""
+        if self.version is None:
+            raise ValueError(f"an assignment is written back to one artifact, not to the pooled {self.what}")
         src = ArtifactStore(self.location, create=False).get(self.version)
         layout = {"indices": ((), _np_index_dtype(len(centroids)).str)}
         layout |= {n: (src.array(n).shape[1:], src.array(n).dtype.str) for n in extra}

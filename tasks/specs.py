@@ -15,8 +15,9 @@ from sharekan.clustering import MODES
 from sharekan.kmeans import MAX_K
 from sharekan.vq_kan import DTYPES, GAIN_DTYPES
 
-__all__ = ["Spec", "K", "Seed", "DatasetSpec", "BackboneSpec", "FeaturesSpec", "HeadSpec", "EvaluationSpec",
-           "SplinesSpec", "CodebookSpec", "AssignmentSpec", "CompressionSpec", "LuthamSpec"]
+__all__ = ["Spec", "K", "Seed", "DatasetSpec", "BackboneSpec", "PretrainSpec", "FeaturesSpec", "HeadSpec",
+           "EvaluationSpec",
+           "SplinesSpec", "CodebookSpec", "AssignmentSpec", "FinetuneSpec", "CompressionSpec", "LuthamSpec"]
 
 K = Annotated[int, Field(ge=1, le=MAX_K)]
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
@@ -36,18 +37,24 @@ class DatasetSpec(Spec):
     train_splits: str = Field("2007:train", pattern=SPLITS, title="training splits",
                               description="YEAR:SET[,YEAR:SET], e.g. 2007:trainval,2012:trainval")
     test_splits: str = Field("2007:val", pattern=SPLITS, title="test splits", description="YEAR:SET[,YEAR:SET]")
+    ood_splits: str = Field("", pattern=r"^$|" + SPLITS, title="out-of-distribution splits",
+                            description="YEAR:SET[,YEAR:SET] scored beside the test split (a domain shift); "
+                                        "empty = none")
     skip_bad: bool = Field(False, title="skip bad samples",
                            description="skip, count and list unreadable samples instead of failing the run")
     train_manifest: str = ""
     test_manifest: str = ""
+    ood_manifest: str = ""
+
+
+BACKBONES = ("resnet18", "resnet34", "resnet50")
 
 
 class BackboneSpec(Spec):
     """The frozen backbone and the image size it sees."""
 
     size: int = Field(192, ge=64, le=1024, multiple_of=32, title="image size", description="input image side, pixels")
-    backbone: Literal["resnet18", "resnet34", "resnet50"] = Field("resnet50", title="backbone",
-                                                                  description="frozen torchvision ResNet")
+    backbone: Literal[BACKBONES] = Field("resnet50", title="backbone", description="frozen torchvision ResNet")
     layer: Literal["layer3", "layer4"] = Field("layer3", title="feature layer",
                                                description="layer3 = C4 (stride 16), layer4 = C5 (stride 32)")
     weights: str | None = Field(None, title="backbone weights",
@@ -55,10 +62,26 @@ class BackboneSpec(Spec):
     seed: Seed = Field(0, title="seed", description="backbone init, head init and batch order")
 
 
+class PretrainSpec(Spec):
+    """Supervised pretraining of a backbone on the training split (when no weights exist)."""
+
+    backbone: Literal[BACKBONES]
+    layer: Literal["layer3", "layer4"]
+    size: int = Field(ge=64, le=1024)
+    seed: Seed
+    epochs: int = Field(8, ge=1, le=200, title="backbone pretraining epochs",
+                        description="when no weights are given or cached: epochs of supervised training of the "
+                                    "backbone on the training split (0 = keep the random initialisation)")
+    crop: int = Field(128, ge=32, le=1024, multiple_of=16, title="pretraining crop",
+                      description="side of the random window each pretraining step sees (capped at the image size)")
+    lr: float = Field(3e-3, gt=0, le=1)
+    batch_size: int = Field(32, ge=1, le=4096)
+
+
 class FeaturesSpec(BackboneSpec):
     """Backbone features of one split (``weights`` resolved to the file actually loaded)."""
 
-    split: Literal["train", "test"]
+    split: Literal["train", "test", "ood"]
     shard_images: int = Field(64, ge=1)
 
 
@@ -70,6 +93,9 @@ class HeadSpec(Spec):
     epochs: int = Field(6, ge=1, le=1000, title="epochs", description="passes over every feature-map location")
     lr: float = Field(5e-3, gt=0, le=1, title="learning rate", description="AdamW peak rate (one-cycle schedule)")
     batch_size: int = Field(2048, ge=1, le=1 << 20, title="batch size", description="locations per step")
+    lipschitz: float = Field(0.0, ge=0, le=100, title="Lipschitz penalty",
+                             description="weight of the mean squared slope of every edge's spline (LipKAN-style "
+                                         "smoothness, for robustness out of distribution); 0 = off")
     seed: Seed = Field(0, title="seed", description="backbone init, head init and batch order")
 
 
@@ -93,12 +119,30 @@ class AssignmentSpec(Spec):
     k: K
 
 
+class FinetuneSpec(Spec):
+    """VQ-aware fine-tuning of one compressed variant (codebook indices fixed)."""
+
+    k: K
+    gain_dtype: Literal[DTYPES]
+    epochs: int = Field(2, ge=1, le=100, title="fine-tuning epochs",
+                        description="passes over the training locations after compression (0 = no fine-tuning)")
+    lr: float = Field(1e-3, gt=0, le=1, title="fine-tuning learning rate", description="AdamW peak rate")
+    batch_size: int = Field(2048, ge=1, le=1 << 20)
+    train_codebook: bool = Field(False, title="fine-tune codewords",
+                                 description="train the shared codewords too (MetaCluster-style), not only the "
+                                             "per-edge gains, biases and base weights")
+    seed: Seed = 0
+
+
 class CompressionSpec(Spec):
-    """The variants of the compression table: baselines, and VQ at each K and gain dtype."""
+    """The variants of the compression table: baselines, VQ at each K and gain dtype, and the
+    fine-tuned VQ variants (``finetuned``: their (K, gain dtype), in the order their inputs come)."""
 
     ks: tuple[K, ...]
     gain_dtypes: tuple[Literal[DTYPES], ...] = GAIN_DTYPES
     sparsities: tuple[float, ...] = (0.1, 0.3, 0.5)
+    finetuned: tuple[tuple[K, Literal[DTYPES]], ...] = ()
+    split: Literal["test", "ood"] = "test"
 
 
 class LuthamSpec(Spec):

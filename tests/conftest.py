@@ -35,11 +35,13 @@ def pytest_collection_modifyitems(config, items):
 
 
 def tiny(tmp, **over):
-    """Pipeline parameters small enough for CI: 16 training images, ResNet-18, a KAN [256, 8, 24]."""
+    """Pipeline parameters small enough for CI: 16 training images (6 test, 4 shifted), ResNet-18 pretrained for one epoch, a KAN
+    [256, 8, 24]."""
     from flows.params import PipelineParams
 
-    base = {"data": {"n_train": 16, "n_test": 6},
-            "train": {"size": 64, "backbone": "resnet18", "hidden": 8, "epochs": 2, "batch_size": 256},
+    base = {"data": {"n_train": 16, "n_test": 6, "n_ood": 4},
+            "train": {"size": 64, "backbone": "resnet18", "pretrain_epochs": 1, "hidden": 8, "epochs": 2,
+                      "batch_size": 256},
             "compress": {"ks": [16, 256], "kmeans_niter": 5},
             "store": str(tmp / "store"), "out": str(tmp / "detection")}
     for section, values in over.items():

@@ -68,3 +68,19 @@ def test_non_uniform_grid_is_detected():
 def test_bad_grid_range():
     with pytest.raises(ValueError, match="grid_range"):
         make_grid(2, 5, 3, (1.0, -1.0))
+
+
+@pytest.mark.parametrize("grid_size,grid_range", [(10, (-3, 3)), (5, (-3, 3)), (20, (-3, 3)), (7, (-2.5, 1.3))])
+def test_a_uniform_grid_is_stored_as_two_numbers_and_comes_back_bit_for_bit(grid_size, grid_range):
+    from sharekan.bspline import compact_grid, expand_grid, grid_bytes
+
+    grid = make_grid(6, grid_size, 3, grid_range)
+    lo, h = compact_grid(grid)
+    assert lo.shape == h.shape == (1,) and grid_bytes(grid) == 8
+    assert torch.equal(expand_grid(lo, h, 6, grid.shape[1]), grid)
+    per_input = torch.cat([grid[:3], make_grid(3, grid_size, 3, (-1.5, 2.0))])  # each input its own range
+    lo, h = compact_grid(per_input)
+    assert lo.shape == (6,) and torch.equal(expand_grid(lo, h, 6, grid.shape[1]), per_input)
+    bent = grid.clone()
+    bent[:, 5] += 0.01  # not uniform: stored whole
+    assert compact_grid(bent) is None and grid_bytes(bent) == bent.numel() * 4

@@ -73,6 +73,25 @@ def test_one_loop_serves_one_array_and_the_shards(shapes):
     assert one_shard_start.shape == (30, 13) and len(np.unique(one_shard_start, axis=0)) == 30
 
 
+def test_shapes_of_several_artifacts_pool_into_one_codebook(shapes):
+    """Two heads' spline shapes in one k-means (a codebook shared by many heads): equal to k-means
+    on the concatenated points; writing an assignment back to the pool is refused."""
+    path, version, pts = shapes
+    rng = np.random.default_rng(1)
+    more = pts[rng.permutation(6000)[:2500]] + 0.05 * rng.standard_normal((2500, 13)).astype(np.float32)
+    other, _ = put_rows(ArtifactStore(path), "splines", {"n": 2500}, [], "c", {"shapes": more}, chunk_rows=1000,
+                        workers=1)
+    both = np.concatenate([pts, more])
+    init = init_centroids(both, 16, seed=5)
+    with RayShards(path, [version, other.version], "shapes") as pool:
+        assert pool.rows == 8500 and len(pool.actors) == 4 + 3
+        pooled, _ = kmeans(pool, 16, init=init, niter=20)
+        with pytest.raises(ValueError, match="not to the pooled"):
+            pool.write_assignment(ArtifactStore(path), "assignment", {}, [], "c", pooled)
+    ref, _ = kmeans(InMemory(both), 16, init=init, niter=20)
+    assert np.allclose(pooled, ref, atol=1e-5)
+
+
 def test_deterministic_across_runs(shapes):
     path, version, _ = shapes
     a, ha = distributed_kmeans(path, version, "shapes", 20, seed=7, niter=10, progress=False)

@@ -35,21 +35,29 @@ def test_report_and_exports(run):
     saved = json.loads((out / "report.json").read_text())
     assert 0.0 <= saved["map50"] <= 1.0
     names = [r["variant"] for r in saved["variants"]]
+    tuned = [f"VQ K={k} {dt} fine-tuned" for k in (16, 256) for dt in ("int8", "int4")]
     assert names == ["dense fp32", "int8 PTQ", "pruned 10%", "pruned 30%", "pruned 50%",
-                     "VQ K=16 fp16", "VQ K=16 int8", "VQ K=16 int4", "VQ K=256 fp16", "VQ K=256 int8", "VQ K=256 int4"]
+                     "VQ K=16 fp16", "VQ K=16 int8", "VQ K=16 int4", "VQ K=256 fp16", "VQ K=256 int8",
+                     "VQ K=256 int4", *tuned]
     by_name = {r["variant"]: r for r in saved["variants"]}
     assert by_name["VQ K=256 int4"]["storage_bytes"] < by_name["VQ K=256 int8"]["storage_bytes"]
     for row in saved["variants"]:
         assert row["storage_bytes"] > 0 and row["runtime_bytes_8img"] >= row["runtime_bytes_1img"] > 0
         assert row["compression"] == pytest.approx(saved["variants"][0]["storage_bytes"] / row["storage_bytes"])
     assert all(r["vq_forward_rel_diff"] < 1e-4 for r in saved["compression"] if r["variant"].startswith("VQ"))
-    assert list(saved["stages"]) == ["dataset", "features_train", "features_test", "head", "evaluation", "splines",
+    assert all(0 <= r["map50_ood"] <= 1 and "delta_map50_ood" in r for r in saved["variants"])  # the shifted split
+    assert "Δ OOD" in (out / "report.md").read_text()
+    assert list(saved["stages"]) == ["dataset", "backbone", "features_train", "features_test", "features_ood", "head",
+                                     "evaluation", "splines",
                                      "codebook K=16", "assignment K=16", "codebook K=256", "assignment K=256",
-                                     "compression", "lutham"]
+                                     "finetune K=16 int8", "finetune K=16 int4", "finetune K=256 int8",
+                                     "finetune K=256 int4", "compression", "compression_ood", "lutham"]
     for name, stage in ((k, s) for k, s in saved["stages"].items() if k != "lutham"):
         assert stage["created"] and stage["seconds"] >= 0 and stage["version"].startswith(stage["stage"] + "-")
-    assert [(r["kind"], r["k"], r["dtype"]) for r in saved["variants"][-3:]] == [("vq", 256, "fp16"), ("vq", 256, "int8"),
-                                                                               ("vq", 256, "int4")]
+    assert [(r["kind"], r["k"], r["dtype"], r["finetuned"]) for r in saved["variants"][-7:]] == [
+        ("vq", 256, "fp16", False), ("vq", 256, "int8", False), ("vq", 256, "int4", False),
+        ("vq", 16, "int8", True), ("vq", 16, "int4", True), ("vq", 256, "int8", True), ("vq", 256, "int4", True)]
+    assert by_name["VQ K=256 int4 fine-tuned"]["storage_bytes"] == by_name["VQ K=256 int4"]["storage_bytes"]
     coco = COCO(str(out / "coco_gt.json"))
     assert len(coco.getImgIds()) == 6
     assert all(d["category_id"] in coco.getCatIds() for d in json.loads((out / "coco_detections.json").read_text()))
@@ -72,7 +80,7 @@ def test_no_gpu_worker_marks_lutham_skipped(run):
 
 
 def test_every_stage_is_a_versioned_artifact_with_lineage(run):
-    tmp, _, report, _ = run
+    tmp, params, report, _ = run
     store = ArtifactStore(tmp / "store", create=False)
     stages = report["stages"]
     assert store.get(stages["compression"]["version"]).meta["rows"][0]["variant"] == "dense fp32"
@@ -86,10 +94,19 @@ def test_every_stage_is_a_versioned_artifact_with_lineage(run):
     assert len(assignment) == 2 and {a.inputs[0] for a in assignment} == \
         {report["codebooks"]["16"], report["codebooks"]["256"]}
     feats = store.get(stages["features_train"]["version"])
-    assert feats.array("feats").shape[0] == 16 and feats.inputs == [stages["dataset"]["version"]]
+    assert feats.array("feats").shape[0] == 16
+    assert store.get(stages["features_ood"]["version"]).array("feats").shape[0] == 4
+    assert feats.inputs == [stages["dataset"]["version"], stages["backbone"]["version"]]
+    assert feats.meta["backbone"]["pretrained"] and stages["backbone"]["version"] in feats.meta["backbone"]["weights"]
+    backbone = store.get(stages["backbone"]["version"])
+    assert backbone.inputs == [stages["dataset"]["version"]] and len(backbone.meta["history"]) == 1
     head = store.get(stages["head"]["version"])
     assert set(head.inputs) == {stages["features_train"]["version"], stages["dataset"]["version"]}
     assert len(store.ls("encoded")) == 6
+    tuned = store.get(stages["finetune K=256 int4"]["version"])
+    assert tuned.inputs == [stages["head"]["version"], stages["features_train"]["version"],
+                            stages["dataset"]["version"], report["codebooks"]["256"]]
+    assert tuned.meta["gain_dtype"] == "int4" and len(tuned.meta["history"]) == params.compress.finetune_epochs
 
 
 def test_checkpoint_restores_the_head(run):
@@ -128,7 +145,7 @@ def test_task_runs_and_artifacts_reach_the_flows_api(run):
                                                                                               "compile"}
     assert names["compile"].state.name == "Skipped" and names["train"].state.name == "Completed"
     by_name = {t.task_key.split("-")[0] if t.task_key else t.name for t in task_runs}
-    assert {"dataset", "features", "train", "evaluate", "splines", "codebook", "assignment", "compression"} <= by_name
+    assert {"dataset", "pretrain", "features", "train", "finetune", "evaluate", "splines", "codebook", "assignment", "compression"} <= by_name
     assert all(t.state.is_completed() for t in task_runs)
     assert {a.key for a in arts} >= {"sharekan-report", "sharekan-compression", "sharekan-stages"}
     by_key = {a.key: a for a in arts}
@@ -168,10 +185,16 @@ def test_invalid_parameters_are_refused_before_anything_runs(prefect_api, tmp_pa
     # rules across fields: the flow's first step, before any stage, one line naming the field
     from flows.preflight import PreflightError
     with pytest.raises(PreflightError, match=r"compress.ks: \[65536\] exceed the 8,384 edges"):
-        sharekan_pipeline({"train": {"hidden": 8}, "compress": {"ks": [256, 65536]}, "store": str(tmp_path / "s")})
+        sharekan_pipeline({"train": {"hidden": 8, "backbone": "resnet50"}, "compress": {"ks": [256, 65536]},
+                           "store": str(tmp_path / "s")})
     with pytest.raises(PreflightError, match=r"lutham_k: 65536 is not among the codebook sizes fitted "
                                              r"\(\[256, 4096, 8384\]\)"):  # a default K the head is too small for
-        sharekan_pipeline({"train": {"hidden": 8}, "lutham_k": 65536, "store": str(tmp_path / "s")})
+        sharekan_pipeline({"train": {"hidden": 8, "backbone": "resnet50"}, "lutham_k": 65536,
+                           "store": str(tmp_path / "s")})
+    with pytest.raises(PreflightError, match=r"compress.ks: \[4096\] exceed the 2,240 edges of a resnet18/layer3"):
+        sharekan_pipeline({"train": {"hidden": 8}, "compress": {"ks": [256, 4096]}, "store": str(tmp_path / "s")})
+    with pytest.raises(ParameterTypeError, match=r"finetune_dtypes \['int4'\] are not among"):
+        sharekan_pipeline({"compress": {"gain_dtypes": ["fp16", "int8"]}, "store": str(tmp_path / "s")})
     with pytest.raises(PreflightError, match="data.root: .* has no VOCdevkit folder"):
         sharekan_pipeline({"data": {"root": str(tmp_path)}, "store": str(tmp_path / "s")})
     assert not (tmp_path / "s").exists()

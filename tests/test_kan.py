@@ -120,3 +120,32 @@ def test_input_width_mismatch_is_named():
 def test_bad_sizes(bad):
     with pytest.raises(ValueError, match="grid_size"):
         KANLinear(3, 2, grid_size=bad)
+
+
+def test_slope_penalty_is_the_mean_squared_control_polygon_slope():
+    layer = KAN([3, 2], grid_size=5, grid_range=(-1, 1)).layers[0]  # h = 0.4
+    with torch.no_grad():
+        layer.spline_scaler.fill_(1.0)
+        layer.spline_weight.copy_(torch.arange(8.0).expand(2, 3, 8) * 0.2)  # every slope 0.2 / 0.4 = 0.5
+    assert torch.isclose(layer.slope_penalty(), torch.tensor(0.25))
+    penalty = layer.slope_penalty()
+    penalty.backward()
+    assert layer.spline_weight.grad.abs().sum() > 0
+
+
+def test_the_lipschitz_penalty_makes_trained_edges_smoother():
+    from sharekan.detection.head import HeadConfig, KANDetectionHead
+    from sharekan.detection.train import train_head
+
+    x = torch.randn(512, 6)
+    cls = torch.where(x[:, 0] > 0.5, 1, -1)
+    box = torch.tensor([[8.0, 8.0, 40.0, 40.0]]).expand(512, 4)
+    centres = torch.full((512, 2), 24.0)
+    slopes = []
+    for lam in (0.0, 10.0):
+        torch.manual_seed(0)
+        head = KANDetectionHead(HeadConfig(in_channels=6, num_classes=2, hidden=4, grid_size=5))
+        randomize(head.kan, 0.3)  # rough edges to start from
+        train_head(head, x, cls, box, centres, epochs=10, batch_size=64, lr=1e-2, progress=False, lipschitz=lam)
+        slopes.append(float(head.kan.slope_penalty()))
+    assert slopes[1] < 0.5 * slopes[0]

@@ -120,7 +120,7 @@ def test_int4_packing_round_trips_every_value_bit_exactly():
         pack_int4(torch.tensor([[9]], dtype=torch.int8))
 
 
-@pytest.mark.parametrize("gain_dtype", ["fp16", "int8", "int4"])
+@pytest.mark.parametrize("gain_dtype", ["fp32", "fp16", "int8", "int4"])
 def test_every_stored_form_round_trips_through_its_state_dict(gain_dtype):
     model = randomize(KAN([9, 5, 3]))
     vq = compress_kan(model, 8, gain_dtype=gain_dtype, seed=0)
@@ -130,6 +130,20 @@ def test_every_stored_form_round_trips_through_its_state_dict(gain_dtype):
     assert all(torch.equal(again.state_dict()[k], v) for k, v in state.items())  # bit-exact
     x = torch.randn(4, 9)
     assert torch.equal(again(x), vq(x))
+    assert all(torch.equal(a.grid, b.grid) for a, b in zip(again.layers, vq.layers))  # rebuilt from (lo, h)
+
+
+@pytest.mark.parametrize("gain_dtype", ["fp32", "fp16", "int8", "int4"])
+def test_storage_accounting_is_exactly_the_stored_state(gain_dtype):
+    """What the accounting counts is what a state dict holds (the shared codebook once), and the
+    uniform grid is 2 fp32 per layer."""
+    from sharekan.memory import storage_components
+
+    vq = compress_kan(randomize(KAN([9, 5, 3])), 8, gain_dtype=gain_dtype, seed=0)
+    unique = {t.data_ptr(): t.numel() * t.element_size() for t in vq.state_dict().values()}
+    comps = storage_components(vq)
+    assert sum(comps.values()) == sum(unique.values())
+    assert comps["grid"] == 2 * 2 * 4 and "layers.0.grid" not in vq.state_dict()
 
 
 def test_int4_side_data_is_smaller_than_int8():

@@ -32,18 +32,20 @@ __all__ = ["Variant", "baseline_variants", "vq_variants", "compare_variants", "r
 
 @dataclass(frozen=True)
 class Variant:
-    """What a compressed head is: ``kind`` and, for VQ, codebook size ``k`` and gain ``dtype``; for
-    pruning, the ``sparsity``. ``name`` is for people (tables, charts), never parsed."""
+    """What a compressed head is: ``kind`` and, for VQ, codebook size ``k``, gain ``dtype`` and
+    whether it was ``finetuned`` after compression; for pruning, the ``sparsity``. ``name`` is for
+    people (tables, charts), never parsed."""
 
     kind: Literal["dense", "int8", "pruned", "vq"]
     k: int | None = None
     dtype: str | None = None
     sparsity: float | None = None
+    finetuned: bool = False
 
     @property
     def name(self) -> str:
         if self.kind == "vq":
-            return f"VQ K={self.k} {self.dtype}"
+            return f"VQ K={self.k} {self.dtype}" + (" fine-tuned" if self.finetuned else "")
         if self.kind == "pruned":
             return f"pruned {round(self.sparsity * 100)}%"
         return {"dense": "dense fp32", "int8": "int8 PTQ"}[self.kind]
@@ -57,7 +59,7 @@ def runtime_k(rows: list[dict], min_compression: float = 2.0) -> int:
     those stored ≥ ``min_compression``× smaller than dense (ties: the smaller K), else the most
     compressed one. The largest K is not the default: at K near the edge count the codebook is as
     big as the splines it replaces (K = 65,536 on a 67k-edge head compresses 1.0×)."""
-    vq = [(r["k"], r) for r in rows if r["kind"] == "vq" and r["dtype"] == "fp16"]
+    vq = [(r["k"], r) for r in rows if r["kind"] == "vq" and r["dtype"] == "fp16" and not r.get("finetuned")]
     if not vq:
         raise ValueError("no VQ variant with fp16 gains among the compression rows")
     small = [(k, r) for k, r in vq if r["compression"] >= min_compression]

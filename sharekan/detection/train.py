@@ -7,11 +7,13 @@ epoch's state to an optional ``on_epoch`` callback (the caller saves checkpoints
 ``resume_path`` it saves everything training needs after every epoch (weights, optimiser,
 schedule, both random streams, history; atomically) and, when the file exists, continues from
 it: a run killed at epoch 11 of 40 and restarted ends with the same weights as one never killed.
-:func:`predict` turns feature maps into per-image detections in original pixels.
+:func:`finetune_vq` fine-tunes a compressed
+KAN's stored values on the same loss. :func:`predict` turns feature maps into per-image detections in original pixels.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import Callable
@@ -20,11 +22,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ..finetune import trainable
+from ..vq_kan import VQKAN
 from .evaluate import Detections, GroundTruth
 from .head import KANDetectionHead, assign_targets, decode, head_loss, location_centres
 from .voc import Sample
 
-__all__ = ["location_targets", "train_head", "resume_epoch", "predict", "ground_truth"]
+__all__ = ["location_targets", "train_head", "finetune_vq", "resume_epoch", "predict", "ground_truth"]
 
 
 def _scaled(sample: Sample, size: int) -> torch.Tensor:
@@ -51,8 +55,9 @@ def train_head(head: KANDetectionHead, x: torch.Tensor, cls: torch.Tensor, box: 
                centres: torch.Tensor, epochs: int = 10, batch_size: int = 2048, lr: float = 3e-3,
                weight_decay: float = 1e-4, seed: int = 0, progress: bool = True,
                on_epoch: Callable[[int, dict], None] | None = None,
-               resume_path: str | Path | None = None) -> list[dict]:
-    """Train in place; returns per-epoch mean losses."""
+               resume_path: str | Path | None = None, lipschitz: float = 0.0) -> list[dict]:
+    """Train in place; returns per-epoch mean losses. ``lipschitz`` > 0 adds that multiple of the
+    KAN's :meth:`~sharekan.kan.KAN.slope_penalty` to the loss (LipKAN-style smoothness)."""
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be ≥ 1, got {epochs}, {batch_size}")
     gen = torch.Generator().manual_seed(seed)
@@ -66,7 +71,7 @@ def train_head(head: KANDetectionHead, x: torch.Tensor, cls: torch.Tensor, box: 
     cfg = head.cfg
     history, start = [], 0
     key = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay, "seed": seed,
-           "rows": int(x.shape[0])}
+           "rows": int(x.shape[0]), "lipschitz": lipschitz}
     if resume_path is not None and Path(resume_path).is_file():
         state = torch.load(resume_path, weights_only=True)
         if state["key"] == key:
@@ -86,6 +91,8 @@ def train_head(head: KANDetectionHead, x: torch.Tensor, cls: torch.Tensor, box: 
         for step in bar:
             idx = order[step * batch_size:(step + 1) * batch_size]
             loss, parts = head_loss(head(x[idx]), cls[idx], box[idx], centres[idx], cfg.num_classes, cfg.stride)
+            if lipschitz:
+                loss = loss + lipschitz * head.kan.slope_penalty()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -106,6 +113,20 @@ def train_head(head: KANDetectionHead, x: torch.Tensor, cls: torch.Tensor, box: 
             on_epoch(epoch, head.state_dict())
     head.eval()
     return history
+
+
+def finetune_vq(head: KANDetectionHead, vq: VQKAN, x: torch.Tensor, cls: torch.Tensor, box: torch.Tensor,
+                centres: torch.Tensor, epochs: int = 2, batch_size: int = 2048, lr: float = 1e-3,
+                train_codebook: bool = False, seed: int = 0, progress: bool = True) -> tuple[VQKAN, list[dict]]:
+    """``vq`` (the compressed form of ``head.kan``) fine-tuned on the head's loss with its indices
+    fixed (see :mod:`sharekan.finetune`); ``head`` itself is unchanged. Returns the new
+    compressed KAN and per-epoch losses."""
+    tuned = copy.deepcopy(head)
+    tuned.kan = trainable(vq, train_codebook)
+    tuned.out_bias.requires_grad_(False)
+    history = train_head(tuned, x, cls, box, centres, epochs=epochs, batch_size=batch_size, lr=lr,
+                         weight_decay=0.0, seed=seed, progress=progress)
+    return tuned.kan.encoded(), history
 
 
 def resume_epoch(path: str | Path | None) -> int:
