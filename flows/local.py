@@ -21,7 +21,9 @@ from typing import Iterator
 
 import psutil
 
-__all__ = ["database_url", "free_port", "port_in_use", "prefect_env", "prefect_server", "worker", "ray_head", "ray_token",
+from tasks.cluster import ensure_token
+
+__all__ = ["database_url", "free_port", "port_in_use", "prefect_env", "prefect_server", "worker", "ray_head",
            "bin_path", "POOL", "PortInUse"]
 
 POOL = "sharekan-pool"
@@ -162,18 +164,6 @@ def _wait_listening(port: int, what: str, timeout: float) -> None:
             time.sleep(0.5)
 
 
-def ray_token(env: dict | None = None) -> None:
-    """Make sure Ray has an authentication token (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or
-    ``~/.ray/auth_token``, made by ``ray get-auth-token --generate`` when none exists)."""
-    env = env or prefect_env()
-    if env.get("RAY_AUTH_TOKEN") or env.get("RAY_AUTH_TOKEN_PATH"):
-        return
-    done = subprocess.run([bin_path("ray"), "get-auth-token", "--generate"], env=env, capture_output=True,
-                          text=True, timeout=120)
-    if done.returncode:
-        raise RuntimeError(f"cannot make a Ray authentication token: {done.stderr[-1000:]}")
-
-
 def _stop_tree(roots: list, timeout: float = 15) -> None:
     """SIGTERM ``roots`` (psutil processes) and all their descendants, SIGKILL what remains."""
     procs = {p.pid: p for r in roots for p in [r, *_children(r)]}
@@ -214,7 +204,7 @@ def ray_head(port: int = 6379, num_cpus: int | None = None, env: dict | None = N
     (it waits only 10 s for the agent, which a busy 2-core machine can exceed)."""
     env = env or prefect_env()
     _claim(port, "a Ray head")
-    ray_token(env)
+    ensure_token(env)
     temp_dir = tempfile.mkdtemp(prefix="skray-", dir="/tmp")  # short: Ray's socket paths live here
     cmd = [bin_path("ray"), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
            "--disable-usage-stats", f"--temp-dir={temp_dir}"]

@@ -3,20 +3,44 @@
 running ``ray start --head`` on this machine) or ``ray://host:port``. Ray's token authentication
 stays on: Ray enables it for a new local cluster (making ``~/.ray/auth_token``) unless
 ``RAY_AUTH_MODE`` says otherwise, and nothing here says otherwise; some of Ray's servers listen on
-every interface whatever the node address, so the token is what keeps others out. The Prefect API URL (and the store location) are passed to every worker, so task
-runs on Ray report to the flow's API."""
+every interface whatever the node address, so the token is what keeps others out.
+:func:`ensure_token` makes the token before a local cluster starts and names its file in
+``RAY_AUTH_TOKEN_PATH``, so every Ray process finds it even where ``$HOME`` is unset or differs
+(on a fresh machine Ray's own servers otherwise fail to start). The Prefect API URL (and the store
+location) are passed to every worker, so task runs on Ray report to the flow's API."""
 
 from __future__ import annotations
 
 import os
+import secrets
+from pathlib import Path
 
 import ray
 
-__all__ = ["connect", "worker_env", "init_kwargs"]
+__all__ = ["connect", "worker_env", "init_kwargs", "ensure_token"]
 
 _FORWARD = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_SERVER_ANALYTICS_ENABLED", "SHAREKAN_STORE",
             "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-            "RAY_AUTH_MODE")
+            "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")
+
+
+def ensure_token(env: dict | None = None) -> None:
+    """Token authentication (Ray's default for a new cluster, and ours): unless ``RAY_AUTH_MODE`` turns
+    it off or ``RAY_AUTH_TOKEN`` holds the token, make sure the token file exists (``RAY_AUTH_TOKEN_PATH``,
+    else ``~/.ray/auth_token``: 32 random bytes, hex, readable by its owner alone) and name it in
+    ``env`` (default ``os.environ``) as ``RAY_AUTH_TOKEN_PATH``."""
+    env = os.environ if env is None else env
+    if env.get("RAY_AUTH_MODE", "token") != "token" or env.get("RAY_AUTH_TOKEN"):
+        return
+    path = Path(env.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if not (path.is_file() and path.read_text().strip()):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+        os.replace(tmp, path)  # atomically: a concurrent start reads a whole token or none
+    env["RAY_AUTH_TOKEN_PATH"] = str(path)
 
 
 def worker_env() -> dict[str, str]:
@@ -43,5 +67,9 @@ def init_kwargs(address: str | None = None, num_cpus: int | None = None) -> dict
 def connect(address: str | None = None, num_cpus: int | None = None) -> dict:
     """Initialise Ray once per process; returns the cluster's resources."""
     if not ray.is_initialized():
-        ray.init(**init_kwargs(address, num_cpus))
+        kwargs = init_kwargs(address, num_cpus)
+        if kwargs["address"] == "local":
+            ensure_token()
+            kwargs["runtime_env"]["env_vars"] = worker_env()
+        ray.init(**kwargs)
     return ray.cluster_resources()
