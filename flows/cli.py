@@ -30,6 +30,8 @@ def _store(location: str | None) -> ArtifactStore:
 @click.group()
 def main() -> None:
     """SHARe-KAN: KAN heads compressed by Gain-Shape-Bias VQ."""
+    # Ray reads its authentication mode once, when it is imported: set before anything imports it
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 def _json_params(text: str | None) -> dict:
