@@ -37,7 +37,7 @@ class DataParams(_Params):
     n_test: int = Field(200, ge=4, le=100_000, title="synthetic test images",
                         description="images generated when no VOC root is given")
     seed: Seed | None = Field(None, title="synthetic data seed", description="empty = the training seed")
-    n_ood: int = Field(200, ge=0, le=100_000, title="synthetic out-of-distribution images",
+    n_ood: int = Field(100, ge=0, le=100_000, title="synthetic out-of-distribution images",
                        description="a shifted test split generated when no VOC root is given (colours, contrast, "
                                    "striped backgrounds, noise, smaller objects); 0 = none")
     ood_splits: str = DatasetSpec.model_fields["ood_splits"]

@@ -233,6 +233,9 @@ def pareto_png(rows: list[dict]) -> bytes:
     for r in rows:
         if r["kind"] == "vq":
             lines.setdefault((r["grid_size"], r["side_bits"], r["finetuned"]), []).append(r)
+        elif r["kind"] == "int8":
+            ax.scatter(r["storage_bytes"], r["map50_mean"], c="grey", marker="s", s=22, zorder=4,
+                       label="int8 PTQ" if r["grid_size"] == min(colours) else None)
         elif r["kind"] == "dense":
             ax.scatter(r["storage_bytes"], r["map50_mean"], c="k", marker="o", zorder=4)
             ax.annotate(f"dense G={r['grid_size']}", (r["storage_bytes"], r["map50_mean"]), textcoords="offset points",

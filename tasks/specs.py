@@ -69,7 +69,7 @@ class PretrainSpec(Spec):
     layer: Literal["layer3", "layer4"]
     size: int = Field(ge=64, le=1024)
     seed: Seed
-    epochs: int = Field(8, ge=1, le=200, title="backbone pretraining epochs",
+    epochs: int = Field(6, ge=1, le=200, title="backbone pretraining epochs",
                         description="when no weights are given or cached: epochs of supervised training of the "
                                     "backbone on the training split (0 = keep the random initialisation)")
     crop: int = Field(128, ge=32, le=1024, multiple_of=16, title="pretraining crop",

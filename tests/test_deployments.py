@@ -89,6 +89,7 @@ def test_deploy_trigger_and_inspect_through_the_api(server):
     schedules = {d.name: d.schedules for d in deployments}
     assert schedules["pipeline"] and not any(s.active for s in schedules["pipeline"])
     assert schedules["sweep"] and not any(s.active for s in schedules["sweep"])
+    assert {"pareto", "shared-codebook"} <= set(schedules)  # the study flows, runnable from the UI
     report = json.loads((tmp / "deployed" / "report.json").read_text())
     assert ArtifactStore(tmp / "store", create=False).has(report["stages"]["compression"]["version"])
 

@@ -198,3 +198,64 @@ def test_invalid_parameters_are_refused_before_anything_runs(prefect_api, tmp_pa
     with pytest.raises(PreflightError, match="data.root: .* has no VOCdevkit folder"):
         sharekan_pipeline({"data": {"root": str(tmp_path)}, "store": str(tmp_path / "s")})
     assert not (tmp_path / "s").exists()
+
+
+@pytest.fixture(scope="module")
+def base(run):
+    """The studies' base: the pipeline run's own parameters, so its stored stages serve them."""
+    tmp, params, _, _ = run
+    return tmp, params.model_copy(update={"lutham": False}).model_dump()
+
+
+def test_pareto_sweep_flow(base):
+    """G = 10 seed 0 is the pipeline run above (its head is reused); seeds 0 and 1 at G = 10 and 5."""
+    from flows.studies import SweepParams, pareto_sweep
+
+    tmp, b = base
+    params = SweepParams(base=b, grid_sizes=[10, 5], seeds=[0, 1], ks=[16], side_dtypes=["int4"], finetune=False,
+                         parallel=2, out=str(tmp / "pareto"))
+    result = pareto_sweep(params)
+    rows = {(r["grid_size"], r["variant"]): r for r in result["rows"]}
+    assert set(rows) == {(g, v) for g in (10, 5) for v in ("dense fp32", "int8 PTQ", "pruned 10%", "pruned 30%",
+                                                           "pruned 50%", "VQ K=16 int4")}
+    assert all(r["seeds"] == [0, 1] and "delta_map_ood_mean" in r for r in result["rows"])
+    assert rows[(5, "VQ K=16 int4")]["storage_bytes"] < rows[(10, "VQ K=16 int4")]["storage_bytes"] < \
+        rows[(10, "dense fp32")]["storage_bytes"]
+    front = [r for r in result["rows"] if r["pareto"]]
+    assert front and all(not any(o["storage_bytes"] < f["storage_bytes"] and o["map50_mean"] > f["map50_mean"]
+                                 for o in result["rows"]) for f in front)
+    saved = json.loads((tmp / "pareto" / "pareto.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(result["rows"]))
+    assert (tmp / "pareto" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    # one data set, backbone and set of features for every grid size and seed; a re-run does no work
+    a, b = (json.loads((tmp / "pareto" / f"G{g}-seed{s}" / "report.json").read_text())["stages"] for g, s in ((10, 0), (5, 1)))
+    assert all(a[k]["version"] == b[k]["version"] for k in ("dataset", "backbone", "features_train"))
+    assert a["head"]["version"] != b["head"]["version"]
+    assert result["command"].startswith("sharekan study pareto --params '{") and '"grid_sizes":[10,5]' in result["command"]
+    again = pareto_sweep(params)
+    assert again["rows"] == result["rows"]
+    assert not a["head"]["created"]  # G = 10, seed 0: the pipeline run's head
+    for g in (10, 5):
+        stages = json.loads((tmp / "pareto" / f"G{g}-seed1" / "report.json").read_text())["stages"]
+        assert not any(s["created"] for s in stages.values() if s.get("version"))
+
+
+def test_shared_codebook_flow(base):
+    from flows.studies import SharedParams, shared_codebook
+    from storage.store import ArtifactStore
+
+    tmp, b = base
+    result = shared_codebook(SharedParams(base=b, head_seeds=[0, 1], transfer_seed=2, k=16, side_dtypes=["int4"],
+                                          out=str(tmp / "shared")))
+    rows = {r["variant"]: r for r in result["rows"]}
+    assert set(rows) == {"VQ K=16 int4", "VQ K=16 int4 fine-tuned"}
+    r = rows["VQ K=16 int4"]
+    separate = r["dense_bytes"] / r["separate_ratio"]  # each head with a codebook of its own size
+    assert r["heads"] == 2 and separate - r["shared_bytes"] == pytest.approx(r["codebook_bytes"])  # one book, not two
+    assert r["ratio"] == pytest.approx(r["dense_bytes"] / r["shared_bytes"]) and r["ratio"] > r["separate_ratio"]
+    assert set(r["per_head_delta"]) == {"0", "1"} and -1 <= r["transfer_delta"] <= 1
+    book = ArtifactStore(b["store"], create=False).get(result["codebook"])
+    assert len(book.inputs) == 2 and all(v.startswith("splines-") for v in book.inputs)
+    assert (tmp / "shared" / "shared.json").is_file()
+    with pytest.raises(ValueError, match="unseen head must be unseen"):
+        shared_codebook(SharedParams(base=b, head_seeds=[0, 1], transfer_seed=1, k=16, out=str(tmp / "x")))
