@@ -104,11 +104,10 @@ def run(data, n_train, n_test, epochs, seed, ks, kmeans_mode, kmeans_backend, st
         preflight(params)  # the flow checks again; here it fails before any server starts
     except PreflightError as e:
         raise click.UsageError(str(e)) from None
-    from flows.pipeline import sharekan_pipeline
+    report = _run_flow(lambda: __import__("flows.pipeline").pipeline.sharekan_pipeline, params, params.out, address)
     from flows.report import stage_state, variant_columns
     from sharekan.table import format_table
 
-    report = _run_flow(sharekan_pipeline, params, params.out, address)
     click.echo(f"\ndense head: mAP@0.5 {report['map50']:.4f} ({report['metric']}), "
                f"torchmetrics COCO-style AP50 {report['torchmetrics_map50']:.4f}")
     click.echo(format_table(report["variants"], variant_columns(report["variants"])))
@@ -121,9 +120,11 @@ def run(data, n_train, n_test, epochs, seed, ks, kmeans_mode, kmeans_backend, st
     click.echo(f"\nreport: {Path(params.out) / 'report.json'} (and report.md) in {report['seconds']:.0f}s")
 
 
-def _run_flow(flow, params, out: str, address: str | None):
-    """``flow(params)`` on Ray (``address``, or a local cluster) reporting to Prefect's API
-    ($PREFECT_API_URL, or a temporary server of this run's own); its result, or a one-line error."""
+def _run_flow(load_flow, params, out: str, address: str | None):
+    """``load_flow()(params)`` on Ray (``address``, or a local cluster) reporting to Prefect's API
+    ($PREFECT_API_URL, or a temporary server of this run's own); its result, or a one-line error.
+    The flow is imported only once the API's address is in the environment: Prefect reads its
+    settings when first imported, and would otherwise start a server of its own."""
     from flows.local import prefect_env, prefect_server
     from tasks.cluster import connect
 
@@ -145,7 +146,7 @@ def _run_flow(flow, params, out: str, address: str | None):
             resources = connect(address)
             click.echo(f"Ray: {address or 'local'} cluster, {resources.get('CPU', 0):.0f} CPUs, "
                        f"{resources.get('GPU', 0):.0f} GPUs")
-            state = flow(params, return_state=True)
+            state = load_flow()(params, return_state=True)
         finally:
             _flush_logs()  # before a temporary server stops, failed or not
     if not state.is_completed():
@@ -164,11 +165,11 @@ def study(which: str, params_json: str | None, address: str | None) -> None:
 
     from flows.preflight import PreflightError, preflight
     from flows.report import PARETO_COLUMNS, SHARED_COLUMNS
-    from flows.studies import SharedParams, SweepParams, pareto_sweep, shared_codebook
+    from flows.params import SharedParams, SweepParams
     from sharekan.table import format_table
 
-    model, flow, columns = {"pareto": (SweepParams, pareto_sweep, PARETO_COLUMNS),
-                            "shared": (SharedParams, shared_codebook, SHARED_COLUMNS)}[which]
+    model, name, columns = {"pareto": (SweepParams, "pareto_sweep", PARETO_COLUMNS),
+                            "shared": (SharedParams, "shared_codebook", SHARED_COLUMNS)}[which]
     try:
         params = model.model_validate(_json_params(params_json))
         preflight(params.base)
@@ -176,7 +177,7 @@ def study(which: str, params_json: str | None, address: str | None) -> None:
         raise click.BadParameter(str(e), param_hint="--params") from None
     except PreflightError as e:
         raise click.UsageError(str(e)) from None
-    result = _run_flow(flow, params, params.out, address)
+    result = _run_flow(lambda: getattr(__import__("flows.studies").studies, name), params, params.out, address)
     rows = [{**r, "pareto": "*" if r.get("pareto") else ""} for r in result["rows"]]
     click.echo(format_table(rows, columns))
     click.echo(f"\nreport: {Path(params.out) / (which + '.json')} (and {which}.md)")

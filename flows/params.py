@@ -18,7 +18,7 @@ from sharekan.vq_kan import DTYPES, GAIN_DTYPES
 from tasks.specs import (BACKBONES, AssignmentSpec, BackboneSpec, CodebookSpec, CompressionSpec, DatasetSpec,
                          EvaluationSpec, FeaturesSpec, FinetuneSpec, HeadSpec, K, Mode, PretrainSpec, Seed, Spec)
 
-__all__ = ["DataParams", "TrainParams", "CompressParams", "PipelineParams"]
+__all__ = ["DataParams", "TrainParams", "CompressParams", "PipelineParams", "SweepParams", "SharedParams"]
 
 
 class _Params(Spec):
@@ -168,3 +168,47 @@ class PipelineParams(_Params):
                              "list it in compress.ks")
         return self
 
+
+def _study_base() -> PipelineParams:
+    return PipelineParams(lutham=False)
+
+
+class SweepParams(_Params):
+    """The K×G sweep: every (grid size, seed) pair is one pipeline run of ``base`` with that G and seed
+    (head, k-means and fine-tuning seeds); the data and the frozen backbone stay those of ``base``'s
+    seed, so the spread is the compression's, not the features'."""
+
+    base: PipelineParams = Field(default_factory=_study_base, title="pipeline parameters",
+                                 description="everything else, as for one pipeline run (its grid size, seed, "
+                                             "codebook sizes and side-data widths are the sweep's)")
+    grid_sizes: list[int] = Field([5, 10, 20], min_length=1, title="grid sizes G")
+    seeds: list[Seed] = Field([0, 1, 2], min_length=1, title="seeds",
+                              description="one head (and backbone, and k-means) per seed; rows are averaged over them")
+    ks: list[K] | None = Field(None, min_length=1, title="codebook sizes K",
+                               description="empty = 64, 256, 1,024, ... up to the largest below the edge count")
+    side_dtypes: list[Literal[DTYPES]] = Field(["int8", "int4"], min_length=1, title="side-data widths")
+    finetune: bool = Field(True, title="fine-tuned variants", description="also fine-tune every VQ variant")
+    parallel: int = Field(1, ge=1, le=64, title="runs at once",
+                          description="pipeline runs in flight together (their stages share the Ray cluster)")
+    out: str = Field("artifacts/pareto", title="report folder")
+
+
+class SharedParams(_Params):
+    """One codebook for many heads."""
+
+    base: PipelineParams = Field(default_factory=_study_base, title="pipeline parameters",
+                                 description="data, backbone and head as for one pipeline run")
+    head_seeds: list[Seed] = Field([0, 1, 2, 3, 4, 5, 6, 7], min_length=2, title="head seeds",
+                                   description="one head per seed, all on the same frozen backbone")
+    transfer_seed: Seed = Field(100, title="unseen head's seed",
+                                description="a head trained like the others, left out of the codebook")
+    k: K = Field(256, title="codebook size K")
+    side_dtypes: list[Literal[DTYPES]] = Field(["int8", "int4"], min_length=1, title="side-data widths")
+    finetune: bool = Field(True, title="fine-tuned variants")
+    out: str = Field("artifacts/shared", title="report folder")
+
+    @model_validator(mode="after")
+    def _transfer_unseen(self):
+        if self.transfer_seed in self.head_seeds:
+            raise ValueError(f"transfer_seed {self.transfer_seed} is one of head_seeds: the unseen head must be unseen")
+        return self

@@ -15,48 +15,21 @@ from __future__ import annotations
 import contextvars
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal
 
 from prefect import flow, get_run_logger
-from pydantic import Field
 
 from sharekan.kmeans import ladder_ks
 from sharekan.studies import pareto_front, seed_averaged, shared_storage
-from sharekan.vq_kan import DTYPES
 from storage.store import parse_location
 from tasks import compress, head
-from tasks.specs import CodebookSpec, CompressionSpec, FinetuneSpec, K, Seed, SplinesSpec
+from tasks.specs import CodebookSpec, CompressionSpec, FinetuneSpec, SplinesSpec
 
-from .params import PipelineParams, _Params
+from .params import PipelineParams, SharedParams, SweepParams
 from .pipeline import _logged, _run, _submit, dataset_stage, features_stages, sharekan_pipeline
 from .preflight import preflight
 from .runner import ClusterTaskRunner
 
-__all__ = ["SweepParams", "SharedParams", "pareto_sweep", "shared_codebook"]
-
-
-def _study_base() -> PipelineParams:
-    return PipelineParams(lutham=False)
-
-
-class SweepParams(_Params):
-    """The K×G sweep: every (grid size, seed) pair is one pipeline run of ``base`` with that G and seed
-    (head, k-means and fine-tuning seeds); the data and the frozen backbone stay those of ``base``'s
-    seed, so the spread is the compression's, not the features'."""
-
-    base: PipelineParams = Field(default_factory=_study_base, title="pipeline parameters",
-                                 description="everything else, as for one pipeline run (its grid size, seed, "
-                                             "codebook sizes and side-data widths are the sweep's)")
-    grid_sizes: list[int] = Field([5, 10, 20], min_length=1, title="grid sizes G")
-    seeds: list[Seed] = Field([0, 1, 2], min_length=1, title="seeds",
-                              description="one head (and backbone, and k-means) per seed; rows are averaged over them")
-    ks: list[K] | None = Field(None, min_length=1, title="codebook sizes K",
-                               description="empty = 64, 256, 1,024, ... up to the largest below the edge count")
-    side_dtypes: list[Literal[DTYPES]] = Field(["int8", "int4"], min_length=1, title="side-data widths")
-    finetune: bool = Field(True, title="fine-tuned variants", description="also fine-tune every VQ variant")
-    parallel: int = Field(1, ge=1, le=64, title="runs at once",
-                          description="pipeline runs in flight together (their stages share the Ray cluster)")
-    out: str = Field("artifacts/pareto", title="report folder")
+__all__ = ["pareto_sweep", "shared_codebook"]
 
 
 def _sweep_run(p: SweepParams, grid_size: int, seed: int, ks: list[int]) -> PipelineParams:
@@ -111,21 +84,6 @@ def pareto_sweep(params: SweepParams = SweepParams()) -> dict:
     return result
 
 
-class SharedParams(_Params):
-    """One codebook for many heads."""
-
-    base: PipelineParams = Field(default_factory=_study_base, title="pipeline parameters",
-                                 description="data, backbone and head as for one pipeline run")
-    head_seeds: list[Seed] = Field([0, 1, 2, 3, 4, 5, 6, 7], min_length=2, title="head seeds",
-                                   description="one head per seed, all on the same frozen backbone")
-    transfer_seed: Seed = Field(100, title="unseen head's seed",
-                                description="a head trained like the others, left out of the codebook")
-    k: K = Field(256, title="codebook size K")
-    side_dtypes: list[Literal[DTYPES]] = Field(["int8", "int4"], min_length=1, title="side-data widths")
-    finetune: bool = Field(True, title="fine-tuned variants")
-    out: str = Field("artifacts/shared", title="report folder")
-
-
 @flow(name="shared-codebook", task_runner=ClusterTaskRunner(), log_prints=True)
 def shared_codebook(params: SharedParams = SharedParams()) -> dict:
     """N heads, one codebook fitted on all their shapes; each head's mAP with it against a codebook of
@@ -133,8 +91,6 @@ def shared_codebook(params: SharedParams = SharedParams()) -> dict:
     edges = preflight(params.base)
     if params.k > edges:
         raise ValueError(f"k: {params.k} exceeds the {edges:,} edges of one head")
-    if params.transfer_seed in params.head_seeds:
-        raise ValueError(f"transfer_seed {params.transfer_seed} is one of head_seeds: the unseen head must be unseen")
     b, loc = params.base, parse_location(params.base.store)
     ds = dataset_stage(b)
     first = features_stages(loc, b.train, ds.version)
