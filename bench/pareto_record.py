@@ -3,7 +3,7 @@
 delta_map_std, seeds, command`` (mAP@0.5 deltas as fractions, against the dense head of the same
 run), plus the out-of-distribution deltas where the run scored the shifted split.
 
-    python bench/pareto_record.py --sweep S.json --shared H.json --lipschitz L1.json L10.json --out OUT.json
+    python bench/pareto_record.py --sweep S.json --shared H.json [H2.json] --lipschitz L1.json L10.json --out OUT.json
 
 Each input is a ``sharekan study pareto|shared`` result (its ``<name>.json``); prints the rows that
 meet the issue's targets and writes the record.
@@ -46,15 +46,15 @@ def shared_rows(result: dict) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sweep", type=Path, required=True)
-    ap.add_argument("--shared", type=Path)
+    ap.add_argument("--shared", type=Path, nargs="*", default=[])
     ap.add_argument("--lipschitz", type=Path, nargs="*", default=[])
     ap.add_argument("--out", type=Path, default=Path("bench/results/pareto.json"))
     args = ap.parse_args()
     rows = sweep_rows(json.loads(args.sweep.read_text()))
     for path in args.lipschitz:
         rows += sweep_rows(json.loads(path.read_text()))
-    if args.shared:
-        rows += shared_rows(json.loads(args.shared.read_text()))
+    for path in args.shared:
+        rows += shared_rows(json.loads(path.read_text()))
     args.out.write_text(json.dumps({"rows": rows}, indent=1) + "\n")
     meets = [r for r in rows if r["kind"] == "vq" and r["ratio"] >= (16 if r["heads"] == 1 else 14)
              and r["delta_map_mean"] >= -0.01]

@@ -142,11 +142,11 @@ def compress_flow(head_version: str, features_version: str, dataset_version: str
     if any(k > edges for k in ks):
         raise ValueError(f"compress.ks: {[k for k in ks if k > edges]} exceed the head's {edges:,} edges")
     backend = params.kmeans_backend
-    books = {k: _submit(compress.codebook, loc, params.codebook(k), spl.version, backend=backend) for k in ks}
-    books = {k: _logged(b.result()) for k, b in books.items()}
-    assigned = {k: _submit(compress.assignment, loc, params.assignment(k), books[k].version, spl.version,
-                           backend=backend) for k in ks}
-    assigned = {k: _logged(a.result()) for k, a in assigned.items()}
+    # one k-means at a time: its shard actors must all be placed at once, and two half-placed
+    # fits on a small cluster would wait on each other's CPUs for ever
+    books = {k: _run(compress.codebook, loc, params.codebook(k), spl.version, backend=backend) for k in ks}
+    assigned = {k: _run(compress.assignment, loc, params.assignment(k), books[k].version, spl.version, backend=backend)
+                for k in ks}
     tuned = {f"K={f.k} {f.gain_dtype}": _submit(compress.finetune, loc, f, head_version, train_features, dataset_version,
                                           books[f.k].version) for f in params.finetunes(ks)}
     tuned = {key: _logged(t.result()) for key, t in tuned.items()}

@@ -103,8 +103,7 @@ def shared_codebook(params: SharedParams = SharedParams()) -> dict:
     cb = CodebookSpec(k=params.k, seed=b.compress.seed, niter=b.compress.kmeans_niter, mode=b.compress.kmeans_mode)
     backend = b.compress.kmeans_backend
     shared = _run(compress.codebook, loc, cb, *(splines[s].version for s in params.head_seeds), backend=backend)
-    own = {s: _submit(compress.codebook, loc, cb, splines[s].version, backend=backend) for s in seeds}
-    own = {s: _logged(f.result()) for s, f in own.items()}
+    own = {s: _run(compress.codebook, loc, cb, splines[s].version, backend=backend) for s in seeds}  # one at a time
     dtypes = list(params.side_dtypes) if params.finetune else []
     spec = CompressionSpec(ks=(params.k,), gain_dtypes=tuple(params.side_dtypes), sparsities=(),
                            finetuned=tuple((params.k, dt) for dt in dtypes))
