@@ -15,7 +15,7 @@ variant's weight bytes against the copy bandwidth measured in the same run, peak
 Needs only torch, cupy and numpy (runs on the device machine).
 
     python bench/lutham_gpu.py --json bench/results/lutham_gpu.json [--trained out/lutham/trained.pt]
-    ncu --clock-control none -k regex:lutham --metrics lts__t_sector_hit_rate.pct python bench/lutham_gpu.py --profile mid
+    ncu --clock-control none -k regex:lutham --metrics gpu__time_duration.sum,dram__bytes_read.sum,lts__t_sector_hit_rate.pct,smsp__inst_executed_pipe_tensor_op_hmma.sum python bench/lutham_gpu.py --profile large
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from sharekan.baselines import DenseKAN  # noqa: E402
 from sharekan.clustering import fit_codebook  # noqa: E402
 from sharekan.kan import KAN  # noqa: E402
 from sharekan.lutham.runtime import LuthamHead  # noqa: E402
-from sharekan.lutham.validate import validate  # noqa: E402
+from sharekan.lutham.validate import ROWS as ROWS_CHECKED, validate  # noqa: E402
 from sharekan.vq_kan import VQKAN, edge_shapes, encode_layer  # noqa: E402
 
 ROWS = (1, 49, 392, 3136)
@@ -116,37 +116,38 @@ def rel_err(y, ref) -> float:
 
 def bench_head(name, kan, vq, real=None, rows_list=ROWS, modes=DENSE_MODES):
     edges = sum(lay.in_features * lay.out_features for lay in kan.layers)
-    check_head = LuthamHead(vq, max_rows=100)
+    check_head = LuthamHead(vq, max_rows=max(ROWS_CHECKED))
     check = validate(check_head, vq, real=real)
     plan = check_head.plan.summary()
     del check_head
+    decoded = vq.decoded().eval()  # the fp32 VQ reference as a dense fp32 head (fast at any row count)
     breaks = graph_breaks(kan, rows_list[0])
     out = []
     for rows in rows_list:
         torch._dynamo.reset()
         dense = dense_variants(kan, rows, modes)
-        lut = LuthamHead(vq, max_rows=rows)  # arena planned for this batch: scratch stays small
-        moved = sum(lut.plan.by_component[c] for c in ("codebook", "indices", "gains", "biases", "base"))
+        luts = {"LUTHAM": LuthamHead(vq, max_rows=rows)}  # arena planned for this batch
+        if rows > 1:  # the tensor-core path with single fp16 bases too (the default splits them)
+            luts["LUTHAM fp16 bases"] = LuthamHead(vq, max_rows=rows, split_basis=False)
+        moved = sum(luts["LUTHAM"].plan.by_component[c] for c in ("codebook", "edges"))
         inputs = [torch.rand(rows, kan.layers[0].in_features, device="cuda") * 2 - 1 for _ in range(8)]
         with torch.no_grad():
-            ref = kan(inputs[0])
-            # the accuracy rule: LUTHAM against the fp32 VQ head it compresses (validation, above), the
-            # fp16 dense head against the fp32 dense head
-            err = {"eager dense fp16": rel_err(dense["eager dense fp16"][0](inputs[0]), ref),
-                   "LUTHAM": check["max_rel_error"]}
-        gather_only = LuthamHead(vq, max_rows=rows, mma_min_rows=1 << 30) if rows >= 16 else None
-        names = [*dense, "torch VQ reference", "LUTHAM", "LUTHAM gather only"]
+            # the accuracy rule: LUTHAM against the fp32 VQ head it compresses, the fp16 dense head
+            # against the fp32 dense head, on the same inputs
+            err = {"eager dense fp16": rel_err(dense["eager dense fp16"][0](inputs[0]), kan(inputs[0]))}
+            ref = decoded(inputs[0])
+            for vname, lut in luts.items():
+                err[vname] = rel_err(lut.run_torch(inputs[0]), ref)
+        names = [*dense, "torch VQ reference", *luts]
         for vname in names:
-            if vname == "LUTHAM gather only" and gather_only is None:
-                continue
             if vname == "torch VQ reference" and rows * edges > 4e9:
                 continue  # its chunked gather takes seconds here; the reference is for correctness
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
             with torch.no_grad():
-                if vname.startswith("LUTHAM"):
-                    us = _timed_cupy(lut if vname == "LUTHAM" else gather_only, inputs)
-                    peak, read = lut.plan.total, moved
+                if vname in luts:
+                    us = _timed_cupy(luts[vname], inputs)
+                    peak, read = luts[vname].plan.total, moved
                 else:
                     module = vq if vname == "torch VQ reference" else dense[vname][0]
                     us = timed(module, inputs)
@@ -155,19 +156,19 @@ def bench_head(name, kan, vq, real=None, rows_list=ROWS, modes=DENSE_MODES):
                     peak = torch.cuda.max_memory_allocated() - base + own
                     read = moved if vname == "torch VQ reference" else edges * 15 * (4 if "fp32" in vname else 2)
             row = {"head": name, "rows": rows, "variant": vname, "us": us, "gbps": read / us / 1e3, "peak_bytes": peak,
-                   "l2_window": lut.plan.l2_persisting if vname.startswith("LUTHAM") else None}
+                   "l2_window": luts[vname].plan.l2_persisting if vname in luts else None}
             if vname.startswith("compiled"):
                 row |= {"graph_breaks": breaks, "compile_s": dense[vname][2]}
             if vname in err:
                 row["rel_err_vs_fp32"] = err[vname]
             out.append(row)
             print(f"{name:7s} rows {rows:5d} {vname:48s} {us:10.1f} µs", flush=True)
-        best = min((r for r in out if r["rows"] == rows and r["head"] == name and "fp16" in r["variant"]),
+        best = min((r for r in out if r["rows"] == rows and r["head"] == name and "dense fp16" in r["variant"]),
                    key=lambda r: r["us"])
         for r in out:
             if r["rows"] == rows and r["head"] == name:
                 r["best_dense"], r["vs_best_dense"] = best["variant"], best["us"] / r["us"]
-        del lut, gather_only, dense
+        del luts, dense
         torch.cuda.empty_cache()
     return out, check, plan
 
@@ -206,10 +207,10 @@ def main(argv=None):
         import cupy as cp
 
         _, vq = random_head(sizes[a.profile], 65_536, 1)
-        for rows in (1, 49):  # repeated inference on one arena: is it served from L2?
+        for rows in (1, 49, 392, 3136):  # repeated inference on one arena: is it served from L2?
             lut = LuthamHead(vq, max_rows=rows)
             x = cp.asarray(torch.rand(rows, sizes[a.profile][0], device="cuda") * 2 - 1)
-            for _ in range(10):
+            for _ in range(3):
                 lut.forward(x)
             lut.stream.synchronize()
             print(f"rows {rows}: arena {lut.plan.total:,} B; L2 window {lut.plan.l2_persisting}")
@@ -237,7 +238,7 @@ def main(argv=None):
                           ("copy_fraction", "of copy", ".2f"), ("peak_bytes", "peak B", ",d")]))
     for r in results:
         if "rel_err_vs_fp32" in r:
-            ref = "the fp32 VQ reference" if r["variant"] == "LUTHAM" else "eager dense fp32"
+            ref = "the fp32 VQ reference" if r["variant"].startswith("LUTHAM") else "eager dense fp32"
             print(f"{r['head']} rows {r['rows']}: {r['variant']} max rel. error vs {ref} {r['rel_err_vs_fp32']:.2e}")
     for name, c in checks.items():
         print(f"{name}: LUTHAM max rel. error {c['max_rel_error']:.2e}, all written {c['all_written']}; "

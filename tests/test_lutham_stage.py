@@ -84,12 +84,12 @@ def test_a_wrong_kernel_result_fails_the_stage_naming_the_case(gpu_run, monkeypa
     tmp, params, report = gpu_run
     forward = runtime.LuthamHead.forward
 
-    def wrong(self, x):  # one wrong element at 17 rows, one never written at 5 rows
+    def wrong(self, x):  # one wrong element at 17 rows, one never written at 9 rows
         y = forward(self, x)
         with self.stream:
             if y.shape[0] == 17:
                 y[3, 2] += 10 * float(abs(y).max()) + 1
-            elif y.shape[0] == 5:
+            elif y.shape[0] == 9:
                 y[0, 0] = float("nan")
         return y
 
@@ -101,5 +101,5 @@ def test_a_wrong_kernel_result_fails_the_stage_naming_the_case(gpu_run, monkeypa
                              s["features_test"]["version"], s["dataset"]["version"], max_rows=1024)
     msg = str(err.value)
     assert "case rows=17 inputs=inside: max relative error" in msg
-    assert "case rows=5 inputs=inside: 1 output elements never written" in msg and "nothing stored" in msg
+    assert "case rows=9 inputs=inside: 1 output elements never written" in msg and "nothing stored" in msg
     assert [a.version for a in ArtifactStore(params.store, create=False).ls("lutham")] == [report["lutham"]["version"]]

@@ -8,13 +8,12 @@ import os
 import sys
 from pathlib import Path
 
-from .geometry import defines
+from .geometry import KERNELS, defines
 
 __all__ = ["SOURCE", "KERNELS", "ARCHS", "source", "include_dirs", "nvrtc_compile", "load_module", "load_cubin",
            "source_hash"]
 
 SOURCE = Path(__file__).with_name("kernels") / "lutham.cu"
-KERNELS = ("lutham_prep", "lutham_gather1", "lutham_gather4", "lutham_gather16", "lutham_mma")
 ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90")
 OPTIONS = ("-std=c++17", "--use_fast_math", *defines())
 

@@ -2,66 +2,79 @@
 
 The constants reach ``kernels/lutham.cu`` as ``-D`` compile options (:func:`defines`; the source
 refuses to compile without them), and the launch functions below size grids from the same values,
-so a tile size cannot differ between the kernel and its launch. Each function returns
-``(grid, block)`` tuples for CuPy's ``RawKernel.__call__``.
+so a tile size cannot differ between the kernel and its launch. :func:`launches` returns, per layer
+and row count, ``(kernel, first row, rows, chunk, grid, block)`` tuples for CuPy's
+``RawKernel.__call__``.
+
+Paths: one row runs ``lutham_row1`` (a window gather, fp32 FMAs); more rows run ``lutham_tc{NT}``
+(tensor cores, ``NT`` n-tiles of 8 rows a block: the smallest power of two that holds the rows, up
+to 128 rows a block; above that the rows go in 128-row blocks plus one tail launch). ``split``
+(default) picks the ``s`` kernels: the bases as fp16 hi + lo parts too (3 MMAs, near fp32), not
+single fp16 values (2 MMAs; the weights are hi + lo parts either way).
 """
 
 from __future__ import annotations
 
-__all__ = ["TM", "TN", "TI", "KS", "MMA_THREADS", "GATHER_STEP", "GATHER_THREADS", "PREP_THREADS", "GATHER_ROWS",
-           "MMA_MIN_ROWS", "defines", "prep_launch", "gather_launches", "mma_launch"]
+__all__ = ["TILE_O", "BASE_SLOT", "THREADS", "ROW1_UNROLL", "ROW1_MAX_CHUNK", "STAGE_BYTES", "TC_TILES",
+           "KERNELS", "defines", "launches"]
 
-TM = 64            # lutham_mma: rows per tile
-TN = 64            # lutham_mma: outputs per tile
-TI = 4             # lutham_mma: inputs decoded per step
-KS = 16            # lutham_mma: slots per input (13 coefficients + the base weight, padded)
-MMA_THREADS = 128  # lutham_mma: 4 warps, 2 x 2 over the tile
-GATHER_STEP = 128  # lutham_gather: inputs a warp covers per step (32 lanes x 4 edges)
-GATHER_THREADS = 256
-PREP_THREADS = 256
-GATHER_ROWS = (1, 4, 16)  # the gather kernels' row bounds (register accumulators)
-MMA_MIN_ROWS = 16  # from here on the tensor-core path reuses decoded weights across rows
-_MMA_CHUNK = 8     # lutham_mma: an input split is a multiple of this
-_MMA_MIN_SPLIT = 64  # lutham_mma: inputs per split at least
-_GATHER_WARPS_PER_SM = 64
-_MMA_BLOCKS_PER_SM = 2
+TILE_O = 16          # outputs a warp covers: the M of mma.m16n8k16
+BASE_SLOT = 15       # the K slot holding the SiLU base weight (coefficients take slots 0 .. C-1)
+THREADS = 256        # threads a block at most (8 warps: 8 output tiles)
+ROW1_UNROLL = 4      # lutham_row1: warp steps (2 inputs each) whose loads issue together
+ROW1_MAX_CHUNK = 512  # lutham_row1: inputs a block stages in shared memory
+STAGE_BYTES = 32_768  # lutham_tc: the double-buffered basis fragments of one block
+TC_TILES = (1, 2, 4, 8, 16)  # n-tiles (8 rows each) of the lutham_tc kernels
+KERNELS = ("lutham_row1", *(f"lutham_tc{n}{s}" for s in ("s", "") for n in TC_TILES))
+_WARPS_PER_SM = 48   # lutham_row1: warps in flight to aim for
+_BLOCKS_PER_SM = 2   # lutham_tc: blocks to aim for
+_MIN_SPLIT = 16      # inputs a split holds at least
+_STEP = 8            # a split is a multiple of this many inputs (every kernel's step divides it)
 
 
 def defines() -> list[str]:
     """The ``-D`` options that give the kernels their tile constants."""
-    return [f"-D{k}={v}" for k, v in (("TM", TM), ("TN", TN), ("TI", TI), ("KS", KS), ("MMA_THREADS", MMA_THREADS),
-                                      ("GATHER_STEP", GATHER_STEP))]
+    return [f"-D{k}={v}" for k, v in (("TILE_O", TILE_O), ("BASE_SLOT", BASE_SLOT), ("ROW1_UNROLL", ROW1_UNROLL),
+                                      ("ROW1_MAX_CHUNK", ROW1_MAX_CHUNK), ("STAGE_BYTES", STAGE_BYTES))]
 
 
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def prep_launch(rows: int, in_f: int, out_f: int):
-    """One thread per (row, input) and per (row, output) (it zeroes the output)."""
-    return (_cdiv(rows * max(in_f, out_f), PREP_THREADS),), (PREP_THREADS,)
+def _splits(in_f: int, units: int, target: int, max_chunk: int | None = None) -> int:
+    """Input chunk (a multiple of ``_STEP``) so that ``units`` × splits reaches ``target``."""
+    splits = max(1, min(_cdiv(target, units), in_f // _MIN_SPLIT))
+    chunk = _cdiv(_cdiv(in_f, splits), _STEP) * _STEP
+    if max_chunk is not None:
+        chunk = min(chunk, max_chunk)
+    return chunk
 
 
-def gather_launches(rows: int, in_f: int, out_f: int, n_sm: int):
-    """``(kernel, first row, rows, chunk, grid, block)`` per launch of the few-rows path: a warp per
-    (output, split of the inputs), about 64 warps per SM in all, ≤ 16 rows a launch."""
-    splits = max(1, min(_cdiv(_GATHER_WARPS_PER_SM * n_sm, out_f), in_f // GATHER_STEP))
-    chunk = _cdiv(_cdiv(in_f, splits), GATHER_STEP) * GATHER_STEP
-    splits = _cdiv(in_f, chunk)
-    out = []
-    for r0 in range(0, rows, GATHER_ROWS[-1]):
-        r = min(GATHER_ROWS[-1], rows - r0)
-        bound = next(b for b in GATHER_ROWS if r <= b)
-        grid = (_cdiv(out_f * splits * 32, GATHER_THREADS),)
-        out.append((f"lutham_gather{bound}", r0, r, chunk, grid, (GATHER_THREADS,)))
+def _tiles_for(rows: int) -> int:
+    return next(t for t in TC_TILES if t * 8 >= rows)
+
+
+def launches(rows: int, in_f: int, out_f: int, n_sm: int, split: bool = True):
+    """The kernel launches of one layer for ``rows`` rows: ``(kernel, first row, rows, chunk, grid, block)``."""
+    if rows < 1:
+        raise ValueError(f"rows must be ≥ 1, got {rows}")
+    tiles = _cdiv(out_f, TILE_O)
+    if rows == 1:
+        warps = min(THREADS // 32, tiles)
+        bx = _cdiv(tiles, warps)
+        chunk = _splits(in_f, bx * warps, _WARPS_PER_SM * n_sm, ROW1_MAX_CHUNK)
+        return [("lutham_row1", 0, 1, chunk, (bx, 1, _cdiv(in_f, chunk)), (warps * 32,))]
+    bx = _cdiv(tiles, THREADS // 32)  # lutham_tc: every block has all its threads (they build the bases)
+    suffix = "s" if split else ""
+    out, r0 = [], 0
+    full = rows // (8 * TC_TILES[-1]) if rows > 8 * TC_TILES[-1] else 0
+    parts = ([(TC_TILES[-1], full, full * 8 * TC_TILES[-1])] if full else [])
+    if rows - full * 8 * TC_TILES[-1]:
+        tail = rows - full * 8 * TC_TILES[-1]
+        parts.append((_tiles_for(tail), 1, tail))
+    for nt, by, r in parts:
+        chunk = _splits(in_f, bx * by, _BLOCKS_PER_SM * n_sm)
+        out.append((f"lutham_tc{nt}{suffix}", r0, r, chunk, (bx, by, _cdiv(in_f, chunk)), (THREADS,)))
+        r0 += r
     return out
-
-
-def mma_launch(rows: int, in_f: int, out_f: int, n_sm: int):
-    """``(chunk, grid, block)`` of the tensor-core path: a block per (64 outputs, 64 rows, split of the
-    inputs), about two blocks per SM in all."""
-    tiles = _cdiv(out_f, TN) * _cdiv(rows, TM)
-    splits = max(1, min(_cdiv(_MMA_BLOCKS_PER_SM * n_sm, tiles), in_f // _MMA_MIN_SPLIT))
-    chunk = _cdiv(_cdiv(in_f, splits), _MMA_CHUNK) * _MMA_CHUNK
-    splits = _cdiv(in_f, chunk)
-    return chunk, (_cdiv(out_f, TN), _cdiv(rows, TM), splits), (MMA_THREADS,)

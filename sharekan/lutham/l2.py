@@ -36,14 +36,14 @@ def persist(arena, hot: int, total: int, stream) -> str:
         max_persist = rt.deviceGetAttribute(108, dev)  # cudaDevAttrMaxPersistingL2CacheSize
         if max_window <= 0 or max_persist <= 0:
             return "not set: device has no persisting L2"
-        window = min(total, max_window)
-        rt.deviceSetLimit(0x06, min(max_persist, window))  # cudaLimitPersistingL2CacheSize
+        window = min(total, max_window, max_persist)  # the prefix the set-aside holds entirely (hit ratio 1)
+        rt.deviceSetLimit(0x06, window)  # cudaLimitPersistingL2CacheSize
         value = _AttrValue()
-        value.accessPolicyWindow = _Window(arena.data.ptr, window, min(1.0, max_persist / window), 2, 1)
+        value.accessPolicyWindow = _Window(arena.data.ptr, window, 1.0, 2, 1)
         err = _cudart().cudaStreamSetAttribute(ctypes.c_void_p(stream.ptr), 1, ctypes.byref(value))
         if err:
             return f"not set: cudaStreamSetAttribute error {err}"
-        return (f"set: {window:,} B window (hot prefix {hot:,} B), hit ratio {min(1.0, max_persist / window):.2f}, "
-                f"persisting limit {min(max_persist, window):,} B")
+        return (f"set: {window:,} B window of the {total:,} B arena (hot prefix {hot:,} B), hit ratio 1.00, "
+                f"device persisting limit {max_persist:,} B")
     except Exception as e:  # no runtime symbol, unsupported device: the plan says so
         return f"not set: {e}"

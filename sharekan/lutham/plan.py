@@ -1,22 +1,28 @@
 """Static memory planner: every tensor the compressed head needs, in one aligned arena.
 
-The plan lists, per layer, the codebook (shared by the head: placed once), indices, gains,
-biases, base weights, grid constants, the basis scratch and the activation buffers for a declared
-maximum batch; each at a ``ALIGN``-byte aligned offset, none overlapping. It reports bytes per
-component, the total, whether the arena (and its hot part) fits a target's L2, and the order in
-which to prefer residency: the codebook first (every edge gathers from it), then per-input
-constants and scratch, then the per-edge streams that are read once per call.
+The plan lists the codebook (shared by the head: placed once) as float32 4-coefficient windows
+(:func:`window_slot`), per layer the edge records (8 bytes an edge, tile-major, outputs padded to
+whole 16-output tiles), per-output scales and per-input knot constants, and the activation
+buffers for a declared maximum batch; each at an ``ALIGN``-byte aligned offset, none overlapping.
+There is no scratch: the kernels build the bases on chip. The plan reports bytes per component,
+the total, whether the arena (and its hot part) fits a target's L2, and the order in which to
+prefer residency: the codebook first (every edge gathers from it), then per-input and per-output
+constants, then the edge records (read once per call: resident across calls where L2 holds
+them), then the activations.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-__all__ = ["ALIGN", "L2_BYTES", "LayerSpec", "Block", "Plan", "codebook_width", "plan_arena"]
+from .geometry import TILE_O
+
+__all__ = ["ALIGN", "L2_BYTES", "LayerSpec", "Block", "Plan", "n_windows", "window_slot", "plan_arena"]
 
 ALIGN = 256  # bytes: cudaMalloc's alignment, enough for 128-bit loads and wmma tiles
 L2_BYTES = {"A100": 40 << 20, "H100": 50 << 20, "H200": 60 << 20, "Jetson Orin": 4 << 20}
-RESIDENCY = ("codebook", "grid", "t0", "h", "scales", "prep", "activations", "indices", "gains", "biases", "base")
+RESIDENCY = ("codebook", "t0", "h", "scales", "edges", "activations")
+HOT = 4  # the codebook and the constants: reused by every edge on every call
 MAX_COEF = 15  # the tensor-core path packs C coefficients + the base weight into 16 slots
 
 
@@ -53,7 +59,7 @@ class Plan:
 
     def hot_bytes(self) -> int:
         """Bytes reused on every call and worth keeping in L2: codebook, constants, scratch."""
-        return sum(b.nbytes for b in self.blocks if b.component in RESIDENCY[:7])
+        return sum(b.nbytes for b in self.blocks if b.component in RESIDENCY[:HOT])
 
     def fits(self, l2_bytes: int) -> dict:
         return {"arena": self.total <= l2_bytes, "hot": self.hot_bytes() <= l2_bytes}
@@ -71,11 +77,17 @@ def _aligned(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
-def codebook_width(n_coef: int) -> int:
-    """Floats per codeword in the arena: 3 zeros, the ``n_coef`` coefficients, then zeros to a
-    multiple of 4 that holds the two aligned ``float4`` loads of the last window a basis reads
-    (positions up to ``n_coef + 2``): 20 for the 13 coefficients of G = 10."""
-    return (n_coef + 2) // 4 * 4 + 8
+def n_windows(n_coef: int) -> int:
+    """Windows per codeword: one per first basis ``-3 … n_coef - 1`` (``n_coef + 3``), at least the
+    16 whose aligned four (3, 7, 11, 15) hold coefficients 0 … 15: 16 for G = 10."""
+    return max(n_coef + 3, 16)
+
+
+def window_slot(p: int) -> int:
+    """Where window ``p`` (coefficients ``p-3 … p``) sits in a codeword: the aligned windows 3, 7,
+    11, 15 first (so the whole codeword is its first 32 bytes), then the others in order (the
+    kernels' ``window_slot``)."""
+    return p >> 2 if p < 16 and p & 3 == 3 else 4 + p - min((p + 1) >> 2, 4)
 
 
 def plan_arena(layers: list[LayerSpec], codebook_size: int, max_rows: int) -> Plan:
@@ -95,19 +107,13 @@ def plan_arena(layers: list[LayerSpec], codebook_size: int, max_rows: int) -> Pl
     if n_coef > MAX_COEF:
         raise ValueError(f"{n_coef} coefficients per edge exceed LUTHAM's {MAX_COEF} (grid size ≤ 12)")
     specs: list[tuple[str, str, tuple[int, ...], str, int]] = [
-        ("codebook", "codebook", (codebook_size, codebook_width(n_coef)), "float32", 4)]
+        ("codebook", "codebook", (codebook_size, n_windows(n_coef), 4), "float32", 4)]
     for n, lay in enumerate(layers):
-        e = (lay.out_features, lay.in_features)
-        specs += [(f"L{n}.grid", "grid", (lay.in_features, lay.n_knots), "float32", 4),
-                  (f"L{n}.t0", "t0", (lay.in_features,), "float32", 4),
+        tiles = -(-lay.out_features // TILE_O)
+        specs += [(f"L{n}.t0", "t0", (lay.in_features,), "float32", 4),
                   (f"L{n}.h", "h", (lay.in_features,), "float32", 4),
-                  (f"L{n}.indices", "indices", e, "uint16", 2),
-                  (f"L{n}.gains", "gains", e, "float16", 2),
-                  (f"L{n}.biases", "biases", e, "float16", 2),
-                  (f"L{n}.base", "base", e, "float16", 2),
+                  (f"L{n}.edges", "edges", (tiles, lay.in_features, TILE_O, 4), "uint16", 2),
                   (f"L{n}.scales", "scales", (3, lay.out_features), "float32", 4)]
-    widest = max(lay.in_features for lay in layers)
-    specs.append(("prep", "prep", (max_rows, widest, 8), "float32", 4))
     specs += [(f"act{n}", "activations", (max_rows, w), "float32", 4)
               for n, w in enumerate([layers[0].in_features] + [lay.out_features for lay in layers])]
     specs.sort(key=lambda sp: RESIDENCY.index(sp[1]))  # hot first: a contiguous prefix to persist in L2

@@ -1,13 +1,13 @@
 """Running a compressed head with LUTHAM: the arena on the GPU, kernels launched from it.
 
-:class:`LuthamHead` copies a :class:`~sharekan.vq_kan.VQKAN` (one shared codebook) into the
-planned arena once — codebook rows padded to 16-byte-aligned ``plan.codebook_width`` floats,
-indices as uint16, gains, biases and base weights as fp16 — and runs each layer as
-``lutham_prep`` then ``lutham_gather`` (< 16 rows) or ``lutham_mma`` (≥ 16 rows), both splitting
-the inputs so small layers fill the GPU (launch sizes from ``geometry``); the launches for a row
-count are captured once as a CUDA graph and replayed. Where the CUDA runtime allows, an L2
-persisting access-policy window (``l2``) covers the arena's hot prefix (codebook first); the plan
-records whether it was set.
+:class:`LuthamHead` copies a :class:`~sharekan.vq_kan.VQKAN` (one shared codebook, uniform knots)
+into the planned arena once — the codebook as float32 4-coefficient windows, each edge as one 8-byte
+record (uint16 index, fp16 gain, bias and base weight) in 16-output tiles, per-output scales — and
+runs each layer as one kernel (``lutham_row1`` for one row, ``lutham_tc*`` on tensor cores for
+more; launch sizes from ``geometry``), preceded by a memset of the layer's output where the inputs
+are split across blocks (fp32 atomics). The launches for a row count are captured once as a CUDA
+graph and replayed. Where the CUDA runtime allows, an L2 persisting access-policy window
+(``l2``) covers the arena's hot prefix (codebook first); the plan records whether it was set.
 """
 
 from __future__ import annotations
@@ -15,19 +15,47 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .compile import KERNELS, load_module
-from .geometry import MMA_MIN_ROWS, gather_launches, mma_launch, prep_launch
+from ..bspline import compact_grid
+from .compile import load_module
+from .geometry import KERNELS, TILE_O, launches
 from .l2 import persist
-from .plan import LayerSpec, Plan, codebook_width, plan_arena
+from .plan import LayerSpec, Plan, n_windows, plan_arena, window_slot
 
 __all__ = ["LuthamHead"]
 
 
+def codebook_windows(cb: np.ndarray, n_coef: int) -> np.ndarray:
+    """``[K, n_windows, 4]`` float32: window ``p`` (coefficients ``p-3 … p``, zero outside the codeword)
+    at :func:`~sharekan.lutham.plan.window_slot` ``(p)``."""
+    k = cb.shape[0]
+    padded = np.zeros((k, 3 + n_windows(n_coef) + 1), np.float32)
+    padded[:, 3:3 + n_coef] = cb
+    out = np.zeros((k, n_windows(n_coef), 4), np.float32)
+    for p in range(n_windows(n_coef)):
+        out[:, window_slot(p)] = padded[:, p:p + 4]
+    return out
+
+
+def edge_records(indices: np.ndarray, gain: np.ndarray, bias: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """``[tiles, in, 16, 4]`` uint16 records {index, gain, bias, base} (fp16 bits) from ``[out, in]``
+    arrays; outputs padded to whole tiles with zero records."""
+    out_f, in_f = indices.shape
+    tiles = -(-out_f // TILE_O)
+    rec = np.zeros((tiles * TILE_O, in_f, 4), np.uint16)
+    rec[:out_f, :, 0] = indices
+    for j, a in enumerate((gain, bias, base), start=1):
+        rec[:out_f, :, j] = a.astype(np.float16).view(np.uint16)
+    return np.ascontiguousarray(rec.reshape(tiles, TILE_O, in_f, 4).transpose(0, 2, 1, 3))
+
+
 class LuthamHead:
-    """A VQ-compressed KAN head in one GPU arena, for batches of up to ``max_rows`` rows."""
+    """A VQ-compressed KAN head in one GPU arena, for batches of up to ``max_rows`` rows.
+
+    ``split_basis`` (default on) runs the bases as fp16 hi + lo parts on the tensor-core path
+    (near fp32); off, they are single fp16 values (one MMA fewer, the error of fp16 bases)."""
 
     def __init__(self, model, max_rows: int, persist_l2: bool = True, use_graphs: bool = True,
-                 mma_min_rows: int = MMA_MIN_ROWS, module=None):
+                 split_basis: bool = True, module=None):
         import cupy as cp
 
         layers = list(model.layers)
@@ -38,21 +66,25 @@ class LuthamHead:
                                       for lay in layers], cb.shape[0], max_rows)
         self.stream = cp.cuda.Stream(non_blocking=True)
         self.arena = cp.zeros(self.plan.total, dtype=cp.uint8)
+        self._views = {b.name: self.arena[b.offset:b.offset + b.nbytes].view(cp.dtype(b.dtype)).reshape(b.shape)
+                       for b in self.plan.blocks}
+        self._outputs: dict[int, object] = {}
         n_coef = self.plan.n_coef
-        self._put("codebook", np.pad(cb.detach().float().cpu().numpy(),
-                                     ((0, 0), (3, codebook_width(n_coef) - n_coef - 3))))
+        self._put("codebook", codebook_windows(cb.detach().float().cpu().numpy(), n_coef))
         for n, lay in enumerate(layers):
             grid = lay.grid.detach().float().cpu()
-            self._put(f"L{n}.grid", grid.numpy())
+            pair = compact_grid(grid)
+            if pair is None:
+                raise ValueError(f"layer {n}: LUTHAM needs uniform knots per input (lo + j·h); this grid is not")
             self._put(f"L{n}.t0", grid[:, 0].numpy())
-            self._put(f"L{n}.h", ((grid[:, -1] - grid[:, 0]) / (grid.shape[1] - 1)).numpy())
-            self._put(f"L{n}.indices", lay.indices.cpu().numpy().astype(np.uint16))
-            scales = []
-            for name, q in (("gains", "gain"), ("biases", "bias"), ("base", "base")):
+            self._put(f"L{n}.h", pair[1].expand(lay.in_features).numpy())
+            vals, scales = [], []
+            for q in ("gain", "bias", "base"):
                 data, scale = lay.stored_values(q), getattr(lay, q + "_scale")  # int8/int4 rows keep their scale
-                self._put(f"L{n}.{name}", data.detach().cpu().numpy().astype(np.float16))
+                vals.append(data.detach().float().cpu().numpy())
                 scales.append(np.ones(lay.out_features, np.float32) if scale is None
                               else scale.detach().float().cpu().numpy().reshape(-1))
+            self._put(f"L{n}.edges", edge_records(lay.indices.cpu().numpy().astype(np.uint16), *vals))
             self._put(f"L{n}.scales", np.stack(scales))
         assert n_coef == layers[0].n_coef
         self.module = module or load_module()
@@ -60,15 +92,13 @@ class LuthamHead:
         self._sms = cp.cuda.Device().attributes["MultiProcessorCount"]
         self._graphs: dict[int, object] = {}
         self.use_graphs = use_graphs
-        self.mma_min_rows = mma_min_rows
+        self.split_basis = split_basis
         if persist_l2:
             self.plan.l2_persisting = persist(self.arena, self.plan.hot_bytes(), self.plan.total, self.stream)
 
     def view(self, name: str):
-        import cupy as cp
-
-        b = self.plan.block(name)
-        return self.arena[b.offset:b.offset + b.nbytes].view(cp.dtype(b.dtype)).reshape(b.shape)
+        """The arena block ``name`` as a CuPy array of its planned shape and dtype."""
+        return self._views[name]
 
     def _put(self, name: str, array: np.ndarray) -> None:
         view = self.view(name)
@@ -91,52 +121,66 @@ class LuthamHead:
 
     def forward(self, x):
         """``x [rows, in]`` (a CUDA torch tensor or CuPy array) → a CuPy ``[rows, out]`` float32 array
-        (a view of the arena's last activation buffer, valid until the next call)."""
+        (a view of the arena's last activation buffer, valid until the next call). The host work is
+        one copy into the arena and one graph launch: the call is short at small batches."""
         import cupy as cp
 
-        rows = int(x.shape[0])
+        rows, layers = int(x.shape[0]), self.plan.layers
         if not 1 <= rows <= self.plan.max_rows:
             raise ValueError(f"LUTHAM arena was planned for ≤ {self.plan.max_rows} rows, got {rows}")
-        layers = self.plan.layers
-        if x.shape[1] != layers[0].in_features:
-            raise ValueError(f"head expects {layers[0].in_features} inputs, got {x.shape[1]}")
-        with self.stream:  # kernels launch on the current stream
-            self.view("act0")[:rows] = cp.asarray(x, dtype=cp.float32)
-            graph = self._graphs.get(rows)
-            if graph is None and self.use_graphs:
-                try:  # the launches for this row count, captured once and replayed (one launch per call)
-                    self.stream.begin_capture()
+        if x.ndim != 2 or x.shape[1] != layers[0].in_features:
+            raise ValueError(f"head expects [rows, {layers[0].in_features}] inputs, got shape {tuple(x.shape)}")
+        act0 = self._views["act0"]
+        if isinstance(x, torch.Tensor) and x.is_cuda and x.dtype == torch.float32 and x.is_contiguous():
+            src = x.data_ptr()
+        elif isinstance(x, cp.ndarray) and x.dtype == cp.float32 and x.flags.c_contiguous:
+            src = x.data.ptr
+        else:
+            src = None
+        if src is not None:  # device to device, no kernel
+            cp.cuda.runtime.memcpyAsync(act0.data.ptr, src, rows * layers[0].in_features * 4, 3, self.stream.ptr)
+        else:
+            with self.stream:
+                act0[:rows] = cp.asarray(x, dtype=cp.float32)
+        graph = self._graphs.get(rows)
+        if graph is None and self.use_graphs:
+            try:  # the launches for this row count, captured once and replayed (one launch per call)
+                self.stream.begin_capture()
+                with self.stream:
                     self._launch(rows)
-                    graph = self._graphs[rows] = self.stream.end_capture()
-                except Exception:
-                    self.use_graphs = False
-                    if self.stream.is_capturing():
-                        self.stream.end_capture()
-            if graph is not None:
-                graph.launch(self.stream)
-            else:
+                graph = self._graphs[rows] = self.stream.end_capture()
+            except Exception:
+                self.use_graphs = False
+                if self.stream.is_capturing():
+                    self.stream.end_capture()
+        if graph is not None:
+            graph.launch(self.stream)
+        else:
+            with self.stream:
                 self._launch(rows)
-        return self.view(f"act{len(layers)}")[:rows]
+        out = self._outputs.get(rows)
+        if out is None:
+            out = self._outputs[rows] = self._views[f"act{len(layers)}"][:rows]
+        return out
 
     __call__ = forward
 
     def _launch(self, rows: int) -> None:
-        prep, cb = self.view("prep"), self.view("codebook")
-        width = np.int32(cb.shape[1])
+        import cupy as cp
+
+        cb = self.view("codebook")
+        nwin = np.int32(cb.shape[1])
         for n, lay in enumerate(self.plan.layers):
             xin, yout = self.view(f"act{n}"), self.view(f"act{n + 1}")
             i_f, o_f = lay.in_features, lay.out_features
-            self.kernels["lutham_prep"](*prep_launch(rows, i_f, o_f), (
-                xin, np.int32(rows), np.int32(i_f), self.view(f"L{n}.grid"), self.view(f"L{n}.t0"),
-                self.view(f"L{n}.h"), np.int32(lay.n_knots), np.int32(self.plan.n_coef), prep, yout, np.int32(o_f)))
-            edge = (self.view(f"L{n}.indices"), self.view(f"L{n}.gains"), self.view(f"L{n}.biases"),
-                    self.view(f"L{n}.base"), self.view(f"L{n}.scales"))
-            if rows < self.mma_min_rows:
-                for kernel, r0, r, chunk, grid, block in gather_launches(rows, i_f, o_f, self._sms):
-                    self.kernels[kernel](grid, block, (prep[r0:], np.int32(r), np.int32(i_f), np.int32(o_f),
-                                                       np.int32(chunk), cb, width, *edge, yout[r0:]))
-            else:
-                chunk, grid, block = mma_launch(rows, i_f, o_f, self._sms)
-                self.kernels["lutham_mma"](grid, block, (
-                    prep, np.int32(rows), np.int32(i_f), np.int32(o_f), np.int32(chunk), cb, width,
-                    np.int32(self.plan.n_coef), *edge, yout))
+            plan = launches(rows, i_f, o_f, self._sms, self.split_basis)
+            if any(grid[2] > 1 for *_, grid, _ in plan):  # split inputs add into the output
+                cp.cuda.runtime.memsetAsync(yout.data.ptr, 0, rows * o_f * 4, self.stream.ptr)
+            consts = (self.view(f"L{n}.t0"), self.view(f"L{n}.h"), np.int32(lay.n_knots), np.int32(self.plan.n_coef),
+                      cb, nwin, self.view(f"L{n}.edges"), self.view(f"L{n}.scales"))
+            for kernel, r0, r, chunk, grid, block in plan:
+                if kernel == "lutham_row1":
+                    args = (xin, np.int32(i_f), np.int32(o_f), np.int32(chunk), *consts, yout)
+                else:
+                    args = (xin[r0:], np.int32(r), np.int32(i_f), np.int32(o_f), np.int32(chunk), *consts, yout[r0:])
+                self.kernels[kernel](grid, block, args)

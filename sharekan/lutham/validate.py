@@ -2,8 +2,8 @@
 
 Before every run the output buffer is poisoned with NaN, so an element the kernels never wrote
 fails the check. Inputs are drawn inside the grid range and well outside it (where only the
-SiLU term and the boundary bases remain), for row counts that exercise both kernel paths and
-partial tiles. :func:`detector_map` scores the detector with LUTHAM in place of the head's KAN
+SiLU term and the boundary bases remain), for row counts that exercise every kernel path (one
+row, each tensor-core tile height, 128-row blocks plus a tail) and partial tiles. :func:`detector_map` scores the detector with LUTHAM in place of the head's KAN
 against the torch VQ reference; :func:`failures` turns both into one message per failing case.
 """
 
@@ -16,7 +16,7 @@ from .runtime import LuthamHead
 
 __all__ = ["ROWS", "check", "validate", "detector_map", "failures"]
 
-ROWS = (1, 5, 16, 17, 49, 100)
+ROWS = (1, 2, 8, 9, 17, 49, 64, 65, 128, 129, 200, 300)  # every kernel path and its boundaries
 
 
 def check(head: LuthamHead, model, x: torch.Tensor) -> dict:

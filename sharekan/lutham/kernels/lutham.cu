@@ -1,271 +1,336 @@
-// LUTHAM: the forward of a Gain-Shape-Bias compressed KAN layer, read straight from the arena.
+// LUTHAM v7: the forward of a Gain-Shape-Bias compressed KAN layer, read straight from the arena.
 //
-// Edge (o, i) holds a codeword index, a gain g, a bias b and a SiLU base weight w (fp16, times a
-// per-output-row scale: exact for int8-quantised gains); the
-// codebook is float32 [K, W] (each codeword: 3 zeros, C coefficients, zeros up to W, a multiple of 4:
-// codewords are 16-byte aligned and read with float4 loads; plan.codebook_width). For input x_i only
-// the 4 cubic bases starting at m_i are non-zero, so
-//   y[r, o] = sum_i  g * sum_j B_j(x_ri) * cb[idx, m_ri + j]  +  b * sum_j B_j(x_ri)  +  w * silu(x_ri).
-// lutham_prep    : per (row, input): the 4 basis values (non-existent bases zeroed), the padded
-//                  codeword position, their sum and silu(x) -> prep [rows, in, 8] floats.
-// lutham_gather  : few rows (memory-bound): a warp per (output, split of the inputs), lanes over
-//                  inputs with 8-byte loads, up to 16 rows accumulated in registers so each edge is
-//                  read once; fp32 throughout; partial sums added into y (zeroed by lutham_prep).
-// lutham_mma     : >= 16 rows: a 64-row x 64-output tile per block; each step decodes the weights of
-//                  4 inputs (13 coefficients + the base weight, 16 slots) into shared memory, builds
-//                  the matching basis rows, and multiplies on tensor cores (fp16 hi/lo split, fp32
-//                  accumulate),
-//                  so a decoded weight serves all 64 rows and dense weights never exist in memory;
-//                  blockIdx.z splits the inputs so small layers still fill the GPU.
+// Edge (o, i) is one 8-byte record {index, gain, bias, base weight} (uint16 + 3 x fp16, each fp16
+// times a per-output scale: exact for int8/int4 values), stored tile-major: [out/16][in][16], so a
+// warp on one 16-output tile streams its records contiguously. The codebook is float32 windows:
+// codeword k holds NWIN 4-coefficient windows (coefficients c[p-3 .. p], zero outside [0, C)) of
+// 16 bytes, the four aligned ones (p = 3, 7, 11, 15: the whole codeword c[0 .. 15]) first, so
+//   * one row (lutham_row1): an edge reads the single window its input's basis needs (16 bytes, one
+//     L2 sector) -- y[o] = gs*sum g*dot(B, window) + bs*sum b*S + ws*sum w*silu, fp32 throughout;
+//   * several rows (lutham_tc<NT, SPLIT>): an edge reads its whole codeword (64 bytes, 16 a lane) and
+//     decodes w_s = gain*c_s + bias (slot 15: the base weight) in fp32 straight into mma.m16n8k16 A
+//     fragments (16 outputs x 16 slots of one input) as fp16 hi + lo parts, reused across NT 8-row
+//     n-tiles whose B fragments (the basis and SiLU of each row, built on chip per step of inputs into
+//     shared memory, never in global scratch) come from shared memory; fp32 accumulate. The bases are
+//     fp16; SPLIT adds their rounding residue too (3 MMAs: hi*hi + lo*hi + hi*lo, near fp32), without
+//     it 2 MMAs. Records are loaded two steps and codewords one step ahead of their use.
 #include <cuda_fp16.h>
-#include <mma.h>
 
 // Tile and launch constants come from sharekan/lutham/geometry.py as -D options (one source for the
-// kernels and the launches); the code below is written for these values.
-#if !defined(TM) || !defined(TN) || !defined(TI) || !defined(KS) || !defined(MMA_THREADS) || !defined(GATHER_STEP)
+// kernels and the launches).
+#if !defined(TILE_O) || !defined(BASE_SLOT) || !defined(ROW1_UNROLL) || !defined(ROW1_MAX_CHUNK) || !defined(STAGE_BYTES)
 #error "compile with the -D options of sharekan.lutham.geometry.defines()"
 #endif
-static_assert(TM == 64 && TN == 64 && MMA_THREADS == 128, "lutham_mma: a 2x2 grid of warps, 32x32 each");
-static_assert(GATHER_STEP == 32 * 4, "lutham_gather: 32 lanes x 4 edges (one 8-byte index load) a step");
+static_assert(TILE_O == 16 && BASE_SLOT == 15, "an output tile is the M = 16 of mma.m16n8k16, 16 slots its K");
 
-using namespace nvcuda;
+struct Basis {
+    float w[4];   // the 4 cubic bases starting at coefficient `first` (0 where that coefficient does not exist)
+    int first;    // -3 .. C - 1
+    float sum;    // sum of w: what a per-edge bias multiplies
+    float silu;
+};
 
-extern "C" __global__ void lutham_prep(const float* __restrict__ x, int rows, int in_f,
-                                       const float* __restrict__ grid, const float* __restrict__ t0,
-                                       const float* __restrict__ hh, int nk, int n_coef,
-                                       float* __restrict__ prep, float* __restrict__ y, int out_f) {
-    long e = blockIdx.x * (long)blockDim.x + threadIdx.x;
-    if (e < (long)rows * out_f) y[e] = 0.f;  // the layer's output: split-K partial sums add into it
-    if (e >= (long)rows * in_f) return;
-    int i = (int)(e % in_f);
-    float v = x[e];
-    float u = (v - t0[i]) / hh[i];
-    float m = floorf(u);
-    float w0 = 0.f, w1 = 0.f, w2 = 0.f, w3 = 0.f;
-    int first = -3;
-    if (u >= 0.f && u < (float)(nk - 1)) {
-        int mi = min(max((int)m, 0), nk - 2);
-        float left = grid[(long)i * nk + mi], right = grid[(long)i * nk + mi + 1];
-        float f = fminf(fmaxf((v - left) / (right - left), 0.f), 1.f);
-        float f2 = f * f, f3 = f2 * f;
-        first = (int)m - 3;
-        w0 = (first >= 0 && first < n_coef) ? (1.f - f) * (1.f - f) * (1.f - f) / 6.f : 0.f;
-        w1 = (first + 1 >= 0 && first + 1 < n_coef) ? (3.f * f3 - 6.f * f2 + 4.f) / 6.f : 0.f;
-        w2 = (first + 2 >= 0 && first + 2 < n_coef) ? (-3.f * f3 + 3.f * f2 + 3.f * f + 1.f) / 6.f : 0.f;
-        w3 = (first + 3 >= 0 && first + 3 < n_coef) ? f3 / 6.f : 0.f;
+__device__ __forceinline__ Basis basis_of(float v, float t0, float h, int nk, int n_coef) {
+    Basis b;
+    b.w[0] = b.w[1] = b.w[2] = b.w[3] = 0.f;
+    b.first = -3;
+    b.silu = v / (1.f + __expf(-v));
+    const float u = (v - t0) / h;
+    if (u >= 0.f && u < (float)(nk - 1)) {  // inside the knots (a NaN input leaves only silu)
+        const float m = floorf(u), f = u - m, f2 = f * f, f3 = f2 * f, g = 1.f - f;
+        b.first = (int)m - 3;
+        const float c[4] = {g * g * g / 6.f, (3.f * f3 - 6.f * f2 + 4.f) / 6.f,
+                            (-3.f * f3 + 3.f * f2 + 3.f * f + 1.f) / 6.f, f3 / 6.f};
+#pragma unroll
+        for (int j = 0; j < 4; ++j) b.w[j] = (b.first + j >= 0 && b.first + j < n_coef) ? c[j] : 0.f;
     }
-    float4* p = reinterpret_cast<float4*>(prep + e * 8);
-    p[0] = make_float4(w0, w1, w2, w3);
-    p[1] = make_float4(__int_as_float(first + 3), w0 + w1 + w2 + w3, v / (1.f + expf(-v)), 0.f);
+    b.sum = b.w[0] + b.w[1] + b.w[2] + b.w[3];
+    return b;
 }
 
-template <int R>
-__device__ __forceinline__ void edge_term(const float* __restrict__ prep, int rows, int in_f, int i,
-                                          const float* __restrict__ c, float g, float b, float w, float* acc) {
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-        if (r < rows) {
-            const float4* p = reinterpret_cast<const float4*>(prep + ((long)r * in_f + i) * 8);
-            float4 bv = p[0], mv = p[1];
-            int pos = __float_as_int(mv.x);
-            // the window c[pos .. pos + 3] from two aligned 16-byte loads (one request each, not four)
-            const float4* c4 = reinterpret_cast<const float4*>(c) + (pos >> 2);
-            float4 a = __ldg(c4), n = __ldg(c4 + 1);
-            int s = pos & 3;
-            float c0 = s == 0 ? a.x : s == 1 ? a.y : s == 2 ? a.z : a.w;
-            float c1 = s == 0 ? a.y : s == 1 ? a.z : s == 2 ? a.w : n.x;
-            float c2 = s == 0 ? a.z : s == 1 ? a.w : s == 2 ? n.x : n.y;
-            float c3 = s == 0 ? a.w : s == 1 ? n.x : s == 2 ? n.y : n.z;
-            float dot = bv.x * c0 + bv.y * c1 + bv.z * c2 + bv.w * c3;
-            acc[r] += g * dot + b * mv.y + w * mv.z;
-        }
+// where window p (its coefficients c[p-3 .. p]) sits in a codeword: the aligned windows 3, 7, 11, 15
+// first, then the others in order (plan.window_slot, the host side, is the same function)
+__device__ __forceinline__ int window_slot(int p) {
+    return (p < 16 && (p & 3) == 3) ? (p >> 2) : 4 + p - min((p + 1) >> 2, 4);
+}
+
+__device__ __forceinline__ float lo_half(unsigned v) { return __half2float(__ushort_as_half((unsigned short)(v & 0xffffu))); }
+__device__ __forceinline__ float hi_half(unsigned v) { return __half2float(__ushort_as_half((unsigned short)(v >> 16))); }
+
+__device__ __forceinline__ void put(float* y, int r, int o, int rows, int out_f, float v, bool atomic) {
+    if (r < rows && o < out_f) {
+        if (atomic) atomicAdd(y + (long)r * out_f + o, v);
+        else y[(long)r * out_f + o] = v;
     }
 }
 
-// grid: out_f * splits warps; warp (o, s) sums inputs [s * chunk, (s + 1) * chunk) (chunk a multiple
-// of GATHER_STEP) with 8-byte loads of 4 edges per lane, then adds its partial sums into y. R (1, 4 or 16)
-// bounds the rows of one launch: a small R keeps registers few and occupancy high at batch 1.
-template <int R>
-__device__ __forceinline__ void gather(const float* __restrict__ prep, int rows, int in_f, int out_f, int chunk,
-                                       const float* __restrict__ cb, int width, const unsigned short* __restrict__ idx,
-                                       const __half* __restrict__ gain, const __half* __restrict__ bias,
-                                       const __half* __restrict__ base, const float* __restrict__ scales,
-                                       float* __restrict__ y) {
-    int wid = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-    int lane = threadIdx.x & 31;
-    int o = wid % out_f, split = wid / out_f;
-    int i_begin = split * chunk;
-    if (o >= out_f || i_begin >= in_f) return;
-    int i_end = min(in_f, i_begin + chunk);
-    const float gs = scales[o], bs = scales[out_f + o], ws = scales[2 * out_f + o];
-    float acc[R];
-#pragma unroll
-    for (int r = 0; r < R; ++r) acc[r] = 0.f;
-    const long row0 = (long)o * in_f;
-    int vec_end = (in_f % 4 == 0) ? i_end : i_begin;  // 8-byte loads need 4-aligned rows
-    // two groups of 4 edges per lane per step: all 8 index loads issue before any codeword load
-    for (int i = i_begin + lane * 4; i + 3 < vec_end; i += 2 * GATHER_STEP) {
-        const bool second = i + GATHER_STEP + 3 < vec_end;
-        ushort4 k4[2];
-        uint2 g2[2], b2[2], w2[2];
-#pragma unroll
-        for (int u = 0; u < 2; ++u) {
-            if (u == 0 || second) {
-                long at = row0 + i + u * GATHER_STEP;
-                k4[u] = __ldg(reinterpret_cast<const ushort4*>(idx + at));
-                g2[u] = __ldg(reinterpret_cast<const uint2*>(gain + at));
-                b2[u] = __ldg(reinterpret_cast<const uint2*>(bias + at));
-                w2[u] = __ldg(reinterpret_cast<const uint2*>(base + at));
-            }
-        }
-#pragma unroll
-        for (int u = 0; u < 2; ++u) {
-            if (u == 1 && !second) break;
-            const __half* g = reinterpret_cast<const __half*>(&g2[u]);
-            const __half* b = reinterpret_cast<const __half*>(&b2[u]);
-            const __half* w = reinterpret_cast<const __half*>(&w2[u]);
-            unsigned short ks[4] = {k4[u].x, k4[u].y, k4[u].z, k4[u].w};
-#pragma unroll
-            for (int j = 0; j < 4; ++j)
-                edge_term<R>(prep, rows, in_f, i + u * GATHER_STEP + j, cb + (long)ks[j] * width, gs * __half2float(g[j]),
-                             bs * __half2float(b[j]), ws * __half2float(w[j]), acc);
-        }
+// ---------------------------------------------------------------------------------------------
+// One row. Block: warps over 16-output tiles, one input chunk (blockIdx.z) whose bases are staged
+// in shared memory once. A warp step covers 2 inputs x 16 outputs (lane = input half x output);
+// ROW1_UNROLL steps issue their record loads, then their window loads, then the FMAs.
+extern "C" __global__ void __launch_bounds__(256)
+lutham_row1(const float* __restrict__ x, int in_f, int out_f, int chunk, const float* __restrict__ t0,
+            const float* __restrict__ hh, int nk, int n_coef, const float4* __restrict__ cb, int nwin,
+            const uint2* __restrict__ edges, const float* __restrict__ scales, float* __restrict__ y) {
+    __shared__ float4 stage[2 * ROW1_MAX_CHUNK];  // per input: the 4 bases; (window slot, sum, silu, -)
+    const int i_lo = blockIdx.z * chunk, n = min(in_f, i_lo + chunk) - i_lo;
+    for (int k = threadIdx.x; k < n; k += blockDim.x) {
+        const int i = i_lo + k;
+        const Basis b = basis_of(x[i], t0[i], hh[i], nk, n_coef);
+        stage[2 * k] = make_float4(b.w[0], b.w[1], b.w[2], b.w[3]);
+        stage[2 * k + 1] = make_float4(__int_as_float(window_slot(b.first + 3)), b.sum, b.silu, 0.f);
     }
-    for (int i = max(vec_end, i_begin) + lane; i < i_end; i += 32)  // rows not 4-aligned: scalar
-        edge_term<R>(prep, rows, in_f, i, cb + (long)idx[row0 + i] * width, gs * __half2float(gain[row0 + i]),
-                  bs * __half2float(bias[row0 + i]), ws * __half2float(base[row0 + i]), acc);
+    const int lane = threadIdx.x & 31, half = lane >> 4;
+    const int tile = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const bool active = tile < (out_f + TILE_O - 1) / TILE_O;
+    const uint2* e = edges + ((long)tile * in_f + i_lo) * TILE_O + lane;  // input i_lo + half, output lane & 15
+    uint2 rec[ROW1_UNROLL];
+    auto records = [&](int k) {  // the records of inputs k .. k + 2 * ROW1_UNROLL (zero past the chunk)
 #pragma unroll
-    for (int r = 0; r < R; ++r) {
-        if (r < rows) {
-            float v = acc[r];
-            for (int s = 16; s > 0; s >>= 1) v += __shfl_xor_sync(0xffffffffu, v, s);
-            if (lane == 0) atomicAdd(y + (long)r * out_f + o, v);
-        }
-    }
-}
-
-#define GATHER(R)                                                                                           \
-    extern "C" __global__ void lutham_gather##R(                                                            \
-        const float* __restrict__ prep, int rows, int in_f, int out_f, int chunk, const float* __restrict__ cb, \
-        int width, const unsigned short* __restrict__ idx, const __half* __restrict__ gain,                 \
-        const __half* __restrict__ bias, const __half* __restrict__ base, const float* __restrict__ scales,  \
-        float* __restrict__ y) {                                                                            \
-        gather<R>(prep, rows, in_f, out_f, chunk, cb, width, idx, gain, bias, base, scales, y);              \
-    }
-GATHER(1)
-GATHER(4)
-GATHER(16)
-
-#define KT (TI * KS)
-#define LD (KT + 8)
-
-__device__ __forceinline__ void split_store(__half* hi, __half* lo, float v) {
-    __half h = __float2half(v);
-    *hi = h;
-    *lo = __float2half(v - __half2float(h));
-}
-
-// Each operand is split into fp16 hi + lo parts and the tile product is hi*hi + hi*lo + lo*hi
-// (fp32 accumulate): near-fp32 accuracy from fp16 tensor cores.
-extern "C" __global__ void __launch_bounds__(MMA_THREADS)
-lutham_mma(const float* __restrict__ prep, int rows, int in_f, int out_f, int chunk, const float* __restrict__ cb,
-           int width, int n_coef, const unsigned short* __restrict__ idx, const __half* __restrict__ gain,
-           const __half* __restrict__ bias, const __half* __restrict__ base, const float* __restrict__ scales,
-           float* __restrict__ y) {
-    __shared__ __align__(128) unsigned char smem[4 * TM * LD * sizeof(__half)];
-    __half* Ah = reinterpret_cast<__half*>(smem);              // [TM rows][LD]: basis rows, hi and lo
-    __half* Al = Ah + TM * LD;
-    __half* Bh = Al + TM * LD;                                 // [TN outputs][LD]: decoded weights
-    __half* Bl = Bh + TN * LD;
-    const int r0 = blockIdx.y * TM, o0 = blockIdx.x * TN;
-    const int warp = threadIdx.x >> 5, wm = warp >> 1, wn = warp & 1;
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
-#pragma unroll
-    for (int a = 0; a < 2; ++a)
-#pragma unroll
-        for (int b = 0; b < 2; ++b) wmma::fill_fragment(acc[a][b], 0.f);
-
-    const int i_lo = blockIdx.z * chunk, i_hi = min(in_f, i_lo + chunk);  // this block's split of inputs
-    for (int i0 = i_lo; i0 < i_hi; i0 += TI) {
-        for (int e = threadIdx.x; e < TM * TI; e += blockDim.x) {
-            int r = e / TI, ii = e % TI, gr = r0 + r, gi = i0 + ii;
-            float4 bv = make_float4(0.f, 0.f, 0.f, 0.f);
-            int first = 0;
-            float silu = 0.f;
-            if (gr < rows && gi < i_hi) {
-                const float4* p = reinterpret_cast<const float4*>(prep + ((long)gr * in_f + gi) * 8);
-                bv = p[0];
-                float4 mv = p[1];
-                first = __float_as_int(mv.x) - 3;
-                silu = mv.z;
-            }
-            int at = r * LD + ii * KS;
-#pragma unroll
-            for (int s = 0; s < KS; ++s) {
-                int d = s - first;
-                float v = d == 0 ? bv.x : d == 1 ? bv.y : d == 2 ? bv.z : d == 3 ? bv.w : 0.f;
-                split_store(Ah + at + s, Al + at + s, s < n_coef ? v : (s == n_coef ? silu : 0.f));
-            }
-        }
-        for (int e = threadIdx.x; e < TN * TI; e += blockDim.x) {
-            int n = e / TI, ii = e % TI, go = o0 + n, gi = i0 + ii;
-            int at = n * LD + ii * KS;
-            if (go < out_f && gi < i_hi) {
-                long k = (long)go * in_f + gi;
-                // the codeword in 16-byte loads (c[3 + s] is coefficient s): 4 or 5 requests, not 13
-                const float4* c4 = reinterpret_cast<const float4*>(cb + (long)idx[k] * width);
-                float c[KS + 4];
-#pragma unroll
-                for (int q = 0; q < KS / 4 + 1; ++q) {
-                    float4 v = q * 4 < width ? __ldg(c4 + q) : make_float4(0.f, 0.f, 0.f, 0.f);
-                    c[4 * q] = v.x; c[4 * q + 1] = v.y; c[4 * q + 2] = v.z; c[4 * q + 3] = v.w;
-                }
-                float g = scales[go] * __half2float(gain[k]), b = scales[out_f + go] * __half2float(bias[k]);
-                float w = scales[2 * out_f + go] * __half2float(base[k]);
-#pragma unroll
-                for (int s = 0; s < KS; ++s)
-                    split_store(Bh + at + s, Bl + at + s, s < n_coef ? g * c[3 + s] + b : (s == n_coef ? w : 0.f));
-            } else {
-#pragma unroll
-                for (int s = 0; s < KS; ++s) Bh[at + s] = Bl[at + s] = __float2half(0.f);
-            }
-        }
-        __syncthreads();
-#pragma unroll
-        for (int kk = 0; kk < KT; kk += 16) {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fah[2], fal[2];
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> fbh[2], fbl[2];
-#pragma unroll
-            for (int a = 0; a < 2; ++a) {
-                wmma::load_matrix_sync(fah[a], Ah + (wm * 32 + a * 16) * LD + kk, LD);
-                wmma::load_matrix_sync(fal[a], Al + (wm * 32 + a * 16) * LD + kk, LD);
-            }
-#pragma unroll
-            for (int b = 0; b < 2; ++b) {
-                wmma::load_matrix_sync(fbh[b], Bh + (wn * 32 + b * 16) * LD + kk, LD);
-                wmma::load_matrix_sync(fbl[b], Bl + (wn * 32 + b * 16) * LD + kk, LD);
-            }
-#pragma unroll
-            for (int a = 0; a < 2; ++a)
-#pragma unroll
-                for (int b = 0; b < 2; ++b) {
-                    wmma::mma_sync(acc[a][b], fal[a], fbh[b], acc[a][b]);
-                    wmma::mma_sync(acc[a][b], fah[a], fbl[b], acc[a][b]);
-                    wmma::mma_sync(acc[a][b], fah[a], fbh[b], acc[a][b]);
-                }
-        }
-        __syncthreads();
-    }
-    float* Cs = reinterpret_cast<float*>(smem);                // [TM][TN], reusing the tiles
-#pragma unroll
-    for (int a = 0; a < 2; ++a)
-#pragma unroll
-        for (int b = 0; b < 2; ++b)
-            wmma::store_matrix_sync(Cs + (wm * 32 + a * 16) * TN + wn * 32 + b * 16, acc[a][b], TN,
-                                    wmma::mem_row_major);
+        for (int u = 0; u < ROW1_UNROLL; ++u)
+            rec[u] = active && k + 2 * u + half < n ? __ldg(e + (long)(k + 2 * u) * TILE_O) : make_uint2(0u, 0u);
+    };
+    records(0);  // in flight while the bases are staged
     __syncthreads();
-    for (int e = threadIdx.x; e < TM * TN; e += blockDim.x) {
-        int r = e / TN, n = e % TN;
-        if (r0 + r < rows && o0 + n < out_f) atomicAdd(y + (long)(r0 + r) * out_f + o0 + n, Cs[e]);
+    if (!active) return;
+    float ag = 0.f, ab = 0.f, aw = 0.f;
+    for (int k = 0; k < n; k += 2 * ROW1_UNROLL) {
+        float4 win[ROW1_UNROLL];
+        uint2 cur[ROW1_UNROLL];
+#pragma unroll
+        for (int u = 0; u < ROW1_UNROLL; ++u) {
+            const int kk = min(k + 2 * u + half, n - 1);
+            win[u] = __ldg(cb + (long)(rec[u].x & 0xffffu) * nwin + __float_as_int(stage[2 * kk + 1].x));
+            cur[u] = rec[u];
+        }
+        records(k + 2 * ROW1_UNROLL);  // the next records load while these windows arrive
+#pragma unroll
+        for (int u = 0; u < ROW1_UNROLL; ++u) {
+            const int kk = min(k + 2 * u + half, n - 1);
+            const float4 bw = stage[2 * kk], m = stage[2 * kk + 1];
+            const float dot = bw.x * win[u].x + bw.y * win[u].y + bw.z * win[u].z + bw.w * win[u].w;
+            ag += hi_half(cur[u].x) * dot;  // a padded record is all zero: it adds nothing
+            ab += lo_half(cur[u].y) * m.y;
+            aw += hi_half(cur[u].y) * m.z;
+        }
+    }
+    const int o = tile * TILE_O + (lane & 15);
+    float v = o < out_f ? scales[o] * ag + scales[out_f + o] * ab + scales[2 * out_f + o] * aw : 0.f;
+    v += __shfl_xor_sync(0xffffffffu, v, 16);
+    if (half == 0) put(y, 0, o, 1, out_f, v, gridDim.z > 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Several rows: tensor cores. Block: warps over 16-output tiles, rows [blockIdx.y * NT * 8, +NT * 8),
+// inputs of split blockIdx.z, in steps of TI inputs; the bases of step s + 1 are built into the other
+// half of a double buffer while step s multiplies.
+// mma.m16n8k16 fragment slots: thread (g = lane / 4, q = lane % 4) holds K columns 2q, 2q+1, 2q+8, 2q+9;
+// here those are slots 4q .. 4q+3 of the input (K's order is ours to choose), so a lane's weights are one
+// 4-coefficient window (8 bytes) and its basis values one group of four.
+__device__ __forceinline__ void mma16816(float* d, const unsigned* a, unsigned b0, unsigned b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ unsigned pack(float a, float b) {
+    __half2 h = __floats2half2_rn(a, b);
+    return *reinterpret_cast<unsigned*>(&h);
+}
+
+// fp16 hi + lo parts of (a, b): hi + lo carries ~22 bits of each
+__device__ __forceinline__ void pack_split(float a, float b, unsigned& hi, unsigned& lo) {
+    const __half2 h = __floats2half2_rn(a, b);
+    const float2 f = __half22float2(h);
+    hi = *reinterpret_cast<const unsigned*>(&h);
+    lo = pack(a - f.x, b - f.y);
+}
+
+// the weights of slots 4q .. 4q+3 of one edge from its record and codeword window q (fp32), as
+// fp16 hi/lo pairs: (slots 4q, 4q+1) and (4q+2, 4q+3)
+__device__ __forceinline__ void decode(uint2 rec, float4 c, float gs, float bs, float ws, int q, int n_coef,
+                                       unsigned (&hi)[2], unsigned (&lo)[2]) {
+    const float g = gs * hi_half(rec.x), b = bs * lo_half(rec.y);
+    float w[4] = {c.x, c.y, c.z, c.w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) w[j] = 4 * q + j < n_coef ? fmaf(g, w[j], b) : 0.f;  // no basis there: 0
+    if (q == 3) w[3] = ws * hi_half(rec.y);  // slot 15: the SiLU base weight
+    pack_split(w[0], w[1], hi[0], lo[0]);
+    pack_split(w[2], w[3], hi[1], lo[1]);
+}
+
+template <int NT, bool SPLIT>
+struct TcShape {
+    static constexpr int TI = 2;  // inputs per step (registers hold 3 record and 2 codeword sets)
+    static constexpr int LB = SPLIT ? 2 : 1;    // uint2 a lane holds per (input, n-tile): hi (, lo)
+    static constexpr int TASKS = (TI * NT * 8 + 255) / 256;  // (row, input) bases a thread builds per step
+    static_assert(2 * TI * NT * 32 * LB * 8 <= STAGE_BYTES, "basis stage exceeds STAGE_BYTES");
+};
+
+template <int NT, bool SPLIT>
+__device__ __forceinline__ void tc(const float* __restrict__ x, int rows, int in_f, int out_f, int chunk,
+                                   const float* __restrict__ t0, const float* __restrict__ hh, int nk, int n_coef,
+                                   const float4* __restrict__ cb, int nwin, const uint2* __restrict__ edges,
+                                   const float* __restrict__ scales, float* __restrict__ y) {
+    using S = TcShape<NT, SPLIT>;
+    constexpr int TI = S::TI, LB = S::LB;
+    __shared__ uint2 stage[2 * TI * NT * 32 * LB];  // [buffer][input][n-tile][lane][hi (, lo)]
+    const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+    const int n_tiles = (out_f + TILE_O - 1) / TILE_O;
+    const int tile = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const bool active = tile < n_tiles;
+    const int r0 = blockIdx.y * NT * 8;
+    const int i_lo = blockIdx.z * chunk, i_hi = min(in_f, i_lo + chunk);
+    const uint2* e = edges + (long)min(tile, n_tiles - 1) * in_f * TILE_O;
+    const int oa = tile * TILE_O + g, ob = oa + 8;
+    const float gsa = oa < out_f ? scales[oa] : 0.f, bsa = oa < out_f ? scales[out_f + oa] : 0.f,
+                wsa = oa < out_f ? scales[2 * out_f + oa] : 0.f;
+    const float gsb = ob < out_f ? scales[ob] : 0.f, bsb = ob < out_f ? scales[out_f + ob] : 0.f,
+                wsb = ob < out_f ? scales[2 * out_f + ob] : 0.f;
+
+    // x of the (row, input) pairs this thread turns into bases for the step at i0 (loaded a step early)
+    auto load_x = [&](int i0, float (&xv)[S::TASKS]) {
+#pragma unroll
+        for (int k = 0; k < S::TASKS; ++k) {
+            const int t = threadIdx.x + k * 256, ii = t % TI, r = t / TI, i = i0 + ii, gr = r0 + r;
+            xv[k] = (t < TI * NT * 8 && i < i_hi && gr < rows) ? x[(long)gr * in_f + i] : 0.f;
+        }
+    };
+    // the B fragments of the step at i0 into buffer `buf` (zeros for pairs outside the rows or inputs)
+    auto produce = [&](int buf, int i0, const float (&xv)[S::TASKS]) {
+#pragma unroll
+        for (int k = 0; k < S::TASKS; ++k) {
+            const int t = threadIdx.x + k * 256, ii = t % TI, r = t / TI, i = i0 + ii;
+            if (t >= TI * NT * 8) break;
+            const bool ok = i < i_hi && r0 + r < rows;
+            Basis b = basis_of(ok ? xv[k] : 0.f, ok ? t0[i] : 0.f, ok ? hh[i] : 1.f, nk, n_coef);
+            if (!ok) {
+                b.w[0] = b.w[1] = b.w[2] = b.w[3] = 0.f;
+                b.silu = 0.f;
+            }
+            uint2* dst = stage + ((long)((buf * TI + ii) * NT + (r >> 3)) * 32 + (r & 7) * 4) * LB;
+#pragma unroll
+            for (int qq = 0; qq < 4; ++qq) {
+                float v[4];
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const int d = 4 * qq + j - b.first;
+                    v[j] = d == 0 ? b.w[0] : d == 1 ? b.w[1] : d == 2 ? b.w[2] : d == 3 ? b.w[3] : 0.f;
+                }
+                if (qq == 3) v[3] = b.silu;
+                if (SPLIT) {
+                    uint2 h, l;
+                    pack_split(v[0], v[1], h.x, l.x);
+                    pack_split(v[2], v[3], h.y, l.y);
+                    dst[qq * LB] = h;
+                    dst[qq * LB + LB - 1] = l;
+                } else {
+                    dst[qq * LB] = make_uint2(pack(v[0], v[1]), pack(v[2], v[3]));
+                }
+            }
+        }
+    };
+    auto records = [&](int i0, uint2 (&rec)[TI][2]) {
+#pragma unroll
+        for (int ii = 0; ii < TI; ++ii) {
+            const bool ok = active && i0 + ii < i_hi;
+            rec[ii][0] = ok ? __ldg(e + (long)(i0 + ii) * TILE_O + g) : make_uint2(0u, 0u);
+            rec[ii][1] = ok ? __ldg(e + (long)(i0 + ii) * TILE_O + g + 8) : make_uint2(0u, 0u);
+        }
+    };
+    auto codewords = [&](const uint2 (&rec)[TI][2], float4 (&cw)[TI][2]) {
+#pragma unroll
+        for (int ii = 0; ii < TI; ++ii)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) cw[ii][h] = __ldg(cb + (long)(rec[ii][h].x & 0xffffu) * nwin + q);
+    };
+
+    float acc[NT][4];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+    uint2 rec0[TI][2], rec1[TI][2];
+    float4 cw0[TI][2];
+    float xv[S::TASKS];
+    records(i_lo, rec0);
+    records(i_lo + TI, rec1);
+    load_x(i_lo, xv);
+    codewords(rec0, cw0);
+    produce(0, i_lo, xv);
+    load_x(i_lo + TI, xv);
+    __syncthreads();
+    const int steps = (i_hi - i_lo + TI - 1) / TI;
+    for (int s = 0; s < steps; ++s) {
+        const int i0 = i_lo + s * TI, buf = s & 1;
+        float4 cw1[TI][2];
+        uint2 rec2[TI][2];
+        codewords(rec1, cw1);         // step s + 1's codewords,
+        records(i0 + 2 * TI, rec2);   // step s + 2's records,
+        if (s + 1 < steps) {          // step s + 1's bases (x loaded a step ago), and step s + 2's x
+            produce(buf ^ 1, i0 + TI, xv);
+            load_x(i0 + 2 * TI, xv);
+        }
+        unsigned ahi[TI][4], alo[TI][4];  // A fragments: rows g (regs 0, 2) and g + 8 (regs 1, 3), hi and lo parts
+#pragma unroll
+        for (int ii = 0; ii < TI; ++ii) {
+            unsigned ha[2], la[2], hb[2], lb[2];
+            decode(rec0[ii][0], cw0[ii][0], gsa, bsa, wsa, q, n_coef, ha, la);
+            decode(rec0[ii][1], cw0[ii][1], gsb, bsb, wsb, q, n_coef, hb, lb);
+            ahi[ii][0] = ha[0], ahi[ii][1] = hb[0], ahi[ii][2] = ha[1], ahi[ii][3] = hb[1];
+            alo[ii][0] = la[0], alo[ii][1] = lb[0], alo[ii][2] = la[1], alo[ii][3] = lb[1];
+        }
+        const uint2* src = stage + ((long)buf * TI * NT * 32 + lane) * LB;
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+            // this step's products start from zero and are added to the sum in fp32 (round to nearest):
+            // the tensor cores' accumulation does not round-to-nearest, so a long chain of MMAs on one
+            // accumulator drifts
+            float d[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+            for (int ii = 0; ii < TI; ++ii) {
+                const uint2 bh = src[(ii * NT + nt) * 32 * LB];
+                mma16816(d, ahi[ii], bh.x, bh.y);
+                mma16816(d, alo[ii], bh.x, bh.y);
+                if (SPLIT) {
+                    const uint2 bl = src[(ii * NT + nt) * 32 * LB + LB - 1];
+                    mma16816(d, ahi[ii], bl.x, bl.y);
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < 4; ++j) acc[nt][j] += d[j];
+        }
+#pragma unroll
+        for (int ii = 0; ii < TI; ++ii)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) rec0[ii][h] = rec1[ii][h], rec1[ii][h] = rec2[ii][h], cw0[ii][h] = cw1[ii][h];
+        __syncthreads();
+    }
+    if (!active) return;
+    const bool atomic = gridDim.z > 1;
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+        const int r = r0 + nt * 8 + 2 * q;
+        put(y, r, oa, rows, out_f, acc[nt][0], atomic);
+        put(y, r + 1, oa, rows, out_f, acc[nt][1], atomic);
+        put(y, r, ob, rows, out_f, acc[nt][2], atomic);
+        put(y, r + 1, ob, rows, out_f, acc[nt][3], atomic);
     }
 }
+
+#define TC(NT, SPLIT, BLOCKS, NAME)                                                                              \
+    extern "C" __global__ void __launch_bounds__(256, BLOCKS) NAME(                                               \
+        const float* __restrict__ x, int rows, int in_f, int out_f, int chunk, const float* __restrict__ t0,       \
+        const float* __restrict__ hh, int nk, int n_coef, const float4* __restrict__ cb, int nwin,                 \
+        const uint2* __restrict__ edges, const float* __restrict__ scales, float* __restrict__ y) {                \
+        tc<NT, SPLIT>(x, rows, in_f, out_f, chunk, t0, hh, nk, n_coef, cb, nwin, edges, scales, y);               \
+    }
+TC(1, true, 2, lutham_tc1s)
+TC(2, true, 2, lutham_tc2s)
+TC(4, true, 2, lutham_tc4s)
+TC(8, true, 2, lutham_tc8s)
+TC(16, true, 1, lutham_tc16s)
+TC(1, false, 2, lutham_tc1)
+TC(2, false, 2, lutham_tc2)
+TC(4, false, 2, lutham_tc4)
+TC(8, false, 2, lutham_tc8)
+TC(16, false, 1, lutham_tc16)
