@@ -58,7 +58,7 @@ class Plan:
         return next(b for b in self.blocks if b.name == name)
 
     def hot_bytes(self) -> int:
-        """Bytes reused on every call and worth keeping in L2: codebook, constants, scratch."""
+        """Bytes reused by every edge on every call: the codebook and the per-input/per-output constants."""
         return sum(b.nbytes for b in self.blocks if b.component in RESIDENCY[:HOT])
 
     def fits(self, l2_bytes: int) -> dict:
@@ -85,7 +85,7 @@ def n_windows(n_coef: int) -> int:
 
 def window_slot(p: int) -> int:
     """Where window ``p`` (coefficients ``p-3 … p``) sits in a codeword: the aligned windows 3, 7,
-    11, 15 first (so the whole codeword is its first 32 bytes), then the others in order (the
+    11, 15 first (so the whole codeword is its first 64 bytes), then the others in order (the
     kernels' ``window_slot``)."""
     return p >> 2 if p < 16 and p & 3 == 3 else 4 + p - min((p + 1) >> 2, 4)
 

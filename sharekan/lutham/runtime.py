@@ -7,7 +7,8 @@ runs each layer as one kernel (``lutham_row1`` for one row, ``lutham_tc*`` on te
 more; launch sizes from ``geometry``), preceded by a memset of the layer's output where the inputs
 are split across blocks (fp32 atomics). The launches for a row count are captured once as a CUDA
 graph and replayed. Where the CUDA runtime allows, an L2 persisting access-policy window
-(``l2``) covers the arena's hot prefix (codebook first); the plan records whether it was set.
+(``l2``) covers as much of the arena's start as the device's persisting limit holds (codebook,
+constants, then edge records); the plan records what was set.
 """
 
 from __future__ import annotations
