@@ -1,4 +1,4 @@
-// LUTHAM v7: the forward of a Gain-Shape-Bias compressed KAN layer, read straight from the arena.
+// LUTHAM v10: the forward of a Gain-Shape-Bias compressed KAN layer, read straight from the arena.
 //
 // Edge (o, i) is one 8-byte record {index, gain, bias, base weight} (uint16 + 3 x fp16, each fp16
 // times a per-output scale: exact for int8/int4 values), stored tile-major: [out/16][in][16], so a
@@ -7,13 +7,17 @@
 // 16 bytes, the four aligned ones (p = 3, 7, 11, 15: the whole codeword c[0 .. 15]) first, so
 //   * one row (lutham_row1): an edge reads the single window its input's basis needs (16 bytes, one
 //     L2 sector) -- y[o] = gs*sum g*dot(B, window) + bs*sum b*S + ws*sum w*silu, fp32 throughout;
-//   * several rows (lutham_tc<NT, SPLIT>): an edge reads its whole codeword (64 bytes, 16 a lane) and
+//   * several rows (lutham_tc<NT>p<P>): an edge reads its whole codeword (64 bytes, 16 a lane) and
 //     decodes w_s = gain*c_s + bias (slot 15: the base weight) in fp32 straight into mma.m16n8k16 A
-//     fragments (16 outputs x 16 slots of one input) as fp16 hi + lo parts, reused across NT 8-row
-//     n-tiles whose B fragments (the basis and SiLU of each row, built on chip per step of inputs into
-//     shared memory, never in global scratch) come from shared memory; fp32 accumulate. The bases are
-//     fp16; SPLIT adds their rounding residue too (3 MMAs: hi*hi + lo*hi + hi*lo, near fp32), without
-//     it 2 MMAs. Records are loaded two steps and codewords one step ahead of their use.
+//     fragments (16 outputs x 16 slots of one input), reused across NT 8-row n-tiles whose B
+//     fragments (the basis and SiLU of each row, built on chip per step of inputs into shared
+//     memory, never in global scratch) come from shared memory; fp32 accumulate. P is the number of
+//     fp16 products a weight-basis product takes: 3 (weights and bases as hi + lo parts: hi*hi +
+//     lo*hi + hi*lo, near fp32), 2 (single fp16 bases), 1 (fp16 weights and bases: the rounding of a
+//     dense fp16 head). Records are loaded two steps and codewords one step ahead of their use;
+//   * large batches (lutham_slab_p<P>, then a cuBLAS GEMM the runtime issues): a slab of inputs is
+//     expanded into two dense fp16 operands in a bounded workspace -- the weights decoded as above
+//     and the rows' bases -- with the P products as sections along K.
 #include <cuda_fp16.h>
 
 // Tile and launch constants come from sharekan/lutham/geometry.py as -D options (one source for the
@@ -160,20 +164,21 @@ __device__ __forceinline__ void decode(uint2 rec, float4 c, float gs, float bs, 
     pack_split(w[2], w[3], hi[1], lo[1]);
 }
 
-template <int NT, bool SPLIT>
+template <int NT, int P>
 struct TcShape {
+    static_assert(P >= 1 && P <= 3, "P: 1, 2 or 3 fp16 products a weight-basis product");
     static constexpr int TI = 2;  // inputs per step (registers hold 3 record and 2 codeword sets)
-    static constexpr int LB = SPLIT ? 2 : 1;    // uint2 a lane holds per (input, n-tile): hi (, lo)
+    static constexpr int LB = P == 3 ? 2 : 1;    // uint2 a lane holds per (input, n-tile): hi (, lo)
     static constexpr int TASKS = (TI * NT * 8 + 255) / 256;  // (row, input) bases a thread builds per step
     static_assert(2 * TI * NT * 32 * LB * 8 <= STAGE_BYTES, "basis stage exceeds STAGE_BYTES");
 };
 
-template <int NT, bool SPLIT>
+template <int NT, int P>
 __device__ __forceinline__ void tc(const float* __restrict__ x, int rows, int in_f, int out_f, int chunk,
                                    const float* __restrict__ t0, const float* __restrict__ hh, int nk, int n_coef,
                                    const float4* __restrict__ cb, int nwin, const uint2* __restrict__ edges,
                                    const float* __restrict__ scales, float* __restrict__ y) {
-    using S = TcShape<NT, SPLIT>;
+    using S = TcShape<NT, P>;
     constexpr int TI = S::TI, LB = S::LB;
     __shared__ uint2 stage[2 * TI * NT * 32 * LB];  // [buffer][input][n-tile][lane][hi (, lo)]
     const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
@@ -219,7 +224,7 @@ __device__ __forceinline__ void tc(const float* __restrict__ x, int rows, int in
                     v[j] = d == 0 ? b.w[0] : d == 1 ? b.w[1] : d == 2 ? b.w[2] : d == 3 ? b.w[3] : 0.f;
                 }
                 if (qq == 3) v[3] = b.silu;
-                if (SPLIT) {
+                if (P == 3) {
                     uint2 h, l;
                     pack_split(v[0], v[1], h.x, l.x);
                     pack_split(v[2], v[3], h.y, l.y);
@@ -290,8 +295,8 @@ __device__ __forceinline__ void tc(const float* __restrict__ x, int rows, int in
             for (int ii = 0; ii < TI; ++ii) {
                 const uint2 bh = src[(ii * NT + nt) * 32 * LB];
                 mma16816(d, ahi[ii], bh.x, bh.y);
-                mma16816(d, alo[ii], bh.x, bh.y);
-                if (SPLIT) {
+                if (P >= 2) mma16816(d, alo[ii], bh.x, bh.y);
+                if (P == 3) {
                     const uint2 bl = src[(ii * NT + nt) * 32 * LB + LB - 1];
                     mma16816(d, ahi[ii], bl.x, bl.y);
                 }
@@ -317,20 +322,101 @@ __device__ __forceinline__ void tc(const float* __restrict__ x, int rows, int in
     }
 }
 
-#define TC(NT, SPLIT, BLOCKS, NAME)                                                                              \
-    extern "C" __global__ void __launch_bounds__(256, BLOCKS) NAME(                                               \
+#define TC(NT, P, BLOCKS)                                                                                        \
+    extern "C" __global__ void __launch_bounds__(256, BLOCKS) lutham_tc##NT##p##P(                              \
         const float* __restrict__ x, int rows, int in_f, int out_f, int chunk, const float* __restrict__ t0,       \
         const float* __restrict__ hh, int nk, int n_coef, const float4* __restrict__ cb, int nwin,                 \
         const uint2* __restrict__ edges, const float* __restrict__ scales, float* __restrict__ y) {                \
-        tc<NT, SPLIT>(x, rows, in_f, out_f, chunk, t0, hh, nk, n_coef, cb, nwin, edges, scales, y);               \
+        tc<NT, P>(x, rows, in_f, out_f, chunk, t0, hh, nk, n_coef, cb, nwin, edges, scales, y);                   \
     }
-TC(1, true, 2, lutham_tc1s)
-TC(2, true, 2, lutham_tc2s)
-TC(4, true, 2, lutham_tc4s)
-TC(8, true, 2, lutham_tc8s)
-TC(16, true, 1, lutham_tc16s)
-TC(1, false, 2, lutham_tc1)
-TC(2, false, 2, lutham_tc2)
-TC(4, false, 2, lutham_tc4)
-TC(8, false, 2, lutham_tc8)
-TC(16, false, 1, lutham_tc16)
+TC(1, 3, 2) TC(2, 3, 2) TC(4, 3, 2) TC(8, 3, 2) TC(16, 3, 1)
+TC(1, 2, 2) TC(2, 2, 2) TC(4, 2, 2) TC(8, 2, 2) TC(16, 2, 1)
+TC(1, 1, 2) TC(2, 1, 2) TC(4, 1, 2) TC(8, 1, 2) TC(16, 1, 1)
+
+// ---------------------------------------------------------------------------------------------
+// Large batches: the inputs [i0, i0 + n_pad) of one layer as the two fp16 operands of a GEMM the
+// runtime issues to cuBLAS next (y [rows][out] (+)= Bm . W^T, fp32 accumulate):
+//   W  [out_f][P][n_pad][slots]: each edge's slots gain*c_s + bias (s < C), base weight (s = C), 0;
+//   Bm [rows][P][n_pad][slots]:  each row's bases of each input (4 non-zero), SiLU (s = C), 0.
+// The P sections along K are W = [hi | lo | hi], Bm = [hi | hi | lo] (3 products, near fp32),
+// [hi | lo] and [b | b] (2), [hi] and [b] (1). Inputs past in_f are zero. Blocks [0, wblocks) decode
+// weights (a block: 16 outputs of one tile x 16 inputs, a lane reading one record and its 64-byte
+// codeword), the rest build bases (a thread per (row, input), consecutive threads on consecutive
+// inputs: each row's slots are written contiguously). slots is even (half2 stores).
+__device__ __forceinline__ void put_slots(__half* dst, const float (&v)[16], int slots, bool lo) {
+#pragma unroll
+    for (int s = 0; s < 16; s += 2) {
+        if (s >= slots) continue;
+        __half2 h = __floats2half2_rn(v[s], v[s + 1]);
+        if (lo) {
+            const float2 f = __half22float2(h);
+            h = __floats2half2_rn(v[s] - f.x, v[s + 1] - f.y);
+        }
+        *reinterpret_cast<__half2*>(dst + s) = h;
+    }
+}
+
+template <int P>
+__device__ __forceinline__ void slab(const float* __restrict__ x, int rows, int in_f, int out_f, int i0, int n_pad,
+                                     int slots, const float* __restrict__ t0, const float* __restrict__ hh, int nk,
+                                     int n_coef, const float4* __restrict__ cb, int nwin,
+                                     const uint2* __restrict__ edges, const float* __restrict__ scales,
+                                     __half* __restrict__ W, __half* __restrict__ Bm, int wblocks) {
+    const long kc = (long)P * n_pad * slots, sec = (long)n_pad * slots;
+    float v[16];
+    if ((int)blockIdx.x < wblocks) {
+        const int ib = (n_pad + 15) / 16, tile = blockIdx.x / ib, ii = (blockIdx.x % ib) * 16 + (threadIdx.x >> 4);
+        const int o = tile * TILE_O + (threadIdx.x & 15), i = i0 + ii;
+        if (o >= out_f || ii >= n_pad) return;
+#pragma unroll
+        for (int s = 0; s < 16; ++s) v[s] = 0.f;
+        if (i < in_f) {
+            const uint2 rec = __ldg(edges + ((long)tile * in_f + i) * TILE_O + (threadIdx.x & 15));
+            const float g = scales[o] * hi_half(rec.x), b = scales[out_f + o] * lo_half(rec.y);
+            const float4* c = cb + (long)(rec.x & 0xffffu) * nwin;
+#pragma unroll
+            for (int w = 0; w < 4; ++w) {
+                const float4 c4 = __ldg(c + w);
+                const float cc[4] = {c4.x, c4.y, c4.z, c4.w};
+#pragma unroll
+                for (int j = 0; j < 4; ++j) v[4 * w + j] = 4 * w + j < n_coef ? fmaf(g, cc[j], b) : 0.f;
+            }
+#pragma unroll
+            for (int s = 0; s < 16; ++s)
+                if (s == n_coef) v[s] = scales[2 * out_f + o] * hi_half(rec.y);
+        }
+        __half* dst = W + o * kc + (long)ii * slots;
+        put_slots(dst, v, slots, false);
+        if (P >= 2) put_slots(dst + sec, v, slots, true);
+        if (P == 3) put_slots(dst + 2 * sec, v, slots, false);
+        return;
+    }
+    const long t = (long)(blockIdx.x - wblocks) * blockDim.x + threadIdx.x;
+    const int r = (int)(t / n_pad), ii = (int)(t % n_pad), i = i0 + ii;
+    if (r >= rows) return;
+#pragma unroll
+    for (int s = 0; s < 16; ++s) v[s] = 0.f;
+    if (i < in_f) {
+        const Basis b = basis_of(x[(long)r * in_f + i], t0[i], hh[i], nk, n_coef);
+#pragma unroll
+        for (int s = 0; s < 16; ++s) {
+            const int d = s - b.first;
+            v[s] = d == 0 ? b.w[0] : d == 1 ? b.w[1] : d == 2 ? b.w[2] : d == 3 ? b.w[3] : 0.f;
+            if (s == n_coef) v[s] = b.silu;
+        }
+    }
+    __half* dst = Bm + r * kc + (long)ii * slots;
+    put_slots(dst, v, slots, false);
+    if (P >= 2) put_slots(dst + sec, v, slots, false);
+    if (P == 3) put_slots(dst + 2 * sec, v, slots, true);
+}
+
+#define SLAB(P)                                                                                                  \
+    extern "C" __global__ void __launch_bounds__(256) lutham_slab_p##P(                                           \
+        const float* __restrict__ x, int rows, int in_f, int out_f, int i0, int n_pad, int slots,                  \
+        const float* __restrict__ t0, const float* __restrict__ hh, int nk, int n_coef,                            \
+        const float4* __restrict__ cb, int nwin, const uint2* __restrict__ edges, const float* __restrict__ scales, \
+        __half* __restrict__ W, __half* __restrict__ Bm, int wblocks) {                                           \
+        slab<P>(x, rows, in_f, out_f, i0, n_pad, slots, t0, hh, nk, n_coef, cb, nwin, edges, scales, W, Bm, wblocks); \
+    }
+SLAB(1) SLAB(2) SLAB(3)
