@@ -19,7 +19,7 @@ bases), 1 (``low``: fp16 weights and bases, the rounding of a dense fp16 head).
 from __future__ import annotations
 
 __all__ = ["TILE_O", "BASE_SLOT", "THREADS", "ROW1_UNROLL", "ROW1_MAX_CHUNK", "STAGE_BYTES", "TC_TILES",
-           "PRECISIONS", "SLAB_FROM_ROWS", "SLAB_BYTES", "KERNELS", "defines", "launches", "products",
+           "PRECISIONS", "SLAB_FROM_ROWS", "SLAB_BYTES", "BLAS_BYTES", "KERNELS", "defines", "launches", "products",
            "uses_slab", "slab_slots", "slab_workspace", "slab_launches"]
 
 TILE_O = 16          # outputs a warp covers: the M of mma.m16n8k16
@@ -32,6 +32,7 @@ TC_TILES = (1, 2, 4, 8, 16)  # n-tiles (8 rows each) of the lutham_tc kernels
 PRECISIONS = {"high": 3, "medium": 2, "low": 1}  # fp16 products a weight-basis product takes
 SLAB_FROM_ROWS = {3: 256, 2: 128, 1: 32}  # by products: rows from which layers run as cuBLAS slabs
 SLAB_BYTES = 64 << 20  # the slab workspace at most (weights and bases of one slab of inputs)
+BLAS_BYTES = 8 << 20  # cuBLAS's own workspace, in the arena (set, so the GEMMs allocate nothing: graphs)
 KERNELS = ("lutham_row1", *(f"lutham_tc{n}p{p}" for p in (3, 2, 1) for n in TC_TILES),
            *(f"lutham_slab_p{p}" for p in (3, 2, 1)))
 _WARPS_PER_SM = 48   # lutham_row1: warps in flight to aim for

@@ -23,7 +23,7 @@ import torch
 
 from ..bspline import compact_grid
 from .compile import load_module
-from .geometry import KERNELS, SLAB_BYTES, TILE_O, launches, products, slab_launches, slab_slots, slab_workspace, uses_slab
+from .geometry import BLAS_BYTES, KERNELS, SLAB_BYTES, TILE_O, launches, products, slab_launches, slab_slots, slab_workspace, uses_slab
 from .l2 import persist
 from .plan import LayerSpec, Plan, n_windows, plan_arena, window_slot
 
@@ -54,6 +54,20 @@ def edge_records(indices: np.ndarray, gain: np.ndarray, bias: np.ndarray, base: 
     return np.ascontiguousarray(rec.reshape(tiles, TILE_O, in_f, 4).transpose(0, 2, 1, 3))
 
 
+def _set_blas_workspace(handle: int, ptr: int, nbytes: int) -> None:
+    """Give the cuBLAS handle its workspace (CuPy does not bind ``cublasSetWorkspace``): without one,
+    cuBLAS allocates and frees per call, which synchronises the device and breaks graph capture."""
+    import ctypes
+
+    with open("/proc/self/maps") as maps:  # the libcublas CuPy loaded (Linux)
+        path = next((ln.split()[-1] for ln in maps if "/libcublas.so" in ln), None)
+    if path is None:
+        raise RuntimeError("LUTHAM's slab path needs libcublas loaded in this process; it is not")
+    rc = ctypes.CDLL(path).cublasSetWorkspace_v2(ctypes.c_void_p(handle), ctypes.c_void_p(ptr), ctypes.c_size_t(nbytes))
+    if rc != 0:
+        raise RuntimeError(f"cublasSetWorkspace failed with status {rc}")
+
+
 class LuthamHead:
     """A VQ-compressed KAN head in one GPU arena, for batches of up to ``max_rows`` rows.
 
@@ -75,7 +89,7 @@ class LuthamHead:
         self.precision, self.products, self.slab_from = precision, products(precision), slab_from
         n_coef = layers[0].n_coef
         workspace = (slab_workspace([(lay.in_features, lay.out_features) for lay in layers], max_rows, self.products,
-                                    n_coef, slab_bytes) if uses_slab(max_rows, self.products, slab_from) else 0)
+                                    n_coef, slab_bytes) + BLAS_BYTES if uses_slab(max_rows, self.products, slab_from) else 0)
         self.plan: Plan = plan_arena([LayerSpec(lay.in_features, lay.out_features, lay.grid.shape[1])
                                       for lay in layers], cb.shape[0], max_rows, workspace)
         self.stream = cp.cuda.Stream(non_blocking=True)
@@ -109,8 +123,10 @@ class LuthamHead:
             from cupy_backends.cuda.libs import cublas
 
             self._blas = cublas.create()
-            cublas.setStream(self._blas, self.stream.ptr)
             weakref.finalize(self, cublas.destroy, self._blas)
+            cublas.setStream(self._blas, self.stream.ptr)
+            ws = self.view("workspace")
+            _set_blas_workspace(self._blas, ws.data.ptr + ws.nbytes - BLAS_BYTES, BLAS_BYTES)
             self._beta = (np.zeros(1, np.float32), np.ones(1, np.float32))  # host scalars: first slab, the rest
         if persist_l2:
             self.plan.l2_persisting = persist(self.arena, self.plan.hot_bytes(), self.plan.total, self.stream)
@@ -212,7 +228,7 @@ class LuthamHead:
         from cupy.cuda import runtime as rt
         from cupy_backends.cuda.libs import cublas
 
-        p, n_coef, ws = self.products, self.plan.n_coef, self.view("workspace")
+        p, n_coef, ws = self.products, self.plan.n_coef, self.view("workspace")[:-BLAS_BYTES]
         i_f, o_f, slots = lay.in_features, lay.out_features, slab_slots(self.plan.n_coef)
         kernel = self.kernels[f"lutham_slab_p{p}"]
         for k, (i0, n_pad, wblocks, grid, b_off) in enumerate(slab_launches(rows, i_f, o_f, p, n_coef, ws.nbytes)):
