@@ -173,6 +173,8 @@ def bench_head(name, kan, vq, real=None, rows_list=ROWS, modes=DENSE_MODES, torc
             # against the fp32 dense head, on the same inputs
             err = {"eager dense fp16": rel_err(dense["eager dense fp16"][0](inputs[0]), kan(inputs[0]))}
             ref = decoded(inputs[0])
+            # the rule's other side for LUTHAM: the dense fp16 head of the same (VQ-decoded) weights
+            same = rel_err(DenseKAN(decoded, torch.float16).eval()(inputs[0]), ref)
             for vname, lut in luts.items():
                 err[vname] = rel_err(lut.run_torch(inputs[0]), ref)
         names = [*dense, "torch VQ reference", *luts]
@@ -196,7 +198,7 @@ def bench_head(name, kan, vq, real=None, rows_list=ROWS, modes=DENSE_MODES, torc
             row = {"head": name, "rows": rows, "variant": vname, "us": us, "gbps": read / us / 1e3, "peak_bytes": peak,
                    "l2_window": luts[vname].plan.l2_persisting if vname in luts else None}
             if vname in luts:
-                row |= {"device_bytes": device_bytes, "precision": luts[vname].precision,
+                row |= {"device_bytes": device_bytes, "dense_fp16_err_same_weights": same, "precision": luts[vname].precision,
                         "slab_from": luts[vname].slab_from}
             if vname.startswith("compiled"):
                 row |= {"graph_breaks": breaks, "compile_s": dense[vname][2]}
@@ -204,6 +206,7 @@ def bench_head(name, kan, vq, real=None, rows_list=ROWS, modes=DENSE_MODES, torc
                 row["rel_err_vs_fp32"] = err[vname]
             out.append(row)
             e = f"  err {err[vname]:.1e}" if vname in err else ""
+            e += f" (dense fp16 of these weights {same:.1e})" if vname in luts else ""
             print(f"{name:7s} rows {rows:5d} {vname:48s} {us:10.1f} µs{e}", flush=True)
         best = min((r for r in out if r["rows"] == rows and r["head"] == name and "dense fp16" in r["variant"]),
                    key=lambda r: r["us"])
