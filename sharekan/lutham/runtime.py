@@ -16,12 +16,11 @@ constants, then edge records); the plan records what was set.
 
 from __future__ import annotations
 
-import weakref
-
 import numpy as np
 import torch
 
 from ..bspline import compact_grid
+from .blas import Blas
 from .compile import load_module
 from .geometry import BLAS_BYTES, KERNELS, SLAB_BYTES, TILE_O, launches, products, slab_launches, slab_slots, slab_workspace, uses_slab
 from .l2 import persist
@@ -54,20 +53,6 @@ def edge_records(indices: np.ndarray, gain: np.ndarray, bias: np.ndarray, base: 
     return np.ascontiguousarray(rec.reshape(tiles, TILE_O, in_f, 4).transpose(0, 2, 1, 3))
 
 
-def _set_blas_workspace(handle: int, ptr: int, nbytes: int) -> None:
-    """Give the cuBLAS handle its workspace (CuPy does not bind ``cublasSetWorkspace``): without one,
-    cuBLAS allocates and frees per call, which synchronises the device and breaks graph capture."""
-    import ctypes
-
-    with open("/proc/self/maps") as maps:  # the libcublas CuPy loaded (Linux)
-        path = next((ln.split()[-1] for ln in maps if "/libcublas.so" in ln), None)
-    if path is None:
-        raise RuntimeError("LUTHAM's slab path needs libcublas loaded in this process; it is not")
-    rc = ctypes.CDLL(path).cublasSetWorkspace_v2(ctypes.c_void_p(handle), ctypes.c_void_p(ptr), ctypes.c_size_t(nbytes))
-    if rc != 0:
-        raise RuntimeError(f"cublasSetWorkspace failed with status {rc}")
-
-
 class LuthamHead:
     """A VQ-compressed KAN head in one GPU arena, for batches of up to ``max_rows`` rows.
 
@@ -88,8 +73,9 @@ class LuthamHead:
             raise ValueError("LUTHAM runs heads with one shared codebook (scope='head')")
         self.precision, self.products, self.slab_from = precision, products(precision), slab_from
         n_coef = layers[0].n_coef
-        workspace = (slab_workspace([(lay.in_features, lay.out_features) for lay in layers], max_rows, self.products,
-                                    n_coef, slab_bytes) + BLAS_BYTES if uses_slab(max_rows, self.products, slab_from) else 0)
+        slabbed = [(lay.in_features, lay.out_features) for lay in layers
+                   if uses_slab(max_rows, self.products, lay.out_features, slab_from)]
+        workspace = slab_workspace(slabbed, max_rows, self.products, n_coef, slab_bytes) + BLAS_BYTES if slabbed else 0
         self.plan: Plan = plan_arena([LayerSpec(lay.in_features, lay.out_features, lay.grid.shape[1])
                                       for lay in layers], cb.shape[0], max_rows, workspace)
         self.stream = cp.cuda.Stream(non_blocking=True)
@@ -117,17 +103,12 @@ class LuthamHead:
         self.kernels = {k: self.module.get_function(k) for k in KERNELS}
         self._sms = cp.cuda.Device().attributes["MultiProcessorCount"]
         self._graphs: dict[int, object] = {}
-        self.use_graphs = use_graphs
+        self.use_graphs, self.graph_error = use_graphs, None
         self._blas = None
         if workspace:
-            from cupy_backends.cuda.libs import cublas
-
-            self._blas = cublas.create()
-            weakref.finalize(self, cublas.destroy, self._blas)
-            cublas.setStream(self._blas, self.stream.ptr)
             ws = self.view("workspace")
-            _set_blas_workspace(self._blas, ws.data.ptr + ws.nbytes - BLAS_BYTES, BLAS_BYTES)
-            self._beta = (np.zeros(1, np.float32), np.ones(1, np.float32))  # host scalars: first slab, the rest
+            self._blas = Blas(self.stream.ptr, ws.data.ptr + ws.nbytes - BLAS_BYTES, BLAS_BYTES)
+            self._side = cp.cuda.Stream(non_blocking=True)  # expands slab k + 1 while the GEMM of slab k runs
         if persist_l2:
             self.plan.l2_persisting = persist(self.arena, self.plan.hot_bytes(), self.plan.total, self.stream)
 
@@ -184,8 +165,8 @@ class LuthamHead:
                 with self.stream:
                     self._launch(rows)
                 graph = self._graphs[rows] = self.stream.end_capture()
-            except Exception:
-                self.use_graphs = False
+            except Exception as e:  # run without graphs from now on, and say why
+                self.use_graphs, self.graph_error = False, f"{type(e).__name__}: {e}"
                 if self.stream.is_capturing():
                     self.stream.end_capture()
         if graph is not None:
@@ -210,7 +191,7 @@ class LuthamHead:
             i_f, o_f = lay.in_features, lay.out_features
             consts = (self.view(f"L{n}.t0"), self.view(f"L{n}.h"), np.int32(lay.n_knots), np.int32(self.plan.n_coef),
                       cb, nwin, self.view(f"L{n}.edges"), self.view(f"L{n}.scales"))
-            if uses_slab(rows, self.products, self.slab_from):
+            if uses_slab(rows, self.products, o_f, self.slab_from):
                 self._slabs(rows, lay, xin, yout, consts)
                 continue
             plan = launches(rows, i_f, o_f, self._sms, self.products)
@@ -224,19 +205,31 @@ class LuthamHead:
                 self.kernels[kernel](grid, block, args)
 
     def _slabs(self, rows: int, lay: LayerSpec, xin, yout, consts) -> None:
-        """One layer as slabs of inputs: each expanded into the workspace, then y (+)= bases · weightsᵀ."""
-        from cupy.cuda import runtime as rt
-        from cupy_backends.cuda.libs import cublas
+        """One layer as slabs of inputs, y (+)= bases · weightsᵀ a slab. Slab k is expanded on the side
+        stream into buffer k % 2 while the GEMM of slab k − 1 runs on the main stream; events order
+        each GEMM after its slab, and each expansion after the GEMM that last read its buffer."""
+        import cupy as cp
 
-        p, n_coef, ws = self.products, self.plan.n_coef, self.view("workspace")[:-BLAS_BYTES]
-        i_f, o_f, slots = lay.in_features, lay.out_features, slab_slots(self.plan.n_coef)
-        kernel = self.kernels[f"lutham_slab_p{p}"]
-        for k, (i0, n_pad, wblocks, grid, b_off) in enumerate(slab_launches(rows, i_f, o_f, p, n_coef, ws.nbytes)):
-            w, b = ws[:b_off], ws[b_off:]
-            kernel(grid, (256,), (xin, np.int32(rows), np.int32(i_f), np.int32(o_f), np.int32(i0), np.int32(n_pad),
-                                  np.int32(slots), *consts, w, b, np.int32(wblocks)))
-            kc = p * n_pad * slots  # y^T [out × rows] = W^T-op [out × kc] · B [kc × rows] (column-major)
-            cublas.gemmEx(self._blas, cublas.CUBLAS_OP_T, cublas.CUBLAS_OP_N, o_f, rows, kc,
-                          self._beta[1].ctypes.data, w.data.ptr, rt.CUDA_R_16F, kc, b.data.ptr, rt.CUDA_R_16F, kc,
-                          self._beta[k > 0].ctypes.data, yout.data.ptr, rt.CUDA_R_32F, o_f,
-                          cublas.CUBLAS_COMPUTE_32F, cublas.CUBLAS_GEMM_DEFAULT)
+        p, n_coef, ws = self.products, self.plan.n_coef, self.view("workspace")
+        half = (ws.nbytes - BLAS_BYTES) // 2 // 256 * 256
+        i_f, o_f, slots = lay.in_features, lay.out_features, slab_slots(n_coef)
+        kernel, main, side = self.kernels[f"lutham_slab_p{p}"], self.stream, self._side
+
+        def event(stream):
+            ev = cp.cuda.Event(block=False, disable_timing=True)
+            ev.record(stream)
+            return ev
+
+        side.wait_event(event(main))  # the layer's input is written
+        read = []
+        for k, (i0, n_pad, wblocks, grid, b_off) in enumerate(slab_launches(rows, i_f, o_f, p, n_coef, half)):
+            buf = ws[(k % 2) * half:(k % 2 + 1) * half]
+            w, b = buf[:b_off], buf[b_off:]
+            if k >= 2:
+                side.wait_event(read[k - 2])
+            with side:
+                kernel(grid, (256,), (xin, np.int32(rows), np.int32(i_f), np.int32(o_f), np.int32(i0),
+                                      np.int32(n_pad), np.int32(slots), *consts, w, b, np.int32(wblocks)))
+            main.wait_event(event(side))
+            self._blas.gemm_nt(rows, o_f, p * n_pad * slots, b.data.ptr, w.data.ptr, yout.data.ptr, k > 0)
+            read.append(event(main))

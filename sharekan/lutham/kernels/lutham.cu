@@ -22,7 +22,8 @@
 
 // Tile and launch constants come from sharekan/lutham/geometry.py as -D options (one source for the
 // kernels and the launches).
-#if !defined(TILE_O) || !defined(BASE_SLOT) || !defined(ROW1_UNROLL) || !defined(ROW1_MAX_CHUNK) || !defined(STAGE_BYTES)
+#if !defined(TILE_O) || !defined(BASE_SLOT) || !defined(ROW1_UNROLL) || !defined(ROW1_MAX_CHUNK) || !defined(STAGE_BYTES) \
+    || !defined(SLAB_IN) || !defined(SLAB_ROWS)
 #error "compile with the -D options of sharekan.lutham.geometry.defines()"
 #endif
 static_assert(TILE_O == 16 && BASE_SLOT == 15, "an output tile is the M = 16 of mma.m16n8k16, 16 slots its K");
@@ -340,19 +341,35 @@ TC(1, 1, 2) TC(2, 1, 2) TC(4, 1, 2) TC(8, 1, 2) TC(16, 1, 1)
 //   Bm [rows][P][n_pad][slots]:  each row's bases of each input (4 non-zero), SiLU (s = C), 0.
 // The P sections along K are W = [hi | lo | hi], Bm = [hi | hi | lo] (3 products, near fp32),
 // [hi | lo] and [b | b] (2), [hi] and [b] (1). Inputs past in_f are zero. Blocks [0, wblocks) decode
-// weights (a block: 16 outputs of one tile x 16 inputs, a lane reading one record and its 64-byte
-// codeword), the rest build bases (a thread per (row, input), consecutive threads on consecutive
-// inputs: each row's slots are written contiguously). slots is even (half2 stores).
-__device__ __forceinline__ void put_slots(__half* dst, const float (&v)[16], int slots, bool lo) {
+// weights: the 16 outputs of one tile x SLAB_IN inputs (a thread per (output, input) pair, a warp
+// reading 256 contiguous bytes of records; each pair's 64-byte codeword from L2); the others build
+// bases: SLAB_ROWS rows x SLAB_IN inputs (x read coalesced). Both stage the fp16 values of a
+// section in shared memory and write each line's run of SLAB_IN x slots values with 16-byte stores
+// (n_pad is a multiple of 8, slots even: every run is whole 16-byte words).
+static_assert(SLAB_IN % 16 == 0 && SLAB_IN * SLAB_ROWS % 256 == 0 && SLAB_ROWS <= 16, "slab block shape");
+
+// v's slots (hi part, or with lo the rounding residue) into shared memory at dst (4-byte aligned)
+__device__ __forceinline__ void stage_slots(__half* dst, const float (&v)[16], int slots, bool lo) {
 #pragma unroll
     for (int s = 0; s < 16; s += 2) {
-        if (s >= slots) continue;
-        __half2 h = __floats2half2_rn(v[s], v[s + 1]);
-        if (lo) {
-            const float2 f = __half22float2(h);
-            h = __floats2half2_rn(v[s] - f.x, v[s + 1] - f.y);
+        if (s < slots) {
+            __half2 h = __floats2half2_rn(v[s], v[s + 1]);
+            if (lo) {
+                const float2 f = __half22float2(h);
+                h = __floats2half2_rn(v[s] - f.x, v[s + 1] - f.y);
+            }
+            *reinterpret_cast<__half2*>(dst + s) = h;
         }
-        *reinterpret_cast<__half2*>(dst + s) = h;
+    }
+}
+
+// `lines` runs of `words` 16-byte words: shared memory (line stride sstride words) to global (gstride)
+__device__ __forceinline__ void flush(const __half* src, int sstride, __half* dst, long gstride, int lines, int words) {
+    const uint4* s = reinterpret_cast<const uint4*>(src);
+    uint4* d = reinterpret_cast<uint4*>(dst);
+    for (int k = threadIdx.x; k < lines * words; k += blockDim.x) {
+        const int l = k / words, w = k - l * words;
+        d[l * gstride + w] = s[l * sstride + w];
     }
 }
 
@@ -362,53 +379,75 @@ __device__ __forceinline__ void slab(const float* __restrict__ x, int rows, int 
                                      int n_coef, const float4* __restrict__ cb, int nwin,
                                      const uint2* __restrict__ edges, const float* __restrict__ scales,
                                      __half* __restrict__ W, __half* __restrict__ Bm, int wblocks) {
+    __shared__ __align__(16) __half st[16 * SLAB_IN * 16];  // up to 16 lines x SLAB_IN inputs x 16 slots
     const long kc = (long)P * n_pad * slots, sec = (long)n_pad * slots;
-    float v[16];
-    if ((int)blockIdx.x < wblocks) {
-        const int ib = (n_pad + 15) / 16, tile = blockIdx.x / ib, ii = (blockIdx.x % ib) * 16 + (threadIdx.x >> 4);
-        const int o = tile * TILE_O + (threadIdx.x & 15), i = i0 + ii;
-        if (o >= out_f || ii >= n_pad) return;
+    const int ib = (n_pad + SLAB_IN - 1) / SLAB_IN, line = SLAB_IN * slots;  // halves a staged line holds
+    const bool weights = (int)blockIdx.x < wblocks;
+    const int b = weights ? blockIdx.x : blockIdx.x - wblocks, ii0 = (b % ib) * SLAB_IN;
+    const int n_in = min(SLAB_IN, n_pad - ii0), words = n_in * slots / 8;
+    constexpr int U = SLAB_IN / 16 > SLAB_IN * SLAB_ROWS / 256 ? SLAB_IN / 16 : SLAB_IN * SLAB_ROWS / 256;
+    float v[U][16];
+    int at[U];  // where each pair's slots go in the stage
+    int lines;
+    __half* dst;
+    if (weights) {
+        const int tile = b / ib, ol = threadIdx.x & 15, o = tile * TILE_O + ol;
+        lines = min(TILE_O, out_f - tile * TILE_O);
+        dst = W + (long)tile * TILE_O * kc + (long)ii0 * slots;
 #pragma unroll
-        for (int s = 0; s < 16; ++s) v[s] = 0.f;
-        if (i < in_f) {
-            const uint2 rec = __ldg(edges + ((long)tile * in_f + i) * TILE_O + (threadIdx.x & 15));
-            const float g = scales[o] * hi_half(rec.x), b = scales[out_f + o] * lo_half(rec.y);
+        for (int u = 0; u < U; ++u) {
+            const int il = (threadIdx.x >> 4) + 16 * u, i = i0 + ii0 + il;
+            at[u] = ol * line + il * slots;
+#pragma unroll
+            for (int s = 0; s < 16; ++s) v[u][s] = 0.f;
+            if (u >= SLAB_IN / 16 || o >= out_f || il >= n_in || i >= in_f) continue;
+            const uint2 rec = __ldg(edges + ((long)tile * in_f + i) * TILE_O + ol);
+            const float g = scales[o] * hi_half(rec.x), bb = scales[out_f + o] * lo_half(rec.y);
+            const float ws = scales[2 * out_f + o] * hi_half(rec.y);
             const float4* c = cb + (long)(rec.x & 0xffffu) * nwin;
 #pragma unroll
             for (int w = 0; w < 4; ++w) {
                 const float4 c4 = __ldg(c + w);
                 const float cc[4] = {c4.x, c4.y, c4.z, c4.w};
 #pragma unroll
-                for (int j = 0; j < 4; ++j) v[4 * w + j] = 4 * w + j < n_coef ? fmaf(g, cc[j], b) : 0.f;
+                for (int j = 0; j < 4; ++j)
+                    v[u][4 * w + j] = 4 * w + j < n_coef ? fmaf(g, cc[j], bb) : (4 * w + j == n_coef ? ws : 0.f);
             }
-#pragma unroll
-            for (int s = 0; s < 16; ++s)
-                if (s == n_coef) v[s] = scales[2 * out_f + o] * hi_half(rec.y);
         }
-        __half* dst = W + o * kc + (long)ii * slots;
-        put_slots(dst, v, slots, false);
-        if (P >= 2) put_slots(dst + sec, v, slots, true);
-        if (P == 3) put_slots(dst + 2 * sec, v, slots, false);
-        return;
-    }
-    const long t = (long)(blockIdx.x - wblocks) * blockDim.x + threadIdx.x;
-    const int r = (int)(t / n_pad), ii = (int)(t % n_pad), i = i0 + ii;
-    if (r >= rows) return;
+    } else {
+        const int r0 = (b / ib) * SLAB_ROWS;
+        lines = min(SLAB_ROWS, rows - r0);
+        dst = Bm + (long)r0 * kc + (long)ii0 * slots;
 #pragma unroll
-    for (int s = 0; s < 16; ++s) v[s] = 0.f;
-    if (i < in_f) {
-        const Basis b = basis_of(x[(long)r * in_f + i], t0[i], hh[i], nk, n_coef);
+        for (int u = 0; u < U; ++u) {
+            const int t = threadIdx.x + 256 * u, il = t % SLAB_IN, rl = t / SLAB_IN, i = i0 + ii0 + il;
+            at[u] = rl * line + il * slots;
 #pragma unroll
-        for (int s = 0; s < 16; ++s) {
-            const int d = s - b.first;
-            v[s] = d == 0 ? b.w[0] : d == 1 ? b.w[1] : d == 2 ? b.w[2] : d == 3 ? b.w[3] : 0.f;
-            if (s == n_coef) v[s] = b.silu;
+            for (int s = 0; s < 16; ++s) v[u][s] = 0.f;
+            if (rl >= SLAB_ROWS || rl >= lines || il >= n_in || i >= in_f) continue;
+            const Basis bs = basis_of(x[(long)(r0 + rl) * in_f + i], t0[i], hh[i], nk, n_coef);
+#pragma unroll
+            for (int s = 0; s < 16; ++s) {
+                const int d = s - bs.first;
+                v[u][s] = s == n_coef ? bs.silu : d == 0 ? bs.w[0] : d == 1 ? bs.w[1] : d == 2 ? bs.w[2] : d == 3 ? bs.w[3] : 0.f;
+            }
         }
     }
-    __half* dst = Bm + r * kc + (long)ii * slots;
-    put_slots(dst, v, slots, false);
-    if (P >= 2) put_slots(dst + sec, v, slots, false);
-    if (P == 3) put_slots(dst + 2 * sec, v, slots, true);
+    // sections: hi parts to W's 0 (and 2) / Bm's 0 (and 1), lo parts to W's 1 / Bm's 2
+    const long g = kc / 8;
+#pragma unroll
+    for (int part = 0; part < (P == 1 || (P == 2 && !weights) ? 1 : 2); ++part) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) stage_slots(st + at[u], v[u], slots, part == 1);
+        __syncthreads();
+        if (part == 0) {
+            flush(st, line / 8, dst, g, lines, words);
+            if (P == 3 || (P == 2 && !weights)) flush(st, line / 8, dst + (weights ? 2 : 1) * sec, g, lines, words);
+        } else {
+            flush(st, line / 8, dst + (weights ? 1 : 2) * sec, g, lines, words);
+        }
+        __syncthreads();
+    }
 }
 
 #define SLAB(P)                                                                                                  \
