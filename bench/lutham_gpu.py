@@ -143,7 +143,7 @@ def lutham_variants(vq, rows: int, paths: bool, slab_mb=()):
             continue  # one row runs the fp32 gather whatever the precision
         out[label] = made(precision=prec)
         if rows > 1 and paths:
-            slab = uses_slab(rows, PRECISIONS[prec], max(lay.out_features for lay in vq.layers))
+            slab = uses_slab(rows, PRECISIONS[prec])
             other = "tensor-core kernels" if slab else "cuBLAS slabs"
             out[f"{label} ({other})"] = made(precision=prec, slab_from=rows + 1 if slab else 2)
         for mb in slab_mb if rows > 1 else ():

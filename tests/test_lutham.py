@@ -76,7 +76,7 @@ def test_launch_geometry_covers_every_row_output_and_input(rows, in_f, out_f, p)
 def test_slabs_cover_every_input_once_within_the_workspace(rows, in_f, out_f, p, budget):
     from sharekan.lutham import geometry as g
 
-    ws = g.slab_workspace([(in_f, out_f)], rows, p, 13, budget) // 2  # two buffers
+    ws = g.slab_workspace([(in_f, out_f)], rows, p, 13, budget)
     slabs = g.slab_launches(rows, in_f, out_f, p, 13, ws)
     n_pads = {n_pad for _, n_pad, *_ in slabs}
     assert len(n_pads) == 1 and n_pads.pop() % 8 == 0  # equal slabs, half2- and cuBLAS-aligned K
@@ -85,7 +85,7 @@ def test_slabs_cover_every_input_once_within_the_workspace(rows, in_f, out_f, p,
         kc = p * n_pad * g.slab_slots(13)
         assert b_off >= out_f * kc * 2 and b_off % 256 == 0 and b_off + rows * kc * 2 <= ws
         assert wblocks * 16 * g.SLAB_IN >= out_f * n_pad and (blocks - wblocks) * g.SLAB_ROWS * g.SLAB_IN >= rows * n_pad
-    assert ws <= max(budget // 2, sum(g._slab_parts(8, out_f, rows, p, 13)) + 256) + 256
+    assert ws <= max(budget, sum(g._slab_parts(8, out_f, rows, p, 13)) + 256) + 256
     with pytest.raises(ValueError, match="plan it for"):
         g.slab_launches(rows * 4, in_f, out_f, p, 13, sum(g._slab_parts(8, out_f, rows, p, 13)))
 
@@ -96,9 +96,8 @@ def test_precision_names_are_checked():
     assert [g.products(k) for k in ("high", "medium", "low")] == [3, 2, 1]
     with pytest.raises(ValueError, match="precision must be one of"):
         g.products("fp8")
-    assert not g.uses_slab(1, 1, 1024, slab_from=1) and g.uses_slab(2, 3, 24, slab_from=2)
-    assert not g.uses_slab(g.SLAB_FROM_ROWS[3] - 1, 3, 1024) and g.uses_slab(g.SLAB_FROM_ROWS[3], 3, 1024)
-    assert not g.uses_slab(4096, 3, g.SLAB_MIN_OUT - 1)  # narrow layers stay on the fused kernels
+    assert not g.uses_slab(1, 1, slab_from=1) and g.uses_slab(2, 3, slab_from=2)
+    assert not g.uses_slab(g.SLAB_FROM_ROWS[3] - 1, 3) and g.uses_slab(g.SLAB_FROM_ROWS[3], 3)
 
 
 def _arena_forward(model, x):
@@ -227,16 +226,15 @@ def test_lutham_kernels_match_the_reference_inside_and_outside_the_grid(gain_dty
 @pytest.mark.parametrize("precision", ["high", "medium", "low"])
 def test_lutham_slabs_match_the_reference_inside_and_outside_the_grid(precision):
     """The cuBLAS slab path from 2 rows, its workspace bounded to 256 KB: the 300 inputs of layer 1 in
-    many slabs of 8 to 16 inputs (the last one padded) alternating between two buffers, each added
-    into the output by the GEMM."""
+    many slabs of 8 to 16 inputs (the last one padded), each added into the output by the GEMM."""
     from sharekan.lutham.geometry import BLAS_BYTES, slab_launches
     from sharekan.lutham.runtime import LuthamHead
     from sharekan.lutham.validate import ROWS, validate
 
     model = vq_head([300, 70, 24], 256)
     head = LuthamHead(model, max_rows=max(ROWS), precision=precision, slab_from=2, slab_bytes=1 << 18)
-    half = (head.plan.block("workspace").nbytes - BLAS_BYTES) // 2
-    assert len(slab_launches(max(ROWS), 300, 70, head.products, head.plan.n_coef, half)) > 10
+    ws = head.plan.block("workspace").nbytes - BLAS_BYTES
+    assert len(slab_launches(max(ROWS), 300, 70, head.products, head.plan.n_coef, ws)) > 10
     report = validate(head, model)
     bound = 1e-3 if precision == "high" else 1e-2
     assert report["all_written"] and report["max_rel_error"] <= bound, (bound, report)

@@ -19,7 +19,7 @@ bases), 1 (``low``: fp16 weights and bases, the rounding of a dense fp16 head).
 from __future__ import annotations
 
 __all__ = ["TILE_O", "BASE_SLOT", "THREADS", "ROW1_UNROLL", "ROW1_MAX_CHUNK", "STAGE_BYTES", "TC_TILES",
-           "PRECISIONS", "SLAB_FROM_ROWS", "SLAB_MIN_OUT", "SLAB_BYTES", "SLAB_IN", "SLAB_ROWS", "BLAS_BYTES", "KERNELS", "defines", "launches", "products",
+           "PRECISIONS", "SLAB_FROM_ROWS", "SLAB_BYTES", "SLAB_IN", "SLAB_ROWS", "BLAS_BYTES", "KERNELS", "defines", "launches", "products",
            "uses_slab", "slab_slots", "slab_workspace", "slab_launches"]
 
 TILE_O = 16          # outputs a warp covers: the M of mma.m16n8k16
@@ -31,7 +31,6 @@ STAGE_BYTES = 32_768  # lutham_tc: the double-buffered basis fragments of one bl
 TC_TILES = (1, 2, 4, 8, 16)  # n-tiles (8 rows each) of the lutham_tc kernels
 PRECISIONS = {"high": 3, "medium": 2, "low": 1}  # fp16 products a weight-basis product takes
 SLAB_FROM_ROWS = {3: 256, 2: 192, 1: 128}  # by products: rows from which layers run as cuBLAS slabs
-SLAB_MIN_OUT = 128   # outputs a layer needs for the slab path by default
 SLAB_BYTES = 64 << 20  # the slab workspace at most (weights and bases of one slab of inputs)
 SLAB_IN = 32         # lutham_slab: inputs a block covers (16 outputs or SLAB_ROWS rows by these)
 SLAB_ROWS = 8        # lutham_slab: rows a bases block covers
@@ -75,13 +74,10 @@ def products(precision: str) -> int:
     return PRECISIONS[precision]
 
 
-def uses_slab(rows: int, p: int, out_f: int, slab_from: int | None = None) -> bool:
-    """Whether a layer of ``out_f`` outputs runs ``rows`` rows at ``p`` products as cuBLAS slabs: from
-    ``slab_from`` rows where given, else from :data:`SLAB_FROM_ROWS` rows and ``SLAB_MIN_OUT``
-    outputs (a narrower GEMM does not pay for its operands' round trip); one row never does."""
-    if slab_from is not None:
-        return rows > 1 and rows >= slab_from
-    return rows > 1 and rows >= SLAB_FROM_ROWS[p] and out_f >= SLAB_MIN_OUT
+def uses_slab(rows: int, p: int, slab_from: int | None = None) -> bool:
+    """Whether ``rows`` rows at ``p`` products run as cuBLAS slabs: from ``slab_from`` rows where
+    given, else from :data:`SLAB_FROM_ROWS` rows; one row never does."""
+    return rows > 1 and rows >= (SLAB_FROM_ROWS[p] if slab_from is None else slab_from)
 
 
 def slab_slots(n_coef: int) -> int:
@@ -96,19 +92,18 @@ def _slab_parts(n_pad: int, out_f: int, rows: int, p: int, n_coef: int) -> tuple
 
 
 def slab_workspace(layers, max_rows: int, p: int, n_coef: int, budget: int = SLAB_BYTES) -> int:
-    """Workspace bytes for the slabs of ``layers`` (``(in, out)`` pairs) at ``max_rows`` rows: two
-    buffers (one slab is expanded while the GEMM of the one before runs), each a whole layer where
-    that is under half the ``budget``, else half of it (at least one 8-input slab)."""
+    """Workspace bytes for the slabs of ``layers`` (``(in, out)`` pairs) at ``max_rows`` rows: a whole
+    layer where that is under ``budget``, else ``budget`` (at least one 8-input slab)."""
     need = 0
     for in_f, out_f in layers:
         whole = sum(_slab_parts(_cdiv(in_f, _STEP) * _STEP, out_f, max_rows, p, n_coef))
-        need = max(need, min(whole, max(budget // 2, sum(_slab_parts(_STEP, out_f, max_rows, p, n_coef)) + 256)))
-    return 2 * _cdiv(need, 256) * 256
+        need = max(need, min(whole, max(budget, sum(_slab_parts(_STEP, out_f, max_rows, p, n_coef)) + 256)))
+    return _cdiv(need, 256) * 256
 
 
 def slab_launches(rows: int, in_f: int, out_f: int, p: int, n_coef: int, workspace: int):
-    """One layer as slabs of inputs, each in a buffer of ``workspace`` bytes: ``(first input, padded
-    inputs, weight blocks, grid, bases offset)`` per slab, as equal as multiples of 8 inputs allow."""
+    """One layer as slabs of inputs in ``workspace`` bytes: ``(first input, padded inputs, weight
+    blocks, grid, bases offset)`` per slab, the slabs as equal as multiples of 8 inputs allow."""
     per = _slab_parts(_STEP, out_f, rows, p, n_coef)
     fit = max(1, (workspace - 256) // sum(per)) * _STEP
     slabs = _cdiv(in_f, min(fit, _cdiv(in_f, _STEP) * _STEP))

@@ -73,9 +73,8 @@ class LuthamHead:
             raise ValueError("LUTHAM runs heads with one shared codebook (scope='head')")
         self.precision, self.products, self.slab_from = precision, products(precision), slab_from
         n_coef = layers[0].n_coef
-        slabbed = [(lay.in_features, lay.out_features) for lay in layers
-                   if uses_slab(max_rows, self.products, lay.out_features, slab_from)]
-        workspace = slab_workspace(slabbed, max_rows, self.products, n_coef, slab_bytes) + BLAS_BYTES if slabbed else 0
+        workspace = (slab_workspace([(lay.in_features, lay.out_features) for lay in layers], max_rows, self.products,
+                                    n_coef, slab_bytes) + BLAS_BYTES if uses_slab(max_rows, self.products, slab_from) else 0)
         self.plan: Plan = plan_arena([LayerSpec(lay.in_features, lay.out_features, lay.grid.shape[1])
                                       for lay in layers], cb.shape[0], max_rows, workspace)
         self.stream = cp.cuda.Stream(non_blocking=True)
@@ -108,7 +107,6 @@ class LuthamHead:
         if workspace:
             ws = self.view("workspace")
             self._blas = Blas(self.stream.ptr, ws.data.ptr + ws.nbytes - BLAS_BYTES, BLAS_BYTES)
-            self._side = cp.cuda.Stream(non_blocking=True)  # expands slab k + 1 while the GEMM of slab k runs
         if persist_l2:
             self.plan.l2_persisting = persist(self.arena, self.plan.hot_bytes(), self.plan.total, self.stream)
 
@@ -191,7 +189,7 @@ class LuthamHead:
             i_f, o_f = lay.in_features, lay.out_features
             consts = (self.view(f"L{n}.t0"), self.view(f"L{n}.h"), np.int32(lay.n_knots), np.int32(self.plan.n_coef),
                       cb, nwin, self.view(f"L{n}.edges"), self.view(f"L{n}.scales"))
-            if uses_slab(rows, self.products, o_f, self.slab_from):
+            if uses_slab(rows, self.products, self.slab_from):
                 self._slabs(rows, lay, xin, yout, consts)
                 continue
             plan = launches(rows, i_f, o_f, self._sms, self.products)
@@ -205,31 +203,12 @@ class LuthamHead:
                 self.kernels[kernel](grid, block, args)
 
     def _slabs(self, rows: int, lay: LayerSpec, xin, yout, consts) -> None:
-        """One layer as slabs of inputs, y (+)= bases · weightsᵀ a slab. Slab k is expanded on the side
-        stream into buffer k % 2 while the GEMM of slab k − 1 runs on the main stream; events order
-        each GEMM after its slab, and each expansion after the GEMM that last read its buffer."""
-        import cupy as cp
-
-        p, n_coef, ws = self.products, self.plan.n_coef, self.view("workspace")
-        half = (ws.nbytes - BLAS_BYTES) // 2 // 256 * 256
+        """One layer as slabs of inputs: each expanded into the workspace, then y (+)= bases · weightsᵀ."""
+        p, n_coef, ws = self.products, self.plan.n_coef, self.view("workspace")[:-BLAS_BYTES]
         i_f, o_f, slots = lay.in_features, lay.out_features, slab_slots(n_coef)
-        kernel, main, side = self.kernels[f"lutham_slab_p{p}"], self.stream, self._side
-
-        def event(stream):
-            ev = cp.cuda.Event(block=False, disable_timing=True)
-            ev.record(stream)
-            return ev
-
-        side.wait_event(event(main))  # the layer's input is written
-        read = []
-        for k, (i0, n_pad, wblocks, grid, b_off) in enumerate(slab_launches(rows, i_f, o_f, p, n_coef, half)):
-            buf = ws[(k % 2) * half:(k % 2 + 1) * half]
-            w, b = buf[:b_off], buf[b_off:]
-            if k >= 2:
-                side.wait_event(read[k - 2])
-            with side:
-                kernel(grid, (256,), (xin, np.int32(rows), np.int32(i_f), np.int32(o_f), np.int32(i0),
-                                      np.int32(n_pad), np.int32(slots), *consts, w, b, np.int32(wblocks)))
-            main.wait_event(event(side))
+        kernel = self.kernels[f"lutham_slab_p{p}"]
+        for k, (i0, n_pad, wblocks, grid, b_off) in enumerate(slab_launches(rows, i_f, o_f, p, n_coef, ws.nbytes)):
+            w, b = ws[:b_off], ws[b_off:]
+            kernel(grid, (256,), (xin, np.int32(rows), np.int32(i_f), np.int32(o_f), np.int32(i0), np.int32(n_pad),
+                                  np.int32(slots), *consts, w, b, np.int32(wblocks)))
             self._blas.gemm_nt(rows, o_f, p * n_pad * slots, b.data.ptr, w.data.ptr, yout.data.ptr, k > 0)
-            read.append(event(main))
