@@ -8,10 +8,14 @@ own shapes (a few GPU iterations). Rows per call: 1, 49, 392, 3,136. Variants: e
 best (``sharekan.baselines.DenseKAN``: fp16 weights, one GEMM a layer) eager and compiled per row
 count with static shapes in ``max-autotune-no-cudagraphs`` and ``max-autotune`` (CUDA graphs,
 as LUTHAM itself uses graphs; ``fullgraph=True`` and the graph-break count recorded), the torch
-``VQKANLinear`` reference and LUTHAM. Every ratio is against the fastest fp16 dense variant of
+``VQKANLinear`` reference and LUTHAM at each precision (``high``: near fp32, the default;
+``medium``: fp16 bases; ``low``: fp16 weights and bases, a dense fp16 head's rounding) on the path
+its row count picks, and with ``--paths`` on the other path too (fused kernels against cuBLAS
+slabs; ``--slab-mb`` adds slab variants with other workspace bounds). Every ratio is against the fastest fp16 dense variant of
 the same head and row count in this run ("best dense"). Reported: median µs (CUDA events, warm, inputs rotated over 8 buffers), GB/s of the
 variant's weight bytes against the copy bandwidth measured in the same run, peak device memory
-(torch allocator; LUTHAM: its arena), and LUTHAM's max relative error against the reference.
+(torch allocator; LUTHAM: its arena, and the device memory its construction and first call took,
+cuBLAS's own workspace included), and LUTHAM's max relative error against the reference.
 Needs only torch, cupy and numpy (runs on the device machine).
 
     python bench/lutham_gpu.py --json bench/results/lutham_gpu.json [--trained out/lutham/trained.pt]
@@ -35,6 +39,7 @@ from sharekan.table import format_table  # noqa: E402
 from sharekan.baselines import DenseKAN  # noqa: E402
 from sharekan.clustering import fit_codebook  # noqa: E402
 from sharekan.kan import KAN  # noqa: E402
+from sharekan.lutham.geometry import PRECISIONS, SLAB_BYTES, uses_slab  # noqa: E402
 from sharekan.lutham.runtime import LuthamHead  # noqa: E402
 from sharekan.lutham.validate import ROWS as ROWS_CHECKED, validate  # noqa: E402
 from sharekan.vq_kan import VQKAN, edge_shapes, encode_layer  # noqa: E402
@@ -114,7 +119,40 @@ def rel_err(y, ref) -> float:
     return float((y.float() - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
 
 
-def bench_head(name, kan, vq, real=None, rows_list=ROWS, modes=DENSE_MODES, torch_vq=True):
+LABELS = {"high": "LUTHAM", "medium": "LUTHAM fp16 bases", "low": "LUTHAM fp16"}
+
+
+def lutham_variants(vq, rows: int, paths: bool, slab_mb=()):
+    """LUTHAM heads planned for ``rows`` rows: each precision on its default path; with ``paths``
+    the other path too; per ``slab_mb`` budget, slab variants with that workspace bound. Values:
+    (head, device bytes its construction and first call took)."""
+    import cupy as cp
+
+    def made(**kw):
+        cp.get_default_memory_pool().free_all_blocks()
+        torch.cuda.synchronize()
+        free = cp.cuda.runtime.memGetInfo()[0]
+        lut = LuthamHead(vq, max_rows=rows, **kw)
+        lut.forward(torch.zeros(rows, lut.plan.layers[0].in_features, device="cuda"))
+        lut.stream.synchronize()
+        return lut, free - cp.cuda.runtime.memGetInfo()[0]
+
+    out = {}
+    for prec, label in LABELS.items():
+        if rows == 1 and prec != "high":
+            continue  # one row runs the fp32 gather whatever the precision
+        out[label] = made(precision=prec)
+        if rows > 1 and paths:
+            slab = uses_slab(rows, PRECISIONS[prec])
+            other = "tensor-core kernels" if slab else "cuBLAS slabs"
+            out[f"{label} ({other})"] = made(precision=prec, slab_from=rows + 1 if slab else 2)
+        for mb in slab_mb if rows > 1 else ():
+            if mb << 20 != SLAB_BYTES:
+                out[f"{label} (cuBLAS slabs, {mb} MB)"] = made(precision=prec, slab_from=2, slab_bytes=mb << 20)
+    return out
+
+
+def bench_head(name, kan, vq, real=None, rows_list=ROWS, modes=DENSE_MODES, torch_vq=True, paths=False, slab_mb=()):
     edges = sum(lay.in_features * lay.out_features for lay in kan.layers)
     check_head = LuthamHead(vq, max_rows=max(ROWS_CHECKED))
     check = validate(check_head, vq, real=real)
@@ -126,9 +164,8 @@ def bench_head(name, kan, vq, real=None, rows_list=ROWS, modes=DENSE_MODES, torc
     for rows in rows_list:
         torch._dynamo.reset()
         dense = dense_variants(kan, rows, modes)
-        luts = {"LUTHAM": LuthamHead(vq, max_rows=rows)}  # arena planned for this batch
-        if rows > 1:  # the tensor-core path with single fp16 bases too (the default splits them)
-            luts["LUTHAM fp16 bases"] = LuthamHead(vq, max_rows=rows, split_basis=False)
+        made = lutham_variants(vq, rows, paths, slab_mb)  # arenas planned for this batch
+        luts = {k: lut for k, (lut, _) in made.items()}
         moved = sum(luts["LUTHAM"].plan.by_component[c] for c in ("codebook", "edges"))
         inputs = [torch.rand(rows, kan.layers[0].in_features, device="cuda") * 2 - 1 for _ in range(8)]
         with torch.no_grad():
@@ -136,6 +173,8 @@ def bench_head(name, kan, vq, real=None, rows_list=ROWS, modes=DENSE_MODES, torc
             # against the fp32 dense head, on the same inputs
             err = {"eager dense fp16": rel_err(dense["eager dense fp16"][0](inputs[0]), kan(inputs[0]))}
             ref = decoded(inputs[0])
+            # the rule's other side for LUTHAM: the dense fp16 head of the same (VQ-decoded) weights
+            same = rel_err(DenseKAN(decoded, torch.float16).eval()(inputs[0]), ref)
             for vname, lut in luts.items():
                 err[vname] = rel_err(lut.run_torch(inputs[0]), ref)
         names = [*dense, "torch VQ reference", *luts]
@@ -148,6 +187,7 @@ def bench_head(name, kan, vq, real=None, rows_list=ROWS, modes=DENSE_MODES, torc
                 if vname in luts:
                     us = _timed_cupy(luts[vname], inputs)
                     peak, read = luts[vname].plan.total, moved
+                    device_bytes = made[vname][1]
                 else:
                     module = vq if vname == "torch VQ reference" else dense[vname][0]
                     us = timed(module, inputs)
@@ -157,18 +197,23 @@ def bench_head(name, kan, vq, real=None, rows_list=ROWS, modes=DENSE_MODES, torc
                     read = moved if vname == "torch VQ reference" else edges * 15 * (4 if "fp32" in vname else 2)
             row = {"head": name, "rows": rows, "variant": vname, "us": us, "gbps": read / us / 1e3, "peak_bytes": peak,
                    "l2_window": luts[vname].plan.l2_persisting if vname in luts else None}
+            if vname in luts:
+                row |= {"device_bytes": device_bytes, "dense_fp16_err_same_weights": same, "precision": luts[vname].precision,
+                        "slab_from": luts[vname].slab_from}
             if vname.startswith("compiled"):
                 row |= {"graph_breaks": breaks, "compile_s": dense[vname][2]}
             if vname in err:
                 row["rel_err_vs_fp32"] = err[vname]
             out.append(row)
-            print(f"{name:7s} rows {rows:5d} {vname:48s} {us:10.1f} µs", flush=True)
+            e = f"  err {err[vname]:.1e}" if vname in err else ""
+            e += f" (dense fp16 of these weights {same:.1e})" if vname in luts else ""
+            print(f"{name:7s} rows {rows:5d} {vname:48s} {us:10.1f} µs{e}", flush=True)
         best = min((r for r in out if r["rows"] == rows and r["head"] == name and "dense fp16" in r["variant"]),
                    key=lambda r: r["us"])
         for r in out:
             if r["rows"] == rows and r["head"] == name:
                 r["best_dense"], r["vs_best_dense"] = best["variant"], best["us"] / r["us"]
-        del luts, dense
+        del luts, made, dense
         torch.cuda.empty_cache()
     return out, check, plan
 
@@ -200,6 +245,8 @@ def main(argv=None):
     p.add_argument("--rows", type=int, nargs="+", default=list(ROWS))
     p.add_argument("--modes", nargs="*", default=list(DENSE_MODES), help="torch.compile modes of the dense baseline")
     p.add_argument("--no-torch-vq", action="store_true", help="skip timing the torch VQ reference (slow)")
+    p.add_argument("--paths", action="store_true", help="time LUTHAM on the path its row count does not pick too")
+    p.add_argument("--slab-mb", type=int, nargs="*", default=[], help="more slab workspace bounds to time (MB)")
     p.add_argument("--profile", help="only run LUTHAM on this head repeatedly (for ncu)")
     a = p.parse_args(argv)
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -228,7 +275,8 @@ def main(argv=None):
         else:
             kan, vq = random_head(sizes[name], 65_536, a.kmeans_iters)
             real = None
-        rows, checks[name], plans[name] = bench_head(name, kan, vq, real, a.rows, a.modes, not a.no_torch_vq)
+        rows, checks[name], plans[name] = bench_head(name, kan, vq, real, a.rows, a.modes, not a.no_torch_vq,
+                                                        a.paths, a.slab_mb)
         results += rows
         del kan, vq
         torch.cuda.empty_cache()

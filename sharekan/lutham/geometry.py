@@ -6,17 +6,21 @@ so a tile size cannot differ between the kernel and its launch. :func:`launches`
 and row count, ``(kernel, first row, rows, chunk, grid, block)`` tuples for CuPy's
 ``RawKernel.__call__``.
 
-Paths: one row runs ``lutham_row1`` (a window gather, fp32 FMAs); more rows run ``lutham_tc{NT}``
+Paths: one row runs ``lutham_row1`` (a window gather, fp32 FMAs); more rows run ``lutham_tc{NT}p{P}``
 (tensor cores, ``NT`` n-tiles of 8 rows a block: the smallest power of two that holds the rows, up
-to 128 rows a block; above that the rows go in 128-row blocks plus one tail launch). ``split``
-(default) picks the ``s`` kernels: the bases as fp16 hi + lo parts too (3 MMAs, near fp32), not
-single fp16 values (2 MMAs; the weights are hi + lo parts either way).
+to 128 rows a block; above that the rows go in 128-row blocks plus one tail launch); from
+``SLAB_FROM_ROWS`` rows a layer runs as slabs of inputs (:func:`slab_launches`): ``lutham_slab_p{P}``
+expands a slab's weights and bases into a bounded fp16 workspace and cuBLAS multiplies them.
+``P`` (:data:`PRECISIONS`) is how many fp16 products one weight-basis product takes: 3 (``high``,
+the default: weights and bases as fp16 hi + lo parts, near fp32), 2 (``medium``: single fp16
+bases), 1 (``low``: fp16 weights and bases, the rounding of a dense fp16 head).
 """
 
 from __future__ import annotations
 
 __all__ = ["TILE_O", "BASE_SLOT", "THREADS", "ROW1_UNROLL", "ROW1_MAX_CHUNK", "STAGE_BYTES", "TC_TILES",
-           "KERNELS", "defines", "launches"]
+           "PRECISIONS", "SLAB_FROM_ROWS", "SLAB_BYTES", "SLAB_IN", "SLAB_ROWS", "BLAS_BYTES", "KERNELS", "defines", "launches", "products",
+           "uses_slab", "slab_slots", "slab_workspace", "slab_launches"]
 
 TILE_O = 16          # outputs a warp covers: the M of mma.m16n8k16
 BASE_SLOT = 15       # the K slot holding the SiLU base weight (coefficients take slots 0 .. C-1)
@@ -25,7 +29,14 @@ ROW1_UNROLL = 4      # lutham_row1: warp steps (2 inputs each) whose loads issue
 ROW1_MAX_CHUNK = 512  # lutham_row1: inputs a block stages in shared memory
 STAGE_BYTES = 32_768  # lutham_tc: the double-buffered basis fragments of one block
 TC_TILES = (1, 2, 4, 8, 16)  # n-tiles (8 rows each) of the lutham_tc kernels
-KERNELS = ("lutham_row1", *(f"lutham_tc{n}{s}" for s in ("s", "") for n in TC_TILES))
+PRECISIONS = {"high": 3, "medium": 2, "low": 1}  # fp16 products a weight-basis product takes
+SLAB_FROM_ROWS = {3: 256, 2: 192, 1: 128}  # by products: rows from which layers run as cuBLAS slabs
+SLAB_BYTES = 64 << 20  # the slab workspace at most (weights and bases of one slab of inputs)
+SLAB_IN = 32         # lutham_slab: inputs a block covers (16 outputs or SLAB_ROWS rows by these)
+SLAB_ROWS = 8        # lutham_slab: rows a bases block covers
+BLAS_BYTES = 8 << 20  # cuBLAS's own workspace, in the arena (set, so the GEMMs allocate nothing: graphs)
+KERNELS = ("lutham_row1", *(f"lutham_tc{n}p{p}" for p in (3, 2, 1) for n in TC_TILES),
+           *(f"lutham_slab_p{p}" for p in (3, 2, 1)))
 _WARPS_PER_SM = 48   # lutham_row1: warps in flight to aim for
 _BLOCKS_PER_SM = 2   # lutham_tc: blocks to aim for
 _MIN_SPLIT = 16      # inputs a split holds at least
@@ -35,7 +46,8 @@ _STEP = 8            # a split is a multiple of this many inputs (every kernel's
 def defines() -> list[str]:
     """The ``-D`` options that give the kernels their tile constants."""
     return [f"-D{k}={v}" for k, v in (("TILE_O", TILE_O), ("BASE_SLOT", BASE_SLOT), ("ROW1_UNROLL", ROW1_UNROLL),
-                                      ("ROW1_MAX_CHUNK", ROW1_MAX_CHUNK), ("STAGE_BYTES", STAGE_BYTES))]
+                                      ("ROW1_MAX_CHUNK", ROW1_MAX_CHUNK), ("STAGE_BYTES", STAGE_BYTES),
+                                      ("SLAB_IN", SLAB_IN), ("SLAB_ROWS", SLAB_ROWS))]
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -55,10 +67,63 @@ def _tiles_for(rows: int) -> int:
     return next(t for t in TC_TILES if t * 8 >= rows)
 
 
-def launches(rows: int, in_f: int, out_f: int, n_sm: int, split: bool = True):
-    """The kernel launches of one layer for ``rows`` rows: ``(kernel, first row, rows, chunk, grid, block)``."""
+def products(precision: str) -> int:
+    """fp16 products a weight-basis product takes at ``precision`` (a key of :data:`PRECISIONS`)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    return PRECISIONS[precision]
+
+
+def uses_slab(rows: int, p: int, slab_from: int | None = None) -> bool:
+    """Whether ``rows`` rows at ``p`` products run as cuBLAS slabs: from ``slab_from`` rows where
+    given, else from :data:`SLAB_FROM_ROWS` rows; one row never does."""
+    return rows > 1 and rows >= (SLAB_FROM_ROWS[p] if slab_from is None else slab_from)
+
+
+def slab_slots(n_coef: int) -> int:
+    """K slots an input takes in a slab: its coefficients and the base (SiLU) term, rounded up to even."""
+    return (n_coef + 2) // 2 * 2
+
+
+def _slab_parts(n_pad: int, out_f: int, rows: int, p: int, n_coef: int) -> tuple[int, int]:
+    """Bytes of a slab's weight operand (aligned) and bases operand for ``n_pad`` inputs."""
+    kc = p * n_pad * slab_slots(n_coef)
+    return _cdiv(out_f * kc * 2, 256) * 256, rows * kc * 2
+
+
+def slab_workspace(layers, max_rows: int, p: int, n_coef: int, budget: int = SLAB_BYTES) -> int:
+    """Workspace bytes for the slabs of ``layers`` (``(in, out)`` pairs) at ``max_rows`` rows: a whole
+    layer where that is under ``budget``, else ``budget`` (at least one 8-input slab)."""
+    need = 0
+    for in_f, out_f in layers:
+        whole = sum(_slab_parts(_cdiv(in_f, _STEP) * _STEP, out_f, max_rows, p, n_coef))
+        need = max(need, min(whole, max(budget, sum(_slab_parts(_STEP, out_f, max_rows, p, n_coef)) + 256)))
+    return _cdiv(need, 256) * 256
+
+
+def slab_launches(rows: int, in_f: int, out_f: int, p: int, n_coef: int, workspace: int):
+    """One layer as slabs of inputs in ``workspace`` bytes: ``(first input, padded inputs, weight
+    blocks, grid, bases offset)`` per slab, the slabs as equal as multiples of 8 inputs allow."""
+    per = _slab_parts(_STEP, out_f, rows, p, n_coef)
+    fit = max(1, (workspace - 256) // sum(per)) * _STEP
+    slabs = _cdiv(in_f, min(fit, _cdiv(in_f, _STEP) * _STEP))
+    n_pad = _cdiv(_cdiv(in_f, slabs), _STEP) * _STEP
+    w_bytes, b_bytes = _slab_parts(n_pad, out_f, rows, p, n_coef)
+    if w_bytes + b_bytes > workspace:
+        raise ValueError(f"a slab of {n_pad} inputs × {rows} rows needs {w_bytes + b_bytes:,} B; "
+                         f"the workspace holds {workspace:,} B (plan it for ≥ {rows} rows)")
+    wblocks = _cdiv(out_f, TILE_O) * _cdiv(n_pad, SLAB_IN)
+    grid = (wblocks + _cdiv(rows, SLAB_ROWS) * _cdiv(n_pad, SLAB_IN),)
+    return [(i0, n_pad, wblocks, grid, w_bytes) for i0 in range(0, in_f, n_pad)]
+
+
+def launches(rows: int, in_f: int, out_f: int, n_sm: int, p: int = 3):
+    """The fused kernel launches of one layer for ``rows`` rows at ``p`` products:
+    ``(kernel, first row, rows, chunk, grid, block)``."""
     if rows < 1:
         raise ValueError(f"rows must be ≥ 1, got {rows}")
+    if p not in PRECISIONS.values():
+        raise ValueError(f"products must be one of {sorted(PRECISIONS.values())}, got {p}")
     tiles = _cdiv(out_f, TILE_O)
     if rows == 1:
         warps = min(THREADS // 32, tiles)
@@ -66,7 +131,7 @@ def launches(rows: int, in_f: int, out_f: int, n_sm: int, split: bool = True):
         chunk = _splits(in_f, bx * warps, _WARPS_PER_SM * n_sm, ROW1_MAX_CHUNK)
         return [("lutham_row1", 0, 1, chunk, (bx, 1, _cdiv(in_f, chunk)), (warps * 32,))]
     bx = _cdiv(tiles, THREADS // 32)  # lutham_tc: every block has all its threads (they build the bases)
-    suffix = "s" if split else ""
+    suffix = f"p{p}"
     out, r0 = [], 0
     full = rows // (8 * TC_TILES[-1]) if rows > 8 * TC_TILES[-1] else 0
     parts = ([(TC_TILES[-1], full, full * 8 * TC_TILES[-1])] if full else [])

@@ -5,8 +5,11 @@ into the planned arena once — the codebook as float32 4-coefficient windows, e
 record (uint16 index, fp16 gain, bias and base weight) in 16-output tiles, per-output scales — and
 runs each layer as one kernel (``lutham_row1`` for one row, ``lutham_tc*`` on tensor cores for
 more; launch sizes from ``geometry``), preceded by a memset of the layer's output where the inputs
-are split across blocks (fp32 atomics). The launches for a row count are captured once as a CUDA
-graph and replayed. Where the CUDA runtime allows, an L2 persisting access-policy window
+are split across blocks (fp32 atomics: the only nondeterministic sums), or — from
+``geometry.SLAB_FROM_ROWS`` rows — as slabs of inputs, each expanded into the arena's fp16
+workspace by ``lutham_slab_p*`` and multiplied by a cuBLAS GEMM (fp32 accumulate, each slab added
+into the output by the GEMM's beta: deterministic). The launches for a row count are captured once
+as a CUDA graph and replayed. Where the CUDA runtime allows, an L2 persisting access-policy window
 (``l2``) covers as much of the arena's start as the device's persisting limit holds (codebook,
 constants, then edge records); the plan records what was set.
 """
@@ -17,8 +20,9 @@ import numpy as np
 import torch
 
 from ..bspline import compact_grid
+from .blas import Blas
 from .compile import load_module
-from .geometry import KERNELS, TILE_O, launches
+from .geometry import BLAS_BYTES, KERNELS, SLAB_BYTES, TILE_O, launches, products, slab_launches, slab_slots, slab_workspace, uses_slab
 from .l2 import persist
 from .plan import LayerSpec, Plan, n_windows, plan_arena, window_slot
 
@@ -52,25 +56,32 @@ def edge_records(indices: np.ndarray, gain: np.ndarray, bias: np.ndarray, base: 
 class LuthamHead:
     """A VQ-compressed KAN head in one GPU arena, for batches of up to ``max_rows`` rows.
 
-    ``split_basis`` (default on) runs the bases as fp16 hi + lo parts on the tensor-core path
-    (near fp32); off, they are single fp16 values (one MMA fewer, the error of fp16 bases)."""
+    ``precision`` (a key of ``geometry.PRECISIONS``) sets the tensor-core operands: ``"high"``
+    (default) weights and bases as fp16 hi + lo parts (near fp32), ``"medium"`` single fp16 bases,
+    ``"low"`` fp16 weights and bases (a dense fp16 head's rounding). ``slab_from`` overrides the
+    row count from which layers run as cuBLAS slabs (``None``: ``geometry.SLAB_FROM_ROWS``), and
+    ``slab_bytes`` bounds their workspace."""
 
     def __init__(self, model, max_rows: int, persist_l2: bool = True, use_graphs: bool = True,
-                 split_basis: bool = True, module=None):
+                 precision: str = "high", slab_from: int | None = None, slab_bytes: int = SLAB_BYTES,
+                 module=None):
         import cupy as cp
 
         layers = list(model.layers)
         cb = layers[0].codebook
         if any(lay.codebook is not cb and not torch.equal(lay.codebook, cb) for lay in layers):
             raise ValueError("LUTHAM runs heads with one shared codebook (scope='head')")
+        self.precision, self.products, self.slab_from = precision, products(precision), slab_from
+        n_coef = layers[0].n_coef
+        workspace = (slab_workspace([(lay.in_features, lay.out_features) for lay in layers], max_rows, self.products,
+                                    n_coef, slab_bytes) + BLAS_BYTES if uses_slab(max_rows, self.products, slab_from) else 0)
         self.plan: Plan = plan_arena([LayerSpec(lay.in_features, lay.out_features, lay.grid.shape[1])
-                                      for lay in layers], cb.shape[0], max_rows)
+                                      for lay in layers], cb.shape[0], max_rows, workspace)
         self.stream = cp.cuda.Stream(non_blocking=True)
         self.arena = cp.zeros(self.plan.total, dtype=cp.uint8)
         self._views = {b.name: self.arena[b.offset:b.offset + b.nbytes].view(cp.dtype(b.dtype)).reshape(b.shape)
                        for b in self.plan.blocks}
         self._outputs: dict[int, object] = {}
-        n_coef = self.plan.n_coef
         self._put("codebook", codebook_windows(cb.detach().float().cpu().numpy(), n_coef))
         for n, lay in enumerate(layers):
             grid = lay.grid.detach().float().cpu()
@@ -87,13 +98,15 @@ class LuthamHead:
                               else scale.detach().float().cpu().numpy().reshape(-1))
             self._put(f"L{n}.edges", edge_records(lay.indices.cpu().numpy().astype(np.uint16), *vals))
             self._put(f"L{n}.scales", np.stack(scales))
-        assert n_coef == layers[0].n_coef
         self.module = module or load_module()
         self.kernels = {k: self.module.get_function(k) for k in KERNELS}
         self._sms = cp.cuda.Device().attributes["MultiProcessorCount"]
         self._graphs: dict[int, object] = {}
-        self.use_graphs = use_graphs
-        self.split_basis = split_basis
+        self.use_graphs, self.graph_error = use_graphs, None
+        self._blas = None
+        if workspace:
+            ws = self.view("workspace")
+            self._blas = Blas(self.stream.ptr, ws.data.ptr + ws.nbytes - BLAS_BYTES, BLAS_BYTES)
         if persist_l2:
             self.plan.l2_persisting = persist(self.arena, self.plan.hot_bytes(), self.plan.total, self.stream)
 
@@ -150,8 +163,8 @@ class LuthamHead:
                 with self.stream:
                     self._launch(rows)
                 graph = self._graphs[rows] = self.stream.end_capture()
-            except Exception:
-                self.use_graphs = False
+            except Exception as e:  # run without graphs from now on, and say why
+                self.use_graphs, self.graph_error = False, f"{type(e).__name__}: {e}"
                 if self.stream.is_capturing():
                     self.stream.end_capture()
         if graph is not None:
@@ -174,14 +187,28 @@ class LuthamHead:
         for n, lay in enumerate(self.plan.layers):
             xin, yout = self.view(f"act{n}"), self.view(f"act{n + 1}")
             i_f, o_f = lay.in_features, lay.out_features
-            plan = launches(rows, i_f, o_f, self._sms, self.split_basis)
-            if any(grid[2] > 1 for *_, grid, _ in plan):  # split inputs add into the output
-                cp.cuda.runtime.memsetAsync(yout.data.ptr, 0, rows * o_f * 4, self.stream.ptr)
             consts = (self.view(f"L{n}.t0"), self.view(f"L{n}.h"), np.int32(lay.n_knots), np.int32(self.plan.n_coef),
                       cb, nwin, self.view(f"L{n}.edges"), self.view(f"L{n}.scales"))
+            if uses_slab(rows, self.products, self.slab_from):
+                self._slabs(rows, lay, xin, yout, consts)
+                continue
+            plan = launches(rows, i_f, o_f, self._sms, self.products)
+            if any(grid[2] > 1 for *_, grid, _ in plan):  # split inputs add into the output
+                cp.cuda.runtime.memsetAsync(yout.data.ptr, 0, rows * o_f * 4, self.stream.ptr)
             for kernel, r0, r, chunk, grid, block in plan:
                 if kernel == "lutham_row1":
                     args = (xin, np.int32(i_f), np.int32(o_f), np.int32(chunk), *consts, yout)
                 else:
                     args = (xin[r0:], np.int32(r), np.int32(i_f), np.int32(o_f), np.int32(chunk), *consts, yout[r0:])
                 self.kernels[kernel](grid, block, args)
+
+    def _slabs(self, rows: int, lay: LayerSpec, xin, yout, consts) -> None:
+        """One layer as slabs of inputs: each expanded into the workspace, then y (+)= bases · weightsᵀ."""
+        p, n_coef, ws = self.products, self.plan.n_coef, self.view("workspace")[:-BLAS_BYTES]
+        i_f, o_f, slots = lay.in_features, lay.out_features, slab_slots(n_coef)
+        kernel = self.kernels[f"lutham_slab_p{p}"]
+        for k, (i0, n_pad, wblocks, grid, b_off) in enumerate(slab_launches(rows, i_f, o_f, p, n_coef, ws.nbytes)):
+            w, b = ws[:b_off], ws[b_off:]
+            kernel(grid, (256,), (xin, np.int32(rows), np.int32(i_f), np.int32(o_f), np.int32(i0), np.int32(n_pad),
+                                  np.int32(slots), *consts, w, b, np.int32(wblocks)))
+            self._blas.gemm_nt(rows, o_f, p * n_pad * slots, b.data.ptr, w.data.ptr, yout.data.ptr, k > 0)

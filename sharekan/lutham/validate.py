@@ -3,7 +3,8 @@
 Before every run the output buffer is poisoned with NaN, so an element the kernels never wrote
 fails the check. Inputs are drawn inside the grid range and well outside it (where only the
 SiLU term and the boundary bases remain), for row counts that exercise every kernel path (one
-row, each tensor-core tile height, 128-row blocks plus a tail) and partial tiles. :func:`detector_map` scores the detector with LUTHAM in place of the head's KAN
+row, each tensor-core tile height, 128-row blocks plus a tail, the cuBLAS slabs from their row
+threshold at each precision) and partial tiles. :func:`detector_map` scores the detector with LUTHAM in place of the head's KAN
 against the torch VQ reference; :func:`failures` turns both into one message per failing case.
 """
 

@@ -1,4 +1,4 @@
-// LUTHAM v7: the forward of a Gain-Shape-Bias compressed KAN layer, read straight from the arena.
+// LUTHAM v10: the forward of a Gain-Shape-Bias compressed KAN layer, read straight from the arena.
 //
 // Edge (o, i) is one 8-byte record {index, gain, bias, base weight} (uint16 + 3 x fp16, each fp16
 // times a per-output scale: exact for int8/int4 values), stored tile-major: [out/16][in][16], so a
@@ -7,18 +7,23 @@
 // 16 bytes, the four aligned ones (p = 3, 7, 11, 15: the whole codeword c[0 .. 15]) first, so
 //   * one row (lutham_row1): an edge reads the single window its input's basis needs (16 bytes, one
 //     L2 sector) -- y[o] = gs*sum g*dot(B, window) + bs*sum b*S + ws*sum w*silu, fp32 throughout;
-//   * several rows (lutham_tc<NT, SPLIT>): an edge reads its whole codeword (64 bytes, 16 a lane) and
+//   * several rows (lutham_tc<NT>p<P>): an edge reads its whole codeword (64 bytes, 16 a lane) and
 //     decodes w_s = gain*c_s + bias (slot 15: the base weight) in fp32 straight into mma.m16n8k16 A
-//     fragments (16 outputs x 16 slots of one input) as fp16 hi + lo parts, reused across NT 8-row
-//     n-tiles whose B fragments (the basis and SiLU of each row, built on chip per step of inputs into
-//     shared memory, never in global scratch) come from shared memory; fp32 accumulate. The bases are
-//     fp16; SPLIT adds their rounding residue too (3 MMAs: hi*hi + lo*hi + hi*lo, near fp32), without
-//     it 2 MMAs. Records are loaded two steps and codewords one step ahead of their use.
+//     fragments (16 outputs x 16 slots of one input), reused across NT 8-row n-tiles whose B
+//     fragments (the basis and SiLU of each row, built on chip per step of inputs into shared
+//     memory, never in global scratch) come from shared memory; fp32 accumulate. P is the number of
+//     fp16 products a weight-basis product takes: 3 (weights and bases as hi + lo parts: hi*hi +
+//     lo*hi + hi*lo, near fp32), 2 (single fp16 bases), 1 (fp16 weights and bases: the rounding of a
+//     dense fp16 head). Records are loaded two steps and codewords one step ahead of their use;
+//   * large batches (lutham_slab_p<P>, then a cuBLAS GEMM the runtime issues): a slab of inputs is
+//     expanded into two dense fp16 operands in a bounded workspace -- the weights decoded as above
+//     and the rows' bases -- with the P products as sections along K.
 #include <cuda_fp16.h>
 
 // Tile and launch constants come from sharekan/lutham/geometry.py as -D options (one source for the
 // kernels and the launches).
-#if !defined(TILE_O) || !defined(BASE_SLOT) || !defined(ROW1_UNROLL) || !defined(ROW1_MAX_CHUNK) || !defined(STAGE_BYTES)
+#if !defined(TILE_O) || !defined(BASE_SLOT) || !defined(ROW1_UNROLL) || !defined(ROW1_MAX_CHUNK) || !defined(STAGE_BYTES) \
+    || !defined(SLAB_IN) || !defined(SLAB_ROWS)
 #error "compile with the -D options of sharekan.lutham.geometry.defines()"
 #endif
 static_assert(TILE_O == 16 && BASE_SLOT == 15, "an output tile is the M = 16 of mma.m16n8k16, 16 slots its K");
@@ -160,20 +165,21 @@ __device__ __forceinline__ void decode(uint2 rec, float4 c, float gs, float bs, 
     pack_split(w[2], w[3], hi[1], lo[1]);
 }
 
-template <int NT, bool SPLIT>
+template <int NT, int P>
 struct TcShape {
+    static_assert(P >= 1 && P <= 3, "P: 1, 2 or 3 fp16 products a weight-basis product");
     static constexpr int TI = 2;  // inputs per step (registers hold 3 record and 2 codeword sets)
-    static constexpr int LB = SPLIT ? 2 : 1;    // uint2 a lane holds per (input, n-tile): hi (, lo)
+    static constexpr int LB = P == 3 ? 2 : 1;    // uint2 a lane holds per (input, n-tile): hi (, lo)
     static constexpr int TASKS = (TI * NT * 8 + 255) / 256;  // (row, input) bases a thread builds per step
     static_assert(2 * TI * NT * 32 * LB * 8 <= STAGE_BYTES, "basis stage exceeds STAGE_BYTES");
 };
 
-template <int NT, bool SPLIT>
+template <int NT, int P>
 __device__ __forceinline__ void tc(const float* __restrict__ x, int rows, int in_f, int out_f, int chunk,
                                    const float* __restrict__ t0, const float* __restrict__ hh, int nk, int n_coef,
                                    const float4* __restrict__ cb, int nwin, const uint2* __restrict__ edges,
                                    const float* __restrict__ scales, float* __restrict__ y) {
-    using S = TcShape<NT, SPLIT>;
+    using S = TcShape<NT, P>;
     constexpr int TI = S::TI, LB = S::LB;
     __shared__ uint2 stage[2 * TI * NT * 32 * LB];  // [buffer][input][n-tile][lane][hi (, lo)]
     const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
@@ -219,7 +225,7 @@ __device__ __forceinline__ void tc(const float* __restrict__ x, int rows, int in
                     v[j] = d == 0 ? b.w[0] : d == 1 ? b.w[1] : d == 2 ? b.w[2] : d == 3 ? b.w[3] : 0.f;
                 }
                 if (qq == 3) v[3] = b.silu;
-                if (SPLIT) {
+                if (P == 3) {
                     uint2 h, l;
                     pack_split(v[0], v[1], h.x, l.x);
                     pack_split(v[2], v[3], h.y, l.y);
@@ -290,8 +296,8 @@ __device__ __forceinline__ void tc(const float* __restrict__ x, int rows, int in
             for (int ii = 0; ii < TI; ++ii) {
                 const uint2 bh = src[(ii * NT + nt) * 32 * LB];
                 mma16816(d, ahi[ii], bh.x, bh.y);
-                mma16816(d, alo[ii], bh.x, bh.y);
-                if (SPLIT) {
+                if (P >= 2) mma16816(d, alo[ii], bh.x, bh.y);
+                if (P == 3) {
                     const uint2 bl = src[(ii * NT + nt) * 32 * LB + LB - 1];
                     mma16816(d, ahi[ii], bl.x, bl.y);
                 }
@@ -317,20 +323,139 @@ __device__ __forceinline__ void tc(const float* __restrict__ x, int rows, int in
     }
 }
 
-#define TC(NT, SPLIT, BLOCKS, NAME)                                                                              \
-    extern "C" __global__ void __launch_bounds__(256, BLOCKS) NAME(                                               \
+#define TC(NT, P, BLOCKS)                                                                                        \
+    extern "C" __global__ void __launch_bounds__(256, BLOCKS) lutham_tc##NT##p##P(                              \
         const float* __restrict__ x, int rows, int in_f, int out_f, int chunk, const float* __restrict__ t0,       \
         const float* __restrict__ hh, int nk, int n_coef, const float4* __restrict__ cb, int nwin,                 \
         const uint2* __restrict__ edges, const float* __restrict__ scales, float* __restrict__ y) {                \
-        tc<NT, SPLIT>(x, rows, in_f, out_f, chunk, t0, hh, nk, n_coef, cb, nwin, edges, scales, y);               \
+        tc<NT, P>(x, rows, in_f, out_f, chunk, t0, hh, nk, n_coef, cb, nwin, edges, scales, y);                   \
     }
-TC(1, true, 2, lutham_tc1s)
-TC(2, true, 2, lutham_tc2s)
-TC(4, true, 2, lutham_tc4s)
-TC(8, true, 2, lutham_tc8s)
-TC(16, true, 1, lutham_tc16s)
-TC(1, false, 2, lutham_tc1)
-TC(2, false, 2, lutham_tc2)
-TC(4, false, 2, lutham_tc4)
-TC(8, false, 2, lutham_tc8)
-TC(16, false, 1, lutham_tc16)
+TC(1, 3, 2) TC(2, 3, 2) TC(4, 3, 2) TC(8, 3, 2) TC(16, 3, 1)
+TC(1, 2, 2) TC(2, 2, 2) TC(4, 2, 2) TC(8, 2, 2) TC(16, 2, 1)
+TC(1, 1, 2) TC(2, 1, 2) TC(4, 1, 2) TC(8, 1, 2) TC(16, 1, 1)
+
+// ---------------------------------------------------------------------------------------------
+// Large batches: the inputs [i0, i0 + n_pad) of one layer as the two fp16 operands of a GEMM the
+// runtime issues to cuBLAS next (y [rows][out] (+)= Bm . W^T, fp32 accumulate):
+//   W  [out_f][P][n_pad][slots]: each edge's slots gain*c_s + bias (s < C), base weight (s = C), 0;
+//   Bm [rows][P][n_pad][slots]:  each row's bases of each input (4 non-zero), SiLU (s = C), 0.
+// The P sections along K are W = [hi | lo | hi], Bm = [hi | hi | lo] (3 products, near fp32),
+// [hi | lo] and [b | b] (2), [hi] and [b] (1). Inputs past in_f are zero. Blocks [0, wblocks) decode
+// weights: the 16 outputs of one tile x SLAB_IN inputs (a thread per (output, input) pair, a warp
+// reading 256 contiguous bytes of records; each pair's 64-byte codeword from L2); the others build
+// bases: SLAB_ROWS rows x SLAB_IN inputs (x read coalesced). Both stage the fp16 values of a
+// section in shared memory and write each line's run of SLAB_IN x slots values with 16-byte stores
+// (n_pad is a multiple of 8, slots even: every run is whole 16-byte words).
+static_assert(SLAB_IN % 16 == 0 && SLAB_IN * SLAB_ROWS % 256 == 0 && SLAB_ROWS <= 16, "slab block shape");
+
+// v's slots (hi part, or with lo the rounding residue) into shared memory at dst (4-byte aligned)
+__device__ __forceinline__ void stage_slots(__half* dst, const float (&v)[16], int slots, bool lo) {
+#pragma unroll
+    for (int s = 0; s < 16; s += 2) {
+        if (s < slots) {
+            __half2 h = __floats2half2_rn(v[s], v[s + 1]);
+            if (lo) {
+                const float2 f = __half22float2(h);
+                h = __floats2half2_rn(v[s] - f.x, v[s + 1] - f.y);
+            }
+            *reinterpret_cast<__half2*>(dst + s) = h;
+        }
+    }
+}
+
+// `lines` runs of `words` 16-byte words: shared memory (line stride sstride words) to global (gstride)
+__device__ __forceinline__ void flush(const __half* src, int sstride, __half* dst, long gstride, int lines, int words) {
+    const uint4* s = reinterpret_cast<const uint4*>(src);
+    uint4* d = reinterpret_cast<uint4*>(dst);
+    for (int k = threadIdx.x; k < lines * words; k += blockDim.x) {
+        const int l = k / words, w = k - l * words;
+        d[l * gstride + w] = s[l * sstride + w];
+    }
+}
+
+template <int P>
+__device__ __forceinline__ void slab(const float* __restrict__ x, int rows, int in_f, int out_f, int i0, int n_pad,
+                                     int slots, const float* __restrict__ t0, const float* __restrict__ hh, int nk,
+                                     int n_coef, const float4* __restrict__ cb, int nwin,
+                                     const uint2* __restrict__ edges, const float* __restrict__ scales,
+                                     __half* __restrict__ W, __half* __restrict__ Bm, int wblocks) {
+    __shared__ __align__(16) __half st[16 * SLAB_IN * 16];  // up to 16 lines x SLAB_IN inputs x 16 slots
+    const long kc = (long)P * n_pad * slots, sec = (long)n_pad * slots;
+    const int ib = (n_pad + SLAB_IN - 1) / SLAB_IN, line = SLAB_IN * slots;  // halves a staged line holds
+    const bool weights = (int)blockIdx.x < wblocks;
+    const int b = weights ? blockIdx.x : blockIdx.x - wblocks, ii0 = (b % ib) * SLAB_IN;
+    const int n_in = min(SLAB_IN, n_pad - ii0), words = n_in * slots / 8;
+    constexpr int U = SLAB_IN / 16 > SLAB_IN * SLAB_ROWS / 256 ? SLAB_IN / 16 : SLAB_IN * SLAB_ROWS / 256;
+    float v[U][16];
+    int at[U];  // where each pair's slots go in the stage
+    int lines;
+    __half* dst;
+    if (weights) {
+        const int tile = b / ib, ol = threadIdx.x & 15, o = tile * TILE_O + ol;
+        lines = min(TILE_O, out_f - tile * TILE_O);
+        dst = W + (long)tile * TILE_O * kc + (long)ii0 * slots;
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int il = (threadIdx.x >> 4) + 16 * u, i = i0 + ii0 + il;
+            at[u] = ol * line + il * slots;
+#pragma unroll
+            for (int s = 0; s < 16; ++s) v[u][s] = 0.f;
+            if (u >= SLAB_IN / 16 || o >= out_f || il >= n_in || i >= in_f) continue;
+            const uint2 rec = __ldg(edges + ((long)tile * in_f + i) * TILE_O + ol);
+            const float g = scales[o] * hi_half(rec.x), bb = scales[out_f + o] * lo_half(rec.y);
+            const float ws = scales[2 * out_f + o] * hi_half(rec.y);
+            const float4* c = cb + (long)(rec.x & 0xffffu) * nwin;
+#pragma unroll
+            for (int w = 0; w < 4; ++w) {
+                const float4 c4 = __ldg(c + w);
+                const float cc[4] = {c4.x, c4.y, c4.z, c4.w};
+#pragma unroll
+                for (int j = 0; j < 4; ++j)
+                    v[u][4 * w + j] = 4 * w + j < n_coef ? fmaf(g, cc[j], bb) : (4 * w + j == n_coef ? ws : 0.f);
+            }
+        }
+    } else {
+        const int r0 = (b / ib) * SLAB_ROWS;
+        lines = min(SLAB_ROWS, rows - r0);
+        dst = Bm + (long)r0 * kc + (long)ii0 * slots;
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int t = threadIdx.x + 256 * u, il = t % SLAB_IN, rl = t / SLAB_IN, i = i0 + ii0 + il;
+            at[u] = rl * line + il * slots;
+#pragma unroll
+            for (int s = 0; s < 16; ++s) v[u][s] = 0.f;
+            if (rl >= SLAB_ROWS || rl >= lines || il >= n_in || i >= in_f) continue;
+            const Basis bs = basis_of(x[(long)(r0 + rl) * in_f + i], t0[i], hh[i], nk, n_coef);
+#pragma unroll
+            for (int s = 0; s < 16; ++s) {
+                const int d = s - bs.first;
+                v[u][s] = s == n_coef ? bs.silu : d == 0 ? bs.w[0] : d == 1 ? bs.w[1] : d == 2 ? bs.w[2] : d == 3 ? bs.w[3] : 0.f;
+            }
+        }
+    }
+    // sections: hi parts to W's 0 (and 2) / Bm's 0 (and 1), lo parts to W's 1 / Bm's 2
+    const long g = kc / 8;
+#pragma unroll
+    for (int part = 0; part < (P == 1 || (P == 2 && !weights) ? 1 : 2); ++part) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) stage_slots(st + at[u], v[u], slots, part == 1);
+        __syncthreads();
+        if (part == 0) {
+            flush(st, line / 8, dst, g, lines, words);
+            if (P == 3 || (P == 2 && !weights)) flush(st, line / 8, dst + (weights ? 2 : 1) * sec, g, lines, words);
+        } else {
+            flush(st, line / 8, dst + (weights ? 1 : 2) * sec, g, lines, words);
+        }
+        __syncthreads();
+    }
+}
+
+#define SLAB(P)                                                                                                  \
+    extern "C" __global__ void __launch_bounds__(256) lutham_slab_p##P(                                           \
+        const float* __restrict__ x, int rows, int in_f, int out_f, int i0, int n_pad, int slots,                  \
+        const float* __restrict__ t0, const float* __restrict__ hh, int nk, int n_coef,                            \
+        const float4* __restrict__ cb, int nwin, const uint2* __restrict__ edges, const float* __restrict__ scales, \
+        __half* __restrict__ W, __half* __restrict__ Bm, int wblocks) {                                           \
+        slab<P>(x, rows, in_f, out_f, i0, n_pad, slots, t0, hh, nk, n_coef, cb, nwin, edges, scales, W, Bm, wblocks); \
+    }
+SLAB(1) SLAB(2) SLAB(3)
