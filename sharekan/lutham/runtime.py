@@ -22,7 +22,8 @@ import torch
 from ..bspline import compact_grid
 from .blas import Blas
 from .compile import load_module
-from .geometry import BLAS_BYTES, KERNELS, SLAB_BYTES, TILE_O, launches, products, slab_launches, slab_slots, slab_workspace, uses_slab
+from .geometry import (BLAS_BYTES, KERNELS, SLAB_BYTES, TILE_O, launches, products, slab_launches, slab_slots,
+                       slab_workspace, uses_slab)
 from .l2 import persist
 from .plan import LayerSpec, Plan, n_windows, plan_arena, window_slot
 
@@ -73,8 +74,10 @@ class LuthamHead:
             raise ValueError("LUTHAM runs heads with one shared codebook (scope='head')")
         self.precision, self.products, self.slab_from = precision, products(precision), slab_from
         n_coef = layers[0].n_coef
-        workspace = (slab_workspace([(lay.in_features, lay.out_features) for lay in layers], max_rows, self.products,
-                                    n_coef, slab_bytes) + BLAS_BYTES if uses_slab(max_rows, self.products, slab_from) else 0)
+        workspace = 0
+        if uses_slab(max_rows, self.products, slab_from):
+            workspace = BLAS_BYTES + slab_workspace([(lay.in_features, lay.out_features) for lay in layers], max_rows,
+                                                    self.products, n_coef, slab_bytes)
         self.plan: Plan = plan_arena([LayerSpec(lay.in_features, lay.out_features, lay.grid.shape[1])
                                       for lay in layers], cb.shape[0], max_rows, workspace)
         self.stream = cp.cuda.Stream(non_blocking=True)

@@ -22,8 +22,8 @@
 
 // Tile and launch constants come from sharekan/lutham/geometry.py as -D options (one source for the
 // kernels and the launches).
-#if !defined(TILE_O) || !defined(BASE_SLOT) || !defined(ROW1_UNROLL) || !defined(ROW1_MAX_CHUNK) || !defined(STAGE_BYTES) \
-    || !defined(SLAB_IN) || !defined(SLAB_ROWS)
+#if !defined(TILE_O) || !defined(BASE_SLOT) || !defined(ROW1_UNROLL) || !defined(ROW1_MAX_CHUNK) \
+    || !defined(STAGE_BYTES) || !defined(SLAB_IN) || !defined(SLAB_ROWS)
 #error "compile with the -D options of sharekan.lutham.geometry.defines()"
 #endif
 static_assert(TILE_O == 16 && BASE_SLOT == 15, "an output tile is the M = 16 of mma.m16n8k16, 16 slots its K");
@@ -429,7 +429,8 @@ __device__ __forceinline__ void slab(const float* __restrict__ x, int rows, int 
 #pragma unroll
             for (int s = 0; s < 16; ++s) {
                 const int d = s - bs.first;
-                v[u][s] = s == n_coef ? bs.silu : d == 0 ? bs.w[0] : d == 1 ? bs.w[1] : d == 2 ? bs.w[2] : d == 3 ? bs.w[3] : 0.f;
+                v[u][s] = s == n_coef ? bs.silu
+                        : d == 0 ? bs.w[0] : d == 1 ? bs.w[1] : d == 2 ? bs.w[2] : d == 3 ? bs.w[3] : 0.f;
             }
         }
     }
