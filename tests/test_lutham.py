@@ -244,7 +244,7 @@ def test_lutham_slabs_match_the_reference_inside_and_outside_the_grid(precision)
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("slab_from", [10**9, 2])
-def test_fp16_lutham_is_as_accurate_as_the_dense_fp16_head(slab_from):
+def test_fp16_lutham_is_as_accurate_as_the_dense_fp16_head(slab_from, monkeypatch):
     """The accuracy rule for ``precision="low"``: its error against the fp32 VQ head is no larger than
     the dense fp16 head's (the same decoded weights) against dense fp32, on the same inputs."""
     from sharekan.baselines import DenseKAN
@@ -255,7 +255,7 @@ def test_fp16_lutham_is_as_accurate_as_the_dense_fp16_head(slab_from):
     dense16 = DenseKAN(dense32, torch.float16).eval()
     head = LuthamHead(model, max_rows=200, precision="low", slab_from=slab_from)
     torch.manual_seed(0)
-    torch.backends.cuda.matmul.allow_tf32 = False
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # the references in true fp32
     for rows in (9, 49, 200):
         x = torch.rand(rows, 300, device="cuda") * 2 - 1
         with torch.no_grad():

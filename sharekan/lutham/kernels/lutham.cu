@@ -353,12 +353,9 @@ __device__ __forceinline__ void stage_slots(__half* dst, const float (&v)[16], i
 #pragma unroll
     for (int s = 0; s < 16; s += 2) {
         if (s < slots) {
-            __half2 h = __floats2half2_rn(v[s], v[s + 1]);
-            if (lo) {
-                const float2 f = __half22float2(h);
-                h = __floats2half2_rn(v[s] - f.x, v[s + 1] - f.y);
-            }
-            *reinterpret_cast<__half2*>(dst + s) = h;
+            unsigned h, l;
+            pack_split(v[s], v[s + 1], h, l);
+            *reinterpret_cast<unsigned*>(dst + s) = lo ? l : h;
         }
     }
 }
