@@ -67,7 +67,9 @@ __device__ void pattern(const uint2* __restrict__ rec, long n, const float4* __r
     if (acc == 12345.f) sink[0] = acc;  // keeps the loads
 }
 #define PATTERN(NAME, LANES) \
-    extern "C" __global__ void NAME(const uint2* r, long n, const float4* cb, int m, float* s) { pattern<LANES>(r, n, cb, m, s); }
+    extern "C" __global__ void NAME(const uint2* r, long n, const float4* cb, int m, float* s) { \
+        pattern<LANES>(r, n, cb, m, s);                                                          \
+    }
 PATTERN(p_records, 0) PATTERN(p_windows, -1) PATTERN(p_window, 1) PATTERN(p_cw32, 2) PATTERN(p_cw64, 4)
 """
 

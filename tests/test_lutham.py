@@ -83,9 +83,11 @@ def test_slabs_cover_every_input_once_within_the_workspace(rows, in_f, out_f, p,
     n_pads = {n_pad for _, n_pad, *_ in slabs}
     assert len(n_pads) == 1 and n_pads.pop() % 8 == 0  # equal slabs, half2- and cuBLAS-aligned K
     assert [i0 for i0, *_ in slabs] == list(range(0, in_f, slabs[0][1])) and slabs[-1][0] + slabs[0][1] >= in_f
+    sw, sb = g.slab_sections(p)
+    assert sw * sb >= p and sw + sb <= p + 1  # the products' pairs of sections; no section written twice
     for _, n_pad, wblocks, (blocks,), b_off in slabs:
-        kc = p * n_pad * g.slab_slots(13)
-        assert b_off >= out_f * kc * 2 and b_off % 256 == 0 and b_off + rows * kc * 2 <= ws
+        k = n_pad * g.slab_slots(13)
+        assert b_off >= out_f * sw * k * 2 and b_off % 256 == 0 and b_off + rows * sb * k * 2 <= ws
         assert wblocks * 16 * g.SLAB_IN >= out_f * n_pad
         assert (blocks - wblocks) * g.SLAB_ROWS * g.SLAB_IN >= rows * n_pad
     assert ws <= max(budget, sum(g._slab_parts(8, out_f, rows, p, 13)) + 256) + 256

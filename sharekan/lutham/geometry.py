@@ -23,7 +23,7 @@ from __future__ import annotations
 __all__ = ["TILE_O", "BASE_SLOT", "THREADS", "ROW1_UNROLL", "ROW1_MAX_CHUNK", "TC_TILES", "BASES_BYTES",
            "PRECISIONS", "SLAB_FROM_ROWS", "SLAB_BYTES", "SLAB_IN", "SLAB_ROWS", "BLAS_BYTES", "KERNELS",
            "defines", "launches", "products", "uses_slab", "fragment_bytes", "bases_scratch", "tc_slabs",
-           "slab_slots", "slab_workspace", "slab_launches"]
+           "slab_slots", "slab_sections", "slab_workspace", "slab_launches"]
 
 TILE_O = 16          # outputs a warp covers: the M of mma.m16n8k16
 BASE_SLOT = 15       # the K slot holding the SiLU base weight (coefficients take slots 0 .. C-1)
@@ -97,7 +97,7 @@ def bases_scratch(in_features, max_rows: int, p: int, slab_from: int | None = No
     top = min(max_rows, (SLAB_FROM_ROWS[p] if slab_from is None else slab_from) - 1)
     if top < 2:
         return 0
-    per = fragment_bytes(top, p)
+    per, budget = fragment_bytes(top, p), min(budget, 1 << 30)  # lutham_bases_p* indexes threads in int32
     need = max(in_features) * per
     return need if need <= budget else max(budget // per // _STEP, 1) * _STEP * per
 
@@ -121,10 +121,17 @@ def slab_slots(n_coef: int) -> int:
     return (n_coef + 2) // 2 * 2
 
 
+def slab_sections(p: int) -> tuple[int, int]:
+    """fp16 sections of a slab's weights and of its bases at ``p`` products: hi (, lo) each. The
+    products are GEMMs over pairs of them — hi·hi (1), + lo·hi (2), + hi·lo (3) — so no section
+    is written twice."""
+    return (1 if p == 1 else 2), (2 if p == 3 else 1)
+
+
 def _slab_parts(n_pad: int, out_f: int, rows: int, p: int, n_coef: int) -> tuple[int, int]:
     """Bytes of a slab's weight operand (aligned) and bases operand for ``n_pad`` inputs."""
-    kc = p * n_pad * slab_slots(n_coef)
-    return _cdiv(out_f * kc * 2, 256) * 256, rows * kc * 2
+    k, (sw, sb) = n_pad * slab_slots(n_coef), slab_sections(p)
+    return _cdiv(out_f * sw * k * 2, 256) * 256, rows * sb * k * 2
 
 
 def slab_workspace(layers, max_rows: int, p: int, n_coef: int, budget: int = SLAB_BYTES) -> int:

@@ -8,11 +8,12 @@ fragments, into a bounded scratch) then ``lutham_tc*`` on tensor cores per slab 
 (launch sizes from ``geometry``), preceded by a memset of the layer's output where the inputs are
 split across blocks or slabs (fp32 atomics: the only nondeterministic sums), or — from
 ``geometry.SLAB_FROM_ROWS`` rows — as slabs of inputs, each expanded into the arena's fp16
-workspace by ``lutham_slab_p*`` and multiplied by a cuBLAS GEMM (fp32 accumulate, each slab added
-into the output by the GEMM's beta: deterministic). The launches for a row count are captured once
-as a CUDA graph and replayed. Where the CUDA runtime allows, an L2 persisting access-policy window
-(``l2``) covers as much of the arena's start as the device's persisting limit holds (codebook,
-constants, then edge records); the plan records what was set.
+workspace by ``lutham_slab_p*`` and multiplied by cuBLAS GEMMs over its hi/lo sections (fp32
+accumulate, each added into the output by the GEMM's beta in a fixed order: deterministic). The
+launches for a row count are captured once as a CUDA graph and replayed. Where the CUDA runtime
+allows, an L2 persisting access-policy window (``l2``) covers as much of the arena's start as the
+device's persisting limit holds (codebook, constants, then edge records); the plan records what was
+set.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ..bspline import compact_grid
 from .blas import Blas
 from .compile import load_module
 from .geometry import (BASES_BYTES, BLAS_BYTES, KERNELS, SLAB_BYTES, TILE_O, bases_scratch, launches, products,
-                       slab_launches, slab_slots, slab_workspace, tc_slabs, uses_slab)
+                       slab_launches, slab_sections, slab_slots, slab_workspace, tc_slabs, uses_slab)
 from .l2 import persist
 from .plan import LayerSpec, Plan, n_windows, plan_arena, window_slot
 
@@ -229,12 +230,17 @@ class LuthamHead:
                                                    nwin, edges, scales, yout[r0:], np.int32(atomic)))
 
     def _slabs(self, rows: int, lay: LayerSpec, xin, yout, consts) -> None:
-        """One layer as slabs of inputs: each expanded into the workspace, then y (+)= bases · weightsᵀ."""
+        """One layer as slabs of inputs: each expanded into the workspace, then y (+)= bases · weightsᵀ
+        over its pairs of hi/lo sections (``geometry.slab_sections``), in a fixed order."""
         p, n_coef, ws = self.products, self.plan.n_coef, self.view("workspace")[:-BLAS_BYTES]
         i_f, o_f, slots = lay.in_features, lay.out_features, slab_slots(n_coef)
+        sw, sb = slab_sections(p)
+        pairs = ((0, 0), (0, 1), (1, 0))[:p]  # (bases section, weights section): hi·hi, hi·lo (, lo·hi)
         kernel = self.kernels[f"lutham_slab_p{p}"]
         for k, (i0, n_pad, wblocks, grid, b_off) in enumerate(slab_launches(rows, i_f, o_f, p, n_coef, ws.nbytes)):
-            w, b = ws[:b_off], ws[b_off:]
+            w, b, sec = ws[:b_off], ws[b_off:], n_pad * slots
             kernel(grid, (256,), (xin, np.int32(rows), np.int32(i_f), np.int32(o_f), np.int32(i0), np.int32(n_pad),
                                   np.int32(slots), *consts, w, b, np.int32(wblocks)))
-            self._blas.gemm_nt(rows, o_f, p * n_pad * slots, b.data.ptr, w.data.ptr, yout.data.ptr, k > 0)
+            for j, (bs, wsec) in enumerate(pairs):
+                self._blas.gemm_nt(rows, o_f, sec, b.data.ptr + 2 * bs * sec, w.data.ptr + 2 * wsec * sec,
+                                   yout.data.ptr, k > 0 or j > 0, lda=sb * sec, ldb=sw * sec)

@@ -142,6 +142,21 @@ __device__ __forceinline__ unsigned pack(float a, float b) {
     return *reinterpret_cast<unsigned*>(&h);
 }
 
+// streamed once (records, codewords): read around L1, which the B fragments the warps of a block share
+// keep to themselves
+__device__ __forceinline__ uint2 ld_stream(const uint2* p) {
+    uint2 v;
+    asm("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
+    return v;
+}
+__device__ __forceinline__ float4 ld_stream(const float4* p) {
+    float4 v;
+    asm("ld.global.nc.L1::no_allocate.v4.f32 {%0, %1, %2, %3}, [%4];"
+        : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "l"(p));
+    return v;
+}
+__device__ __forceinline__ void prefetch_l1(const void* p) { asm volatile("prefetch.global.L1 [%0];" ::"l"(p)); }
+
 // fp16 hi + lo parts of (a, b): hi + lo carries ~22 bits of each
 __device__ __forceinline__ void pack_split(float a, float b, unsigned& hi, unsigned& lo) {
     const __half2 h = __floats2half2_rn(a, b);
@@ -162,13 +177,15 @@ __device__ __forceinline__ void decode(uint2 rec, float4 c, float gs, float bs, 
     pack_split(w[2], w[3], hi[1], lo[1]);
 }
 
-// a basis as K slots: the 4 cubic bases at their coefficients, SiLU at `silu_slot`, zeros elsewhere
+// slot s of a basis as K slots: the 4 cubic bases at their coefficients, SiLU at `silu_slot`, else 0
+__device__ __forceinline__ float slot_value(const Basis& b, int s, int silu_slot) {
+    const int d = s - b.first;
+    return s == silu_slot ? b.silu : d == 0 ? b.w[0] : d == 1 ? b.w[1] : d == 2 ? b.w[2] : d == 3 ? b.w[3] : 0.f;
+}
+
 __device__ __forceinline__ void slots_of(const Basis& b, int silu_slot, float (&v)[16]) {
 #pragma unroll
-    for (int s = 0; s < 16; ++s) {
-        const int d = s - b.first;
-        v[s] = s == silu_slot ? b.silu : d == 0 ? b.w[0] : d == 1 ? b.w[1] : d == 2 ? b.w[2] : d == 3 ? b.w[3] : 0.f;
-    }
+    for (int s = 0; s < 16; ++s) v[s] = slot_value(b, s, silu_slot);
 }
 
 // The B fragments of the tensor-core kernels, built once per call (not once per output block):
@@ -188,10 +205,7 @@ __device__ __forceinline__ void bases(const float* __restrict__ x, int rows, int
     if (r < rows) {
         const Basis b = basis_of(x[(long)r * in_f + i], t0[i], hh[i], nk, n_coef);
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const int s = 4 * q + j, d = s - b.first;
-            v[j] = s == BASE_SLOT ? b.silu : d == 0 ? b.w[0] : d == 1 ? b.w[1] : d == 2 ? b.w[2] : d == 3 ? b.w[3] : 0.f;
-        }
+        for (int j = 0; j < 4; ++j) v[j] = slot_value(b, 4 * q + j, BASE_SLOT);
     }
     if (P == 3) {
         uint4 f;
@@ -241,15 +255,23 @@ __device__ __forceinline__ void tc(const uint2* __restrict__ F, int n_nt, int ro
 #pragma unroll
         for (int ii = 0; ii < TI; ++ii) {
             const bool ok = k + ii < hi;
-            rec[ii][0] = ok ? __ldg(e + (long)(k + ii) * TILE_O + g) : make_uint2(0u, 0u);
-            rec[ii][1] = ok ? __ldg(e + (long)(k + ii) * TILE_O + g + 8) : make_uint2(0u, 0u);
+            rec[ii][0] = ok ? ld_stream(e + (long)(k + ii) * TILE_O + g) : make_uint2(0u, 0u);
+            rec[ii][1] = ok ? ld_stream(e + (long)(k + ii) * TILE_O + g + 8) : make_uint2(0u, 0u);
         }
     };
     auto codewords = [&](const uint2 (&rec)[TI][2], float4 (&cw)[TI][2]) {
 #pragma unroll
         for (int ii = 0; ii < TI; ++ii)
 #pragma unroll
-            for (int h = 0; h < 2; ++h) cw[ii][h] = __ldg(cb + (long)(rec[ii][h].x & 0xffffu) * nwin + q);
+            for (int h = 0; h < 2; ++h) cw[ii][h] = ld_stream(cb + (long)(rec[ii][h].x & 0xffffu) * nwin + q);
+    };
+    // the next step's B fragments into L1, a 128-byte line a lane (NT * 2 * LB lines an input)
+    const char* fl = reinterpret_cast<const char*>(F + (long)blockIdx.y * NT * 32 * LB);
+    auto prefetch = [&](int k) {
+        constexpr int LINES = NT * 2 * LB;
+#pragma unroll
+        for (int j = lane; j < TI * LINES; j += 32)
+            if (k + j / LINES < hi) prefetch_l1(fl + (long)(k + j / LINES) * n_nt * 32 * LB * 8 + (j % LINES) * 128);
     };
 
     float acc[NT][4];
@@ -264,7 +286,8 @@ __device__ __forceinline__ void tc(const uint2* __restrict__ F, int n_nt, int ro
         float4 cw1[TI][2];
         uint2 rec2[TI][2];
         codewords(rec1, cw1);        // the next step's codewords,
-        records(k + 2 * TI, rec2);   // the records two steps ahead
+        records(k + 2 * TI, rec2);   // the records two steps ahead,
+        prefetch(k + TI);            // the next step's B fragments
         unsigned ahi[TI][4], alo[TI][4];  // A fragments: rows g (regs 0, 2) and g + 8 (regs 1, 3), hi and lo parts
         const uint2* src[TI];
 #pragma unroll
@@ -330,12 +353,12 @@ TC(1, 2, 2) TC(2, 2, 2) TC(4, 2, 2) TC(8, 2, 2) TC(16, 2, 1)
 TC(1, 1, 2) TC(2, 1, 2) TC(4, 1, 2) TC(8, 1, 2) TC(16, 1, 1)
 
 // ---------------------------------------------------------------------------------------------
-// Large batches: the inputs [i0, i0 + n_pad) of one layer as the two fp16 operands of a GEMM the
-// runtime issues to cuBLAS next (y [rows][out] (+)= Bm . W^T, fp32 accumulate):
-//   W  [out_f][P][n_pad][slots]: each edge's slots gain*c_s + bias (s < C), base weight (s = C), 0;
-//   Bm [rows][P][n_pad][slots]:  each row's bases of each input (4 non-zero), SiLU (s = C), 0.
-// The P sections along K are W = [hi | lo | hi], Bm = [hi | hi | lo] (3 products, near fp32),
-// [hi | lo] and [b | b] (2), [hi] and [b] (1). Inputs past in_f are zero. Blocks [0, wblocks) decode
+// Large batches: the inputs [i0, i0 + n_pad) of one layer as the fp16 operands of the GEMMs the
+// runtime issues to cuBLAS next (y [rows][out] (+)= Bm . W^T over pairs of sections, fp32 accumulate):
+//   W  [out_f][SW][n_pad][slots]: each edge's slots gain*c_s + bias (s < C), base weight (s = C), 0;
+//   Bm [rows][SB][n_pad][slots]:  each row's bases of each input (4 non-zero), SiLU (s = C), 0.
+// Sections are hi (, lo): W = [hi | lo] from 2 products, Bm = [hi | lo] at 3 (hi.hi + lo.hi + hi.lo),
+// single sections otherwise. Inputs past in_f are zero. Blocks [0, wblocks) decode
 // weights: the 16 outputs of one tile x SLAB_IN inputs (a thread per (output, input) pair, a warp
 // reading 256 contiguous bytes of records; each pair's 64-byte codeword from L2); the others build
 // bases: SLAB_ROWS rows x SLAB_IN inputs (x read coalesced). Both stage the fp16 values of a
@@ -372,7 +395,8 @@ __device__ __forceinline__ void slab(const float* __restrict__ x, int rows, int 
                                      const uint2* __restrict__ edges, const float* __restrict__ scales,
                                      __half* __restrict__ W, __half* __restrict__ Bm, int wblocks) {
     __shared__ __align__(16) __half st[16 * SLAB_IN * 16];  // up to 16 lines x SLAB_IN inputs x 16 slots
-    const long kc = (long)P * n_pad * slots, sec = (long)n_pad * slots;
+    constexpr int SW = P == 1 ? 1 : 2, SB = P == 3 ? 2 : 1;  // sections of W and Bm (hi, lo)
+    const long sec = (long)n_pad * slots;
     const int ib = (n_pad + SLAB_IN - 1) / SLAB_IN, line = SLAB_IN * slots;  // halves a staged line holds
     const bool weights = (int)blockIdx.x < wblocks;
     const int b = weights ? blockIdx.x : blockIdx.x - wblocks, ii0 = (b % ib) * SLAB_IN;
@@ -385,7 +409,7 @@ __device__ __forceinline__ void slab(const float* __restrict__ x, int rows, int 
     if (weights) {
         const int tile = b / ib, ol = threadIdx.x & 15, o = tile * TILE_O + ol;
         lines = min(TILE_O, out_f - tile * TILE_O);
-        dst = W + (long)tile * TILE_O * kc + (long)ii0 * slots;
+        dst = W + (long)tile * TILE_O * SW * sec + (long)ii0 * slots;
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             const int il = (threadIdx.x >> 4) + 16 * u, i = i0 + ii0 + il;
@@ -409,7 +433,7 @@ __device__ __forceinline__ void slab(const float* __restrict__ x, int rows, int 
     } else {
         const int r0 = (b / ib) * SLAB_ROWS;
         lines = min(SLAB_ROWS, rows - r0);
-        dst = Bm + (long)r0 * kc + (long)ii0 * slots;
+        dst = Bm + (long)r0 * SB * sec + (long)ii0 * slots;
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             const int t = threadIdx.x + 256 * u, il = t % SLAB_IN, rl = t / SLAB_IN, i = i0 + ii0 + il;
@@ -420,21 +444,18 @@ __device__ __forceinline__ void slab(const float* __restrict__ x, int rows, int 
             slots_of(basis_of(x[(long)(r0 + rl) * in_f + i], t0[i], hh[i], nk, n_coef), n_coef, v[u]);
         }
     }
-    // sections: hi parts to W's 0 (and 2) / Bm's 0 (and 1), lo parts to W's 1 / Bm's 2
-    const long g = kc / 8;
+    // section 0: the hi parts (or the fp16 values); section 1: the lo parts
+    const int sections = weights ? SW : SB;  // the same for the whole block: the barriers below are uniform
+    const long g = sections * sec / 8;         // a line's 16-byte words
+    auto section = [&](bool lo) {
 #pragma unroll
-    for (int part = 0; part < (P == 1 || (P == 2 && !weights) ? 1 : 2); ++part) {
-#pragma unroll
-        for (int u = 0; u < U; ++u) stage_slots(st + at[u], v[u], slots, part == 1);
+        for (int u = 0; u < U; ++u) stage_slots(st + at[u], v[u], slots, lo);
         __syncthreads();
-        if (part == 0) {
-            flush(st, line / 8, dst, g, lines, words);
-            if (P == 3 || (P == 2 && !weights)) flush(st, line / 8, dst + (weights ? 2 : 1) * sec, g, lines, words);
-        } else {
-            flush(st, line / 8, dst + (weights ? 1 : 2) * sec, g, lines, words);
-        }
+        flush(st, line / 8, dst + (lo ? sec : 0), g, lines, words);
         __syncthreads();
-    }
+    };
+    section(false);
+    if (sections == 2) section(true);
 }
 
 #define SLAB(P)                                                                                                  \
