@@ -142,21 +142,6 @@ __device__ __forceinline__ unsigned pack(float a, float b) {
     return *reinterpret_cast<unsigned*>(&h);
 }
 
-// streamed once (records, codewords): read around L1, which the B fragments the warps of a block share
-// keep to themselves
-__device__ __forceinline__ uint2 ld_stream(const uint2* p) {
-    uint2 v;
-    asm("ld.global.nc.L1::no_allocate.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
-    return v;
-}
-__device__ __forceinline__ float4 ld_stream(const float4* p) {
-    float4 v;
-    asm("ld.global.nc.L1::no_allocate.v4.f32 {%0, %1, %2, %3}, [%4];"
-        : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "l"(p));
-    return v;
-}
-__device__ __forceinline__ void prefetch_l1(const void* p) { asm volatile("prefetch.global.L1 [%0];" ::"l"(p)); }
-
 // fp16 hi + lo parts of (a, b): hi + lo carries ~22 bits of each
 __device__ __forceinline__ void pack_split(float a, float b, unsigned& hi, unsigned& lo) {
     const __half2 h = __floats2half2_rn(a, b);
@@ -255,23 +240,15 @@ __device__ __forceinline__ void tc(const uint2* __restrict__ F, int n_nt, int ro
 #pragma unroll
         for (int ii = 0; ii < TI; ++ii) {
             const bool ok = k + ii < hi;
-            rec[ii][0] = ok ? ld_stream(e + (long)(k + ii) * TILE_O + g) : make_uint2(0u, 0u);
-            rec[ii][1] = ok ? ld_stream(e + (long)(k + ii) * TILE_O + g + 8) : make_uint2(0u, 0u);
+            rec[ii][0] = ok ? __ldg(e + (long)(k + ii) * TILE_O + g) : make_uint2(0u, 0u);
+            rec[ii][1] = ok ? __ldg(e + (long)(k + ii) * TILE_O + g + 8) : make_uint2(0u, 0u);
         }
     };
     auto codewords = [&](const uint2 (&rec)[TI][2], float4 (&cw)[TI][2]) {
 #pragma unroll
         for (int ii = 0; ii < TI; ++ii)
 #pragma unroll
-            for (int h = 0; h < 2; ++h) cw[ii][h] = ld_stream(cb + (long)(rec[ii][h].x & 0xffffu) * nwin + q);
-    };
-    // the next step's B fragments into L1, a 128-byte line a lane (NT * 2 * LB lines an input)
-    const char* fl = reinterpret_cast<const char*>(F + (long)blockIdx.y * NT * 32 * LB);
-    auto prefetch = [&](int k) {
-        constexpr int LINES = NT * 2 * LB;
-#pragma unroll
-        for (int j = lane; j < TI * LINES; j += 32)
-            if (k + j / LINES < hi) prefetch_l1(fl + (long)(k + j / LINES) * n_nt * 32 * LB * 8 + (j % LINES) * 128);
+            for (int h = 0; h < 2; ++h) cw[ii][h] = __ldg(cb + (long)(rec[ii][h].x & 0xffffu) * nwin + q);
     };
 
     float acc[NT][4];
@@ -286,8 +263,7 @@ __device__ __forceinline__ void tc(const uint2* __restrict__ F, int n_nt, int ro
         float4 cw1[TI][2];
         uint2 rec2[TI][2];
         codewords(rec1, cw1);        // the next step's codewords,
-        records(k + 2 * TI, rec2);   // the records two steps ahead,
-        prefetch(k + TI);            // the next step's B fragments
+        records(k + 2 * TI, rec2);   // the records two steps ahead
         unsigned ahi[TI][4], alo[TI][4];  // A fragments: rows g (regs 0, 2) and g + 8 (regs 1, 3), hi and lo parts
         const uint2* src[TI];
 #pragma unroll
