@@ -122,7 +122,7 @@ def rel_err(y, ref) -> float:
 LABELS = {"high": "LUTHAM", "medium": "LUTHAM fp16 bases", "low": "LUTHAM fp16"}
 
 
-def lutham_variants(vq, rows: int, paths: bool, slab_mb=()):
+def lutham_variants(vq, rows: int, paths: bool, slab_mb=(), precisions=tuple(PRECISIONS)):
     """LUTHAM heads planned for ``rows`` rows: each precision on its default path; with ``paths``
     the other path too; per ``slab_mb`` budget, slab variants with that workspace bound. Values:
     (head, device bytes its construction and first call took)."""
@@ -139,7 +139,7 @@ def lutham_variants(vq, rows: int, paths: bool, slab_mb=()):
 
     out = {}
     for prec, label in LABELS.items():
-        if rows == 1 and prec != "high":
+        if prec not in precisions or rows == 1 and prec != "high":
             continue  # one row runs the fp32 gather whatever the precision
         out[label] = made(precision=prec)
         if rows > 1 and paths:
@@ -152,7 +152,8 @@ def lutham_variants(vq, rows: int, paths: bool, slab_mb=()):
     return out
 
 
-def bench_head(name, kan, vq, real=None, rows_list=ROWS, modes=DENSE_MODES, torch_vq=True, paths=False, slab_mb=()):
+def bench_head(name, kan, vq, real=None, rows_list=ROWS, modes=DENSE_MODES, torch_vq=True, paths=False, slab_mb=(),
+               precisions=tuple(PRECISIONS)):
     edges = sum(lay.in_features * lay.out_features for lay in kan.layers)
     check_head = LuthamHead(vq, max_rows=max(ROWS_CHECKED))
     check = validate(check_head, vq, real=real)
@@ -164,9 +165,9 @@ def bench_head(name, kan, vq, real=None, rows_list=ROWS, modes=DENSE_MODES, torc
     for rows in rows_list:
         torch._dynamo.reset()
         dense = dense_variants(kan, rows, modes)
-        made = lutham_variants(vq, rows, paths, slab_mb)  # arenas planned for this batch
+        made = lutham_variants(vq, rows, paths, slab_mb, precisions)  # arenas planned for this batch
         luts = {k: lut for k, (lut, _) in made.items()}
-        moved = sum(luts["LUTHAM"].plan.by_component[c] for c in ("codebook", "edges"))
+        moved = sum(next(iter(luts.values())).plan.by_component[c] for c in ("codebook", "edges"))
         inputs = [torch.rand(rows, kan.layers[0].in_features, device="cuda") * 2 - 1 for _ in range(8)]
         with torch.no_grad():
             # the accuracy rule: LUTHAM against the fp32 VQ head it compresses, the fp16 dense head
@@ -247,7 +248,10 @@ def main(argv=None):
     p.add_argument("--no-torch-vq", action="store_true", help="skip timing the torch VQ reference (slow)")
     p.add_argument("--paths", action="store_true", help="time LUTHAM on the path its row count does not pick too")
     p.add_argument("--slab-mb", type=int, nargs="*", default=[], help="more slab workspace bounds to time (MB)")
-    p.add_argument("--profile", help="only run LUTHAM on this head repeatedly (for ncu)")
+    p.add_argument("--precisions", nargs="+", default=list(PRECISIONS), choices=list(PRECISIONS),
+                   help="LUTHAM precisions to time (1 row runs `high` whatever is chosen)")
+    p.add_argument("--profile-calls", type=int, default=3, help="forward calls a head makes under --profile")
+    p.add_argument("--profile", help="only run LUTHAM on this head repeatedly, at --rows and --precisions (for ncu)")
     a = p.parse_args(argv)
     torch.backends.cuda.matmul.allow_tf32 = False
     sizes = {"mid": [4096, 1024, 256], "large": [12_544, 1024, 1024]}
@@ -255,13 +259,15 @@ def main(argv=None):
         import cupy as cp
 
         _, vq = random_head(sizes[a.profile], 65_536, 1)
-        for rows in (1, 49, 392, 3136):  # repeated inference on one arena: is it served from L2?
-            lut = LuthamHead(vq, max_rows=rows)
-            x = cp.asarray(torch.rand(rows, sizes[a.profile][0], device="cuda") * 2 - 1)
-            for _ in range(3):
-                lut.forward(x)
-            lut.stream.synchronize()
-            print(f"rows {rows}: arena {lut.plan.total:,} B; L2 window {lut.plan.l2_persisting}")
+        for rows in a.rows:  # repeated inference on one arena: is it served from L2?
+            for prec in a.precisions if rows > 1 else ["high"]:
+                lut = LuthamHead(vq, max_rows=rows, precision=prec)
+                x = cp.asarray(torch.rand(rows, sizes[a.profile][0], device="cuda") * 2 - 1)
+                for _ in range(a.profile_calls):
+                    lut.forward(x)
+                lut.stream.synchronize()
+                print(f"rows {rows} {prec}: arena {lut.plan.total:,} B; L2 window {lut.plan.l2_persisting}")
+                del lut
         return
     bw = copy_bandwidth()
     print(f"copy bandwidth {bw:.0f} GB/s; L2 {torch.cuda.get_device_properties(0).L2_cache_size / 2**20:.0f} MiB")
@@ -276,7 +282,7 @@ def main(argv=None):
             kan, vq = random_head(sizes[name], 65_536, a.kmeans_iters)
             real = None
         rows, checks[name], plans[name] = bench_head(name, kan, vq, real, a.rows, a.modes, not a.no_torch_vq,
-                                                        a.paths, a.slab_mb)
+                                                        a.paths, a.slab_mb, a.precisions)
         results += rows
         del kan, vq
         torch.cuda.empty_cache()

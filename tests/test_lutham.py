@@ -24,6 +24,8 @@ def test_plan_is_aligned_without_overlap_and_adds_up():
     assert plan.by_component["edges"] == 8 * (1024 * 64 + 64 * 32)  # 8 bytes an edge, 24 outputs padded to 32
     assert plan.by_component["codebook"] == 4096 * 16 * 16  # 16 windows of 4 float32 coefficients
     assert plan.block("act2").shape == (144, 24) and "prep" not in plan.by_component  # no scratch
+    frags = plan_arena([LayerSpec(1024, 64, 17)], 4096, max_rows=144, bases=1 << 20).block("bases")
+    assert frags.nbytes == 1 << 20 and frags.component == "bases"
     assert sum(plan.by_component.values()) == sum(b.nbytes for b in plan.blocks)
     assert blocks[0].component == "codebook"  # hot prefix first, for the L2 window
     hot = plan.hot_bytes()
@@ -81,14 +83,37 @@ def test_slabs_cover_every_input_once_within_the_workspace(rows, in_f, out_f, p,
     n_pads = {n_pad for _, n_pad, *_ in slabs}
     assert len(n_pads) == 1 and n_pads.pop() % 8 == 0  # equal slabs, half2- and cuBLAS-aligned K
     assert [i0 for i0, *_ in slabs] == list(range(0, in_f, slabs[0][1])) and slabs[-1][0] + slabs[0][1] >= in_f
+    sw, sb = g.slab_sections(p)
+    assert sw * sb >= p and sw + sb <= p + 1  # the products' pairs of sections; no section written twice
     for _, n_pad, wblocks, (blocks,), b_off in slabs:
-        kc = p * n_pad * g.slab_slots(13)
-        assert b_off >= out_f * kc * 2 and b_off % 256 == 0 and b_off + rows * kc * 2 <= ws
+        k = n_pad * g.slab_slots(13)
+        assert b_off >= out_f * sw * k * 2 and b_off % 256 == 0 and b_off + rows * sb * k * 2 <= ws
         assert wblocks * 16 * g.SLAB_IN >= out_f * n_pad
         assert (blocks - wblocks) * g.SLAB_ROWS * g.SLAB_IN >= rows * n_pad
     assert ws <= max(budget, sum(g._slab_parts(8, out_f, rows, p, 13)) + 256) + 256
     with pytest.raises(ValueError, match="plan it for"):
         g.slab_launches(rows * 4, in_f, out_f, p, 13, sum(g._slab_parts(8, out_f, rows, p, 13)))
+
+
+@pytest.mark.parametrize("max_rows,in_f", [(2, 5), (49, 12_544), (64, 300), (255, 12_544), (3136, 1024)])
+@pytest.mark.parametrize("p", [3, 2, 1])
+@pytest.mark.parametrize("budget", [1 << 16, 16 << 20])
+def test_tc_slabs_cover_every_input_once_within_the_bases_scratch(max_rows, in_f, p, budget):
+    from sharekan.lutham import geometry as g
+
+    scratch = g.bases_scratch([in_f, 7], max_rows, p, budget=budget)
+    top = min(max_rows, g.SLAB_FROM_ROWS[p] - 1)  # the most rows the tensor-core kernels run
+    assert scratch % 256 == 0 and scratch >= min(8, max(in_f, 7)) * g.fragment_bytes(top, p)
+    assert scratch <= max(budget, 8 * g.fragment_bytes(top, p)) and scratch <= max(in_f, 7) * g.fragment_bytes(top, p)
+    for rows in sorted(r for r in {2, 9, top // 2, top} if 2 <= r <= top):
+        slabs = g.tc_slabs(rows, in_f, p, scratch)
+        assert [i0 for i0, _ in slabs] == list(itertools.accumulate([0] + [n for _, n in slabs[:-1]]))
+        assert sum(n for _, n in slabs) == in_f and all(n % 8 == 0 for _, n in slabs[:-1])
+        assert max(n for _, n in slabs) * g.fragment_bytes(rows, p) <= scratch
+        assert len(slabs) == 1 or len(slabs) == -(-in_f // (scratch // g.fragment_bytes(rows, p) // 8 * 8))
+    with pytest.raises(ValueError, match="plan the head for"):
+        g.tc_slabs(top + 64, max(in_f, 9), p, 8 * g.fragment_bytes(top, p))
+    assert g.bases_scratch([in_f], 1, p) == 0 and g.bases_scratch([in_f], max_rows, p, slab_from=2) == 0
 
 
 def test_precision_names_are_checked():
@@ -240,6 +265,23 @@ def test_lutham_slabs_match_the_reference_inside_and_outside_the_grid(precision)
     bound = 1e-3 if precision == "high" else 1e-2
     assert report["all_written"] and report["max_rel_error"] <= bound, (bound, report)
     assert head.use_graphs  # the GEMMs are captured into the row count's graph
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["high", "low"])
+def test_lutham_tensor_core_slabs_match_the_reference(precision):
+    """The tensor-core path with its B-fragment scratch at its floor (8 inputs at the most rows): layer
+    1's 300 inputs in many slabs, each built by the bases kernel and added into the output."""
+    from sharekan.lutham.geometry import tc_slabs
+    from sharekan.lutham.runtime import LuthamHead
+    from sharekan.lutham.validate import ROWS, validate
+
+    model = vq_head([300, 70, 24], 256)
+    head = LuthamHead(model, max_rows=max(ROWS), precision=precision, slab_from=10**9, bases_bytes=1)
+    assert len(tc_slabs(max(ROWS), 300, head.products, head.plan.block("bases").nbytes)) > 10
+    report = validate(head, model)
+    bound = 1e-3 if precision == "high" else 1e-2
+    assert report["all_written"] and report["max_rel_error"] <= bound, (bound, report)
 
 
 @pytest.mark.gpu

@@ -46,11 +46,13 @@ class Blas:
                "cublasSetWorkspace")
         self._one, self._zero = ctypes.c_float(1.0), ctypes.c_float(0.0)
 
-    def gemm_nt(self, rows: int, cols: int, k: int, a: int, b: int, y: int, accumulate: bool) -> None:
+    def gemm_nt(self, rows: int, cols: int, k: int, a: int, b: int, y: int, accumulate: bool,
+                lda: int | None = None, ldb: int | None = None) -> None:
         """``y [rows, cols]`` fp32, row-major, = (or += with ``accumulate``) ``a [rows, k] · b [cols, k]ᵀ``
-        with ``a`` and ``b`` fp16 row-major; fp32 accumulation."""
+        with ``a`` and ``b`` fp16 row-major, their rows ``lda`` and ``ldb`` elements apart (default
+        ``k``); fp32 accumulation."""
         # column-major view: yᵀ [cols × rows] = op(b)ᵀ [cols × k] · aᵀ [k × rows]
         _check(self._lib.cublasGemmEx(self._handle, _OP_T, _OP_N, cols, rows, k, ctypes.byref(self._one),
-                                      ctypes.c_void_p(b), _R_16F, k, ctypes.c_void_p(a), _R_16F, k,
+                                      ctypes.c_void_p(b), _R_16F, ldb or k, ctypes.c_void_p(a), _R_16F, lda or k,
                                       ctypes.byref(self._one if accumulate else self._zero), ctypes.c_void_p(y),
                                       _R_32F, cols, _COMPUTE_32F, _ALGO_DEFAULT), "cublasGemmEx")

@@ -6,9 +6,11 @@ so a tile size cannot differ between the kernel and its launch. :func:`launches`
 and row count, ``(kernel, first row, rows, chunk, grid, block)`` tuples for CuPy's
 ``RawKernel.__call__``.
 
-Paths: one row runs ``lutham_row1`` (a window gather, fp32 FMAs); more rows run ``lutham_tc{NT}p{P}``
-(tensor cores, ``NT`` n-tiles of 8 rows a block: the smallest power of two that holds the rows, up
-to 128 rows a block; above that the rows go in 128-row blocks plus one tail launch); from
+Paths: one row runs ``lutham_row1`` (a window gather, fp32 FMAs); more rows run, per slab of inputs
+(:func:`tc_slabs`: as many as the bases scratch holds), ``lutham_bases_p{P}`` (the rows' B
+fragments into the scratch) then ``lutham_tc{NT}p{P}`` (tensor cores, ``NT`` n-tiles of 8 rows a
+block: the smallest power of two that holds the rows, up to 128 rows a block; above that the rows go
+in 128-row blocks plus one tail launch); from
 ``SLAB_FROM_ROWS`` rows a layer runs as slabs of inputs (:func:`slab_launches`): ``lutham_slab_p{P}``
 expands a slab's weights and bases into a bounded fp16 workspace and cuBLAS multiplies them.
 ``P`` (:data:`PRECISIONS`) is how many fp16 products one weight-basis product takes: 3 (``high``,
@@ -18,27 +20,29 @@ bases), 1 (``low``: fp16 weights and bases, the rounding of a dense fp16 head).
 
 from __future__ import annotations
 
-__all__ = ["TILE_O", "BASE_SLOT", "THREADS", "ROW1_UNROLL", "ROW1_MAX_CHUNK", "STAGE_BYTES", "TC_TILES",
+__all__ = ["TILE_O", "BASE_SLOT", "THREADS", "ROW1_UNROLL", "ROW1_MAX_CHUNK", "TC_TILES", "BASES_BYTES",
            "PRECISIONS", "SLAB_FROM_ROWS", "SLAB_BYTES", "SLAB_IN", "SLAB_ROWS", "BLAS_BYTES", "KERNELS",
-           "defines", "launches", "products", "uses_slab", "slab_slots", "slab_workspace", "slab_launches"]
+           "defines", "launches", "products", "uses_slab", "fragment_bytes", "bases_scratch", "tc_slabs",
+           "slab_slots", "slab_sections", "slab_workspace", "slab_launches"]
 
 TILE_O = 16          # outputs a warp covers: the M of mma.m16n8k16
 BASE_SLOT = 15       # the K slot holding the SiLU base weight (coefficients take slots 0 .. C-1)
 THREADS = 256        # threads a block at most (8 warps: 8 output tiles)
 ROW1_UNROLL = 4      # lutham_row1: warp steps (2 inputs each) whose loads issue together
 ROW1_MAX_CHUNK = 512  # lutham_row1: inputs a block stages in shared memory
-STAGE_BYTES = 32_768  # lutham_tc: the double-buffered basis fragments of one block
 TC_TILES = (1, 2, 4, 8, 16)  # n-tiles (8 rows each) of the lutham_tc kernels
+BASES_BYTES = 16 << 20  # lutham_tc: the B-fragment scratch at most (the inputs of one slab, every row)
 PRECISIONS = {"high": 3, "medium": 2, "low": 1}  # fp16 products a weight-basis product takes
-SLAB_FROM_ROWS = {3: 256, 2: 192, 1: 128}  # by products: rows from which layers run as cuBLAS slabs
+SLAB_FROM_ROWS = {3: 256, 2: 512, 1: 128}  # by products: rows from which layers run as cuBLAS slabs
 SLAB_BYTES = 64 << 20  # the slab workspace at most (weights and bases of one slab of inputs)
 SLAB_IN = 32         # lutham_slab: inputs a block covers (16 outputs or SLAB_ROWS rows by these)
 SLAB_ROWS = 8        # lutham_slab: rows a bases block covers
 BLAS_BYTES = 8 << 20  # cuBLAS's own workspace, in the arena (set, so the GEMMs allocate nothing: graphs)
-KERNELS = ("lutham_row1", *(f"lutham_tc{n}p{p}" for p in (3, 2, 1) for n in TC_TILES),
+KERNELS = ("lutham_row1", *(f"lutham_bases_p{p}" for p in (3, 2, 1)),
+           *(f"lutham_tc{n}p{p}" for p in (3, 2, 1) for n in TC_TILES),
            *(f"lutham_slab_p{p}" for p in (3, 2, 1)))
 _WARPS_PER_SM = 48   # lutham_row1: warps in flight to aim for
-_BLOCKS_PER_SM = 2   # lutham_tc: blocks to aim for
+_TC_WARPS_PER_SM = 16  # lutham_tc: warps in flight to aim for (2 blocks of 8 at 128 registers)
 _MIN_SPLIT = 16      # inputs a split holds at least
 _STEP = 8            # a split is a multiple of this many inputs (every kernel's step divides it)
 
@@ -46,8 +50,8 @@ _STEP = 8            # a split is a multiple of this many inputs (every kernel's
 def defines() -> list[str]:
     """The ``-D`` options that give the kernels their tile constants."""
     return [f"-D{k}={v}" for k, v in (("TILE_O", TILE_O), ("BASE_SLOT", BASE_SLOT), ("ROW1_UNROLL", ROW1_UNROLL),
-                                      ("ROW1_MAX_CHUNK", ROW1_MAX_CHUNK), ("STAGE_BYTES", STAGE_BYTES),
-                                      ("SLAB_IN", SLAB_IN), ("SLAB_ROWS", SLAB_ROWS))]
+                                      ("ROW1_MAX_CHUNK", ROW1_MAX_CHUNK), ("SLAB_IN", SLAB_IN),
+                                      ("SLAB_ROWS", SLAB_ROWS))]
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -80,15 +84,54 @@ def uses_slab(rows: int, p: int, slab_from: int | None = None) -> bool:
     return rows > 1 and rows >= (SLAB_FROM_ROWS[p] if slab_from is None else slab_from)
 
 
+def fragment_bytes(rows: int, p: int) -> int:
+    """Bytes of B fragments one input takes for ``rows`` rows (whole n-tiles of 8) at ``p`` products."""
+    return _cdiv(rows, 8) * 256 * (2 if p == 3 else 1)
+
+
+def bases_scratch(in_features, max_rows: int, p: int, slab_from: int | None = None,
+                  budget: int = BASES_BYTES) -> int:
+    """Bytes of the tensor-core kernels' B-fragment scratch for layers of ``in_features`` inputs at up
+    to ``max_rows`` rows: 0 where no row count runs them (one row; every batch as slabs), else the
+    widest layer's fragments for the most rows they run, bounded by ``budget`` (at least 8 inputs)."""
+    top = min(max_rows, (SLAB_FROM_ROWS[p] if slab_from is None else slab_from) - 1)
+    if top < 2:
+        return 0
+    per, budget = fragment_bytes(top, p), min(budget, 1 << 30)  # lutham_bases_p* indexes threads in int32
+    need = max(in_features) * per
+    return need if need <= budget else max(budget // per // _STEP, 1) * _STEP * per
+
+
+def tc_slabs(rows: int, in_f: int, p: int, scratch: int) -> list[tuple[int, int]]:
+    """``(first input, inputs)`` of the slabs one layer runs in for ``rows`` rows: as few as a
+    ``scratch``-byte bases scratch allows, as equal as multiples of 8 inputs allow."""
+    per = fragment_bytes(rows, p)
+    if scratch // per >= in_f:
+        return [(0, in_f)]
+    fit = scratch // per // _STEP * _STEP
+    if fit < _STEP:
+        raise ValueError(f"{rows} rows need {per * _STEP:,} B of bases scratch for 8 inputs; it holds "
+                         f"{scratch:,} B (plan the head for ≥ {rows} rows)")
+    n = _cdiv(_cdiv(in_f, _cdiv(in_f, fit)), _STEP) * _STEP
+    return [(i0, min(n, in_f - i0)) for i0 in range(0, in_f, n)]
+
+
 def slab_slots(n_coef: int) -> int:
     """K slots an input takes in a slab: its coefficients and the base (SiLU) term, rounded up to even."""
     return (n_coef + 2) // 2 * 2
 
 
+def slab_sections(p: int) -> tuple[int, int]:
+    """fp16 sections of a slab's weights and of its bases at ``p`` products: hi (, lo) each. The
+    products are GEMMs over pairs of them — hi·hi (1), + lo·hi (2), + hi·lo (3) — so no section
+    is written twice."""
+    return (1 if p == 1 else 2), (2 if p == 3 else 1)
+
+
 def _slab_parts(n_pad: int, out_f: int, rows: int, p: int, n_coef: int) -> tuple[int, int]:
     """Bytes of a slab's weight operand (aligned) and bases operand for ``n_pad`` inputs."""
-    kc = p * n_pad * slab_slots(n_coef)
-    return _cdiv(out_f * kc * 2, 256) * 256, rows * kc * 2
+    k, (sw, sb) = n_pad * slab_slots(n_coef), slab_sections(p)
+    return _cdiv(out_f * sw * k * 2, 256) * 256, rows * sb * k * 2
 
 
 def slab_workspace(layers, max_rows: int, p: int, n_coef: int, budget: int = SLAB_BYTES) -> int:
@@ -118,8 +161,8 @@ def slab_launches(rows: int, in_f: int, out_f: int, p: int, n_coef: int, workspa
 
 
 def launches(rows: int, in_f: int, out_f: int, n_sm: int, p: int = 3):
-    """The fused kernel launches of one layer for ``rows`` rows at ``p`` products:
-    ``(kernel, first row, rows, chunk, grid, block)``."""
+    """The fused kernel launches of one layer (or one slab of ``in_f`` of its inputs) for ``rows``
+    rows at ``p`` products: ``(kernel, first row, rows, chunk, grid, block)``."""
     if rows < 1:
         raise ValueError(f"rows must be ≥ 1, got {rows}")
     if p not in PRECISIONS.values():
@@ -130,7 +173,8 @@ def launches(rows: int, in_f: int, out_f: int, n_sm: int, p: int = 3):
         bx = _cdiv(tiles, warps)
         chunk = _splits(in_f, bx * warps, _WARPS_PER_SM * n_sm, ROW1_MAX_CHUNK)
         return [("lutham_row1", 0, 1, chunk, (bx, 1, _cdiv(in_f, chunk)), (warps * 32,))]
-    bx = _cdiv(tiles, THREADS // 32)  # lutham_tc: every block has all its threads (they build the bases)
+    warps = min(THREADS // 32, tiles)  # lutham_tc: a warp per output tile, each on its own
+    bx = _cdiv(tiles, warps)
     suffix = f"p{p}"
     out, r0 = [], 0
     full = rows // (8 * TC_TILES[-1]) if rows > 8 * TC_TILES[-1] else 0
@@ -139,7 +183,7 @@ def launches(rows: int, in_f: int, out_f: int, n_sm: int, p: int = 3):
         tail = rows - full * 8 * TC_TILES[-1]
         parts.append((_tiles_for(tail), 1, tail))
     for nt, by, r in parts:
-        chunk = _splits(in_f, bx * by, _BLOCKS_PER_SM * n_sm)
-        out.append((f"lutham_tc{nt}{suffix}", r0, r, chunk, (bx, by, _cdiv(in_f, chunk)), (THREADS,)))
+        chunk = _splits(in_f, bx * by * warps, _TC_WARPS_PER_SM * n_sm)
+        out.append((f"lutham_tc{nt}{suffix}", r0, r, chunk, (bx, by, _cdiv(in_f, chunk)), (warps * 32,)))
         r0 += r
     return out

@@ -4,9 +4,10 @@ The plan lists the codebook (shared by the head: placed once) as float32 4-coeff
 (:func:`window_slot`), per layer the edge records (8 bytes an edge, tile-major, outputs padded to
 whole 16-output tiles), per-output scales and per-input knot constants, and the activation
 buffers for a declared maximum batch; each at an ``ALIGN``-byte aligned offset, none overlapping.
-The fused kernels build the bases on chip; a head run as cuBLAS slabs at large batches adds one
-bounded ``workspace`` (a slab's fp16 weights and bases, :func:`~sharekan.lutham.geometry.slab_workspace`),
-last. The plan reports bytes per component,
+The tensor-core kernels read their B fragments from a bounded ``bases`` scratch
+(:func:`~sharekan.lutham.geometry.bases_scratch`); a head run as cuBLAS slabs at large batches adds
+one bounded ``workspace`` (a slab's fp16 weights and bases,
+:func:`~sharekan.lutham.geometry.slab_workspace`), last. The plan reports bytes per component,
 the total, whether the arena (and its hot part) fits a target's L2, and the order in which to
 prefer residency: the codebook first (every edge gathers from it), then per-input and per-output
 constants, then the edge records (read once per call: resident across calls where L2 holds
@@ -23,7 +24,7 @@ __all__ = ["ALIGN", "L2_BYTES", "LayerSpec", "Block", "Plan", "n_windows", "wind
 
 ALIGN = 256  # bytes: cudaMalloc's alignment, enough for 128-bit loads and wmma tiles
 L2_BYTES = {"A100": 40 << 20, "H100": 50 << 20, "H200": 60 << 20, "Jetson Orin": 4 << 20}
-RESIDENCY = ("codebook", "t0", "h", "scales", "edges", "activations", "workspace")
+RESIDENCY = ("codebook", "t0", "h", "scales", "edges", "activations", "bases", "workspace")
 HOT = 4  # the codebook and the constants: reused by every edge on every call
 MAX_COEF = 15  # the tensor-core path packs C coefficients + the base weight into 16 slots
 
@@ -92,9 +93,11 @@ def window_slot(p: int) -> int:
     return p >> 2 if p < 16 and p & 3 == 3 else 4 + p - min((p + 1) >> 2, 4)
 
 
-def plan_arena(layers: list[LayerSpec], codebook_size: int, max_rows: int, workspace: int = 0) -> Plan:
+def plan_arena(layers: list[LayerSpec], codebook_size: int, max_rows: int, workspace: int = 0,
+               bases: int = 0) -> Plan:
     """Lay out the arena for a head of ``layers`` sharing one ``codebook_size``-entry codebook, with
-    ``workspace`` bytes for the slab path (0: none)."""
+    ``bases`` bytes of B-fragment scratch for the tensor-core kernels and ``workspace`` bytes for the
+    slab path (0: none)."""
     if not layers:
         raise ValueError("a head needs at least one layer")
     if max_rows < 1:
@@ -119,6 +122,8 @@ def plan_arena(layers: list[LayerSpec], codebook_size: int, max_rows: int, works
                   (f"L{n}.scales", "scales", (3, lay.out_features), "float32", 4)]
     specs += [(f"act{n}", "activations", (max_rows, w), "float32", 4)
               for n, w in enumerate([layers[0].in_features] + [lay.out_features for lay in layers])]
+    if bases:
+        specs.append(("bases", "bases", (-(-bases // 4),), "uint32", 4))
     if workspace:
         specs.append(("workspace", "workspace", (workspace,), "uint8", 1))
     specs.sort(key=lambda sp: RESIDENCY.index(sp[1]))  # hot first: a contiguous prefix to persist in L2

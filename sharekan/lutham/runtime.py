@@ -3,15 +3,17 @@
 :class:`LuthamHead` copies a :class:`~sharekan.vq_kan.VQKAN` (one shared codebook, uniform knots)
 into the planned arena once — the codebook as float32 4-coefficient windows, each edge as one 8-byte
 record (uint16 index, fp16 gain, bias and base weight) in 16-output tiles, per-output scales — and
-runs each layer as one kernel (``lutham_row1`` for one row, ``lutham_tc*`` on tensor cores for
-more; launch sizes from ``geometry``), preceded by a memset of the layer's output where the inputs
-are split across blocks (fp32 atomics: the only nondeterministic sums), or — from
+runs each layer as one kernel for one row (``lutham_row1``), as ``lutham_bases_p*`` (the rows' B
+fragments, into a bounded scratch) then ``lutham_tc*`` on tensor cores per slab of inputs for more
+(launch sizes from ``geometry``), preceded by a memset of the layer's output where the inputs are
+split across blocks or slabs (fp32 atomics: the only nondeterministic sums), or — from
 ``geometry.SLAB_FROM_ROWS`` rows — as slabs of inputs, each expanded into the arena's fp16
-workspace by ``lutham_slab_p*`` and multiplied by a cuBLAS GEMM (fp32 accumulate, each slab added
-into the output by the GEMM's beta: deterministic). The launches for a row count are captured once
-as a CUDA graph and replayed. Where the CUDA runtime allows, an L2 persisting access-policy window
-(``l2``) covers as much of the arena's start as the device's persisting limit holds (codebook,
-constants, then edge records); the plan records what was set.
+workspace by ``lutham_slab_p*`` and multiplied by cuBLAS GEMMs over its hi/lo sections (fp32
+accumulate, each added into the output by the GEMM's beta in a fixed order: deterministic). The
+launches for a row count are captured once as a CUDA graph and replayed. Where the CUDA runtime
+allows, an L2 persisting access-policy window (``l2``) covers as much of the arena's start as the
+device's persisting limit holds (codebook, constants, then edge records); the plan records what was
+set.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ import torch
 from ..bspline import compact_grid
 from .blas import Blas
 from .compile import load_module
-from .geometry import (BLAS_BYTES, KERNELS, SLAB_BYTES, TILE_O, launches, products, slab_launches, slab_slots,
-                       slab_workspace, uses_slab)
+from .geometry import (BASES_BYTES, BLAS_BYTES, KERNELS, SLAB_BYTES, TILE_O, bases_scratch, launches, products,
+                       slab_launches, slab_sections, slab_slots, slab_workspace, tc_slabs, uses_slab)
 from .l2 import persist
 from .plan import LayerSpec, Plan, n_windows, plan_arena, window_slot
 
@@ -60,12 +62,13 @@ class LuthamHead:
     ``precision`` (a key of ``geometry.PRECISIONS``) sets the tensor-core operands: ``"high"``
     (default) weights and bases as fp16 hi + lo parts (near fp32), ``"medium"`` single fp16 bases,
     ``"low"`` fp16 weights and bases (a dense fp16 head's rounding). ``slab_from`` overrides the
-    row count from which layers run as cuBLAS slabs (``None``: ``geometry.SLAB_FROM_ROWS``), and
-    ``slab_bytes`` bounds their workspace."""
+    row count from which layers run as cuBLAS slabs (``None``: ``geometry.SLAB_FROM_ROWS``),
+    ``slab_bytes`` bounds their workspace, and ``bases_bytes`` the tensor-core kernels' B-fragment
+    scratch (at least 8 inputs' worth)."""
 
     def __init__(self, model, max_rows: int, persist_l2: bool = True, use_graphs: bool = True,
                  precision: str = "high", slab_from: int | None = None, slab_bytes: int = SLAB_BYTES,
-                 module=None):
+                 bases_bytes: int = BASES_BYTES, module=None):
         import cupy as cp
 
         layers = list(model.layers)
@@ -78,8 +81,9 @@ class LuthamHead:
         if uses_slab(max_rows, self.products, slab_from):
             workspace = BLAS_BYTES + slab_workspace([(lay.in_features, lay.out_features) for lay in layers], max_rows,
                                                     self.products, n_coef, slab_bytes)
+        bases = bases_scratch([lay.in_features for lay in layers], max_rows, self.products, slab_from, bases_bytes)
         self.plan: Plan = plan_arena([LayerSpec(lay.in_features, lay.out_features, lay.grid.shape[1])
-                                      for lay in layers], cb.shape[0], max_rows, workspace)
+                                      for lay in layers], cb.shape[0], max_rows, workspace, bases)
         self.stream = cp.cuda.Stream(non_blocking=True)
         self.arena = cp.zeros(self.plan.total, dtype=cp.uint8)
         self._views = {b.name: self.arena[b.offset:b.offset + b.nbytes].view(cp.dtype(b.dtype)).reshape(b.shape)
@@ -190,28 +194,53 @@ class LuthamHead:
         for n, lay in enumerate(self.plan.layers):
             xin, yout = self.view(f"act{n}"), self.view(f"act{n + 1}")
             i_f, o_f = lay.in_features, lay.out_features
-            consts = (self.view(f"L{n}.t0"), self.view(f"L{n}.h"), np.int32(lay.n_knots), np.int32(self.plan.n_coef),
-                      cb, nwin, self.view(f"L{n}.edges"), self.view(f"L{n}.scales"))
+            knots = (self.view(f"L{n}.t0"), self.view(f"L{n}.h"), np.int32(lay.n_knots), np.int32(self.plan.n_coef))
+            arrays = (cb, nwin, self.view(f"L{n}.edges"), self.view(f"L{n}.scales"))
             if uses_slab(rows, self.products, self.slab_from):
-                self._slabs(rows, lay, xin, yout, consts)
-                continue
-            plan = launches(rows, i_f, o_f, self._sms, self.products)
-            if any(grid[2] > 1 for *_, grid, _ in plan):  # split inputs add into the output
-                cp.cuda.runtime.memsetAsync(yout.data.ptr, 0, rows * o_f * 4, self.stream.ptr)
+                self._slabs(rows, lay, xin, yout, (*knots, *arrays))
+            elif rows == 1:
+                (kernel, _, _, chunk, grid, block), = launches(1, i_f, o_f, self._sms)
+                if grid[2] > 1:  # split inputs add into the output
+                    cp.cuda.runtime.memsetAsync(yout.data.ptr, 0, o_f * 4, self.stream.ptr)
+                self.kernels[kernel](grid, block, (xin, np.int32(i_f), np.int32(o_f), np.int32(chunk), *knots, *arrays,
+                                                   yout))
+            else:
+                self._fused(rows, lay, xin, yout, knots, arrays)
+
+    def _fused(self, rows: int, lay: LayerSpec, xin, yout, knots, arrays) -> None:
+        """One layer on tensor cores: per slab of inputs, its rows' B fragments into the scratch, then
+        the MMAs (added into the output where the inputs are split over slabs or blocks)."""
+        import cupy as cp
+
+        p, i_f, o_f = self.products, lay.in_features, lay.out_features
+        frags, n_nt, words = self.view("bases"), -(-rows // 8), 64 * (2 if self.products == 3 else 1)
+        slabs = tc_slabs(rows, i_f, p, frags.nbytes)
+        plans = [launches(rows, n, o_f, self._sms, p) for _, n in slabs]
+        atomic = len(slabs) > 1 or any(grid[2] > 1 for plan in plans for *_, grid, _ in plan)
+        if atomic:
+            cp.cuda.runtime.memsetAsync(yout.data.ptr, 0, rows * o_f * 4, self.stream.ptr)
+        cb, nwin, edges, scales = arrays
+        for (i0, n), plan in zip(slabs, plans):
+            self.kernels[f"lutham_bases_p{p}"]((-(-n * n_nt * 32 // 256),), (256,),
+                                               (xin, np.int32(rows), np.int32(i_f), np.int32(i0), np.int32(n),
+                                                np.int32(n_nt), *knots, frags))
             for kernel, r0, r, chunk, grid, block in plan:
-                if kernel == "lutham_row1":
-                    args = (xin, np.int32(i_f), np.int32(o_f), np.int32(chunk), *consts, yout)
-                else:
-                    args = (xin[r0:], np.int32(r), np.int32(i_f), np.int32(o_f), np.int32(chunk), *consts, yout[r0:])
-                self.kernels[kernel](grid, block, args)
+                self.kernels[kernel](grid, block, (frags[r0 // 8 * words:], np.int32(n_nt), np.int32(r), np.int32(i_f),
+                                                   np.int32(o_f), np.int32(i0), np.int32(n), np.int32(chunk), cb,
+                                                   nwin, edges, scales, yout[r0:], np.int32(atomic)))
 
     def _slabs(self, rows: int, lay: LayerSpec, xin, yout, consts) -> None:
-        """One layer as slabs of inputs: each expanded into the workspace, then y (+)= bases · weightsᵀ."""
+        """One layer as slabs of inputs: each expanded into the workspace, then y (+)= bases · weightsᵀ
+        over its pairs of hi/lo sections (``geometry.slab_sections``), in a fixed order."""
         p, n_coef, ws = self.products, self.plan.n_coef, self.view("workspace")[:-BLAS_BYTES]
         i_f, o_f, slots = lay.in_features, lay.out_features, slab_slots(n_coef)
+        sw, sb = slab_sections(p)
+        pairs = ((0, 0), (0, 1), (1, 0))[:p]  # (bases section, weights section): hi·hi, hi·lo (, lo·hi)
         kernel = self.kernels[f"lutham_slab_p{p}"]
         for k, (i0, n_pad, wblocks, grid, b_off) in enumerate(slab_launches(rows, i_f, o_f, p, n_coef, ws.nbytes)):
-            w, b = ws[:b_off], ws[b_off:]
+            w, b, sec = ws[:b_off], ws[b_off:], n_pad * slots
             kernel(grid, (256,), (xin, np.int32(rows), np.int32(i_f), np.int32(o_f), np.int32(i0), np.int32(n_pad),
                                   np.int32(slots), *consts, w, b, np.int32(wblocks)))
-            self._blas.gemm_nt(rows, o_f, p * n_pad * slots, b.data.ptr, w.data.ptr, yout.data.ptr, k > 0)
+            for j, (bs, wsec) in enumerate(pairs):
+                self._blas.gemm_nt(rows, o_f, sec, b.data.ptr + 2 * bs * sec, w.data.ptr + 2 * wsec * sec,
+                                   yout.data.ptr, k > 0 or j > 0, lda=sb * sec, ldb=sw * sec)

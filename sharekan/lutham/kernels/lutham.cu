@@ -1,4 +1,4 @@
-// LUTHAM v10: the forward of a Gain-Shape-Bias compressed KAN layer, read straight from the arena.
+// LUTHAM v11: the forward of a Gain-Shape-Bias compressed KAN layer, read straight from the arena.
 //
 // Edge (o, i) is one 8-byte record {index, gain, bias, base weight} (uint16 + 3 x fp16, each fp16
 // times a per-output scale: exact for int8/int4 values), stored tile-major: [out/16][in][16], so a
@@ -10,8 +10,8 @@
 //   * several rows (lutham_tc<NT>p<P>): an edge reads its whole codeword (64 bytes, 16 a lane) and
 //     decodes w_s = gain*c_s + bias (slot 15: the base weight) in fp32 straight into mma.m16n8k16 A
 //     fragments (16 outputs x 16 slots of one input), reused across NT 8-row n-tiles whose B
-//     fragments (the basis and SiLU of each row, built on chip per step of inputs into shared
-//     memory, never in global scratch) come from shared memory; fp32 accumulate. P is the number of
+//     fragments (the basis and SiLU of each row) lutham_bases_p<P> built once per call, for a slab
+//     of inputs, into a bounded scratch in fragment order; fp32 accumulate. P is the number of
 //     fp16 products a weight-basis product takes: 3 (weights and bases as hi + lo parts: hi*hi +
 //     lo*hi + hi*lo, near fp32), 2 (single fp16 bases), 1 (fp16 weights and bases: the rounding of a
 //     dense fp16 head). Records are loaded two steps and codewords one step ahead of their use;
@@ -23,7 +23,7 @@
 // Tile and launch constants come from sharekan/lutham/geometry.py as -D options (one source for the
 // kernels and the launches).
 #if !defined(TILE_O) || !defined(BASE_SLOT) || !defined(ROW1_UNROLL) || !defined(ROW1_MAX_CHUNK) \
-    || !defined(STAGE_BYTES) || !defined(SLAB_IN) || !defined(SLAB_ROWS)
+    || !defined(SLAB_IN) || !defined(SLAB_ROWS)
 #error "compile with the -D options of sharekan.lutham.geometry.defines()"
 #endif
 static_assert(TILE_O == 16 && BASE_SLOT == 15, "an output tile is the M = 16 of mma.m16n8k16, 16 slots its K");
@@ -126,9 +126,7 @@ lutham_row1(const float* __restrict__ x, int in_f, int out_f, int chunk, const f
 }
 
 // ---------------------------------------------------------------------------------------------
-// Several rows: tensor cores. Block: warps over 16-output tiles, rows [blockIdx.y * NT * 8, +NT * 8),
-// inputs of split blockIdx.z, in steps of TI inputs; the bases of step s + 1 are built into the other
-// half of a double buffer while step s multiplies.
+// Several rows: tensor cores (lutham_bases_p<P> builds the B fragments, lutham_tc<NT>p<P> multiplies).
 // mma.m16n8k16 fragment slots: thread (g = lane / 4, q = lane % 4) holds K columns 2q, 2q+1, 2q+8, 2q+9;
 // here those are slots 4q .. 4q+3 of the input (K's order is ours to choose), so a lane's weights are one
 // 4-coefficient window (8 bytes) and its basis values one group of four.
@@ -153,96 +151,97 @@ __device__ __forceinline__ void pack_split(float a, float b, unsigned& hi, unsig
 }
 
 // the weights of slots 4q .. 4q+3 of one edge from its record and codeword window q (fp32), as
-// fp16 hi/lo pairs: (slots 4q, 4q+1) and (4q+2, 4q+3)
-__device__ __forceinline__ void decode(uint2 rec, float4 c, float gs, float bs, float ws, int q, int n_coef,
+// fp16 hi/lo pairs: (slots 4q, 4q+1) and (4q+2, 4q+3). Slots C .. 14 keep gain*0 + bias unmasked:
+// every basis there is zero (lutham_bases_p<P>); slot 15 is the SiLU base weight.
+__device__ __forceinline__ void decode(uint2 rec, float4 c, float gs, float bs, float ws, int q,
                                        unsigned (&hi)[2], unsigned (&lo)[2]) {
     const float g = gs * hi_half(rec.x), b = bs * lo_half(rec.y);
-    float w[4] = {c.x, c.y, c.z, c.w};
-#pragma unroll
-    for (int j = 0; j < 4; ++j) w[j] = 4 * q + j < n_coef ? fmaf(g, w[j], b) : 0.f;  // no basis there: 0
-    if (q == 3) w[3] = ws * hi_half(rec.y);  // slot 15: the SiLU base weight
+    float w[4] = {fmaf(g, c.x, b), fmaf(g, c.y, b), fmaf(g, c.z, b), fmaf(g, c.w, b)};
+    if (q == 3) w[3] = ws * hi_half(rec.y);
     pack_split(w[0], w[1], hi[0], lo[0]);
     pack_split(w[2], w[3], hi[1], lo[1]);
 }
 
-template <int NT, int P>
-struct TcShape {
-    static_assert(P >= 1 && P <= 3, "P: 1, 2 or 3 fp16 products a weight-basis product");
-    static constexpr int TI = 2;  // inputs per step (registers hold 3 record and 2 codeword sets)
-    static constexpr int LB = P == 3 ? 2 : 1;    // uint2 a lane holds per (input, n-tile): hi (, lo)
-    static constexpr int TASKS = (TI * NT * 8 + 255) / 256;  // (row, input) bases a thread builds per step
-    static_assert(2 * TI * NT * 32 * LB * 8 <= STAGE_BYTES, "basis stage exceeds STAGE_BYTES");
-};
+// slot s of a basis as K slots: the 4 cubic bases at their coefficients, SiLU at `silu_slot`, else 0
+__device__ __forceinline__ float slot_value(const Basis& b, int s, int silu_slot) {
+    const int d = s - b.first;
+    return s == silu_slot ? b.silu : d == 0 ? b.w[0] : d == 1 ? b.w[1] : d == 2 ? b.w[2] : d == 3 ? b.w[3] : 0.f;
+}
 
+__device__ __forceinline__ void slots_of(const Basis& b, int silu_slot, float (&v)[16]) {
+#pragma unroll
+    for (int s = 0; s < 16; ++s) v[s] = slot_value(b, s, silu_slot);
+}
+
+// The B fragments of the tensor-core kernels, built once per call (not once per output block):
+// rows [0, rows) padded to n_nt n-tiles of 8 (padding rows zero) x inputs [i0, i0 + n), into
+// F[i - i0][nt][lane][LB] (uint2; LB = 2 at P = 3: hi, lo), lane (g, q) of n-tile nt holding row
+// 8 nt + g's slots 4q .. 4q+3 as two fp16 pairs. A thread per (input, n-tile, lane): a warp writes
+// one contiguous run of 256 (or 512) bytes.
+template <int P>
+__device__ __forceinline__ void bases(const float* __restrict__ x, int rows, int in_f, int i0, int n, int n_nt,
+                                      const float* __restrict__ t0, const float* __restrict__ hh, int nk, int n_coef,
+                                      uint2* __restrict__ F) {
+    const int t = blockIdx.x * blockDim.x + threadIdx.x;  // < 2^31: the scratch is bounded (BASES_BYTES)
+    if (t >= n * n_nt * 32) return;
+    const int lane = t & 31, il = t / (32 * n_nt), r = (t / 32 - il * n_nt) * 8 + (lane >> 2);
+    const int i = i0 + il, q = lane & 3;
+    float v[4] = {0.f, 0.f, 0.f, 0.f};
+    if (r < rows) {
+        const Basis b = basis_of(x[(long)r * in_f + i], t0[i], hh[i], nk, n_coef);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) v[j] = slot_value(b, 4 * q + j, BASE_SLOT);
+    }
+    if (P == 3) {
+        uint4 f;
+        pack_split(v[0], v[1], f.x, f.z);
+        pack_split(v[2], v[3], f.y, f.w);
+        reinterpret_cast<uint4*>(F)[t] = f;  // {hi, lo} of this lane
+    } else {
+        F[t] = make_uint2(pack(v[0], v[1]), pack(v[2], v[3]));
+    }
+}
+
+#define BASES(P)                                                                                                 \
+    extern "C" __global__ void __launch_bounds__(256) lutham_bases_p##P(                                          \
+        const float* __restrict__ x, int rows, int in_f, int i0, int n, int n_nt, const float* __restrict__ t0,    \
+        const float* __restrict__ hh, int nk, int n_coef, uint2* __restrict__ F) {                                 \
+        bases<P>(x, rows, in_f, i0, n, n_nt, t0, hh, nk, n_coef, F);                                              \
+    }
+BASES(1) BASES(2) BASES(3)
+
+// Block: warps over 16-output tiles (each warp on its own: no shared memory, no barrier), n-tiles
+// [blockIdx.y * NT, + NT) of F, inputs [i0 + lo, i0 + hi) with [lo, hi) split blockIdx.z of the
+// slab's n, in steps of TI inputs. The warps of a block read the same B fragments, so all but the
+// first find them in L1.
 template <int NT, int P>
-__device__ __forceinline__ void tc(const float* __restrict__ x, int rows, int in_f, int out_f, int chunk,
-                                   const float* __restrict__ t0, const float* __restrict__ hh, int nk, int n_coef,
-                                   const float4* __restrict__ cb, int nwin, const uint2* __restrict__ edges,
-                                   const float* __restrict__ scales, float* __restrict__ y) {
-    using S = TcShape<NT, P>;
-    constexpr int TI = S::TI, LB = S::LB;
-    __shared__ uint2 stage[2 * TI * NT * 32 * LB];  // [buffer][input][n-tile][lane][hi (, lo)]
+__device__ __forceinline__ void tc(const uint2* __restrict__ F, int n_nt, int rows, int in_f, int out_f, int i0, int n,
+                                   int chunk, const float4* __restrict__ cb, int nwin,
+                                   const uint2* __restrict__ edges, const float* __restrict__ scales,
+                                   float* __restrict__ y, int atomic) {
+    static_assert(P >= 1 && P <= 3, "P: 1, 2 or 3 fp16 products a weight-basis product");
+    constexpr int TI = 2;  // inputs per step (registers hold 3 record and 2 codeword sets)
+    constexpr int LB = P == 3 ? 2 : 1;
     const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
     const int n_tiles = (out_f + TILE_O - 1) / TILE_O;
     const int tile = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    const bool active = tile < n_tiles;
+    if (tile >= n_tiles) return;
     const int r0 = blockIdx.y * NT * 8;
-    const int i_lo = blockIdx.z * chunk, i_hi = min(in_f, i_lo + chunk);
-    const uint2* e = edges + (long)min(tile, n_tiles - 1) * in_f * TILE_O;
+    const int lo = blockIdx.z * chunk, hi = min(n, lo + chunk);
+    const uint2* e = edges + ((long)tile * in_f + i0) * TILE_O;
+    const uint2* fb = F + ((long)blockIdx.y * NT * 32 + lane) * LB;  // + (input * n_nt + n-tile) * 32 * LB
     const int oa = tile * TILE_O + g, ob = oa + 8;
     const float gsa = oa < out_f ? scales[oa] : 0.f, bsa = oa < out_f ? scales[out_f + oa] : 0.f,
                 wsa = oa < out_f ? scales[2 * out_f + oa] : 0.f;
     const float gsb = ob < out_f ? scales[ob] : 0.f, bsb = ob < out_f ? scales[out_f + ob] : 0.f,
                 wsb = ob < out_f ? scales[2 * out_f + ob] : 0.f;
 
-    // x of the (row, input) pairs this thread turns into bases for the step at i0 (loaded a step early)
-    auto load_x = [&](int i0, float (&xv)[S::TASKS]) {
-#pragma unroll
-        for (int k = 0; k < S::TASKS; ++k) {
-            const int t = threadIdx.x + k * 256, ii = t % TI, r = t / TI, i = i0 + ii, gr = r0 + r;
-            xv[k] = (t < TI * NT * 8 && i < i_hi && gr < rows) ? x[(long)gr * in_f + i] : 0.f;
-        }
-    };
-    // the B fragments of the step at i0 into buffer `buf` (zeros for pairs outside the rows or inputs)
-    auto produce = [&](int buf, int i0, const float (&xv)[S::TASKS]) {
-#pragma unroll
-        for (int k = 0; k < S::TASKS; ++k) {
-            const int t = threadIdx.x + k * 256, ii = t % TI, r = t / TI, i = i0 + ii;
-            if (t >= TI * NT * 8) break;
-            const bool ok = i < i_hi && r0 + r < rows;
-            Basis b = basis_of(ok ? xv[k] : 0.f, ok ? t0[i] : 0.f, ok ? hh[i] : 1.f, nk, n_coef);
-            if (!ok) {
-                b.w[0] = b.w[1] = b.w[2] = b.w[3] = 0.f;
-                b.silu = 0.f;
-            }
-            uint2* dst = stage + ((long)((buf * TI + ii) * NT + (r >> 3)) * 32 + (r & 7) * 4) * LB;
-#pragma unroll
-            for (int qq = 0; qq < 4; ++qq) {
-                float v[4];
-#pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    const int d = 4 * qq + j - b.first;
-                    v[j] = d == 0 ? b.w[0] : d == 1 ? b.w[1] : d == 2 ? b.w[2] : d == 3 ? b.w[3] : 0.f;
-                }
-                if (qq == 3) v[3] = b.silu;
-                if (P == 3) {
-                    uint2 h, l;
-                    pack_split(v[0], v[1], h.x, l.x);
-                    pack_split(v[2], v[3], h.y, l.y);
-                    dst[qq * LB] = h;
-                    dst[qq * LB + LB - 1] = l;
-                } else {
-                    dst[qq * LB] = make_uint2(pack(v[0], v[1]), pack(v[2], v[3]));
-                }
-            }
-        }
-    };
-    auto records = [&](int i0, uint2 (&rec)[TI][2]) {
+    auto records = [&](int k, uint2 (&rec)[TI][2]) {  // zero records past the split: their weights are 0
 #pragma unroll
         for (int ii = 0; ii < TI; ++ii) {
-            const bool ok = active && i0 + ii < i_hi;
-            rec[ii][0] = ok ? __ldg(e + (long)(i0 + ii) * TILE_O + g) : make_uint2(0u, 0u);
-            rec[ii][1] = ok ? __ldg(e + (long)(i0 + ii) * TILE_O + g + 8) : make_uint2(0u, 0u);
+            const bool ok = k + ii < hi;
+            rec[ii][0] = ok ? __ldg(e + (long)(k + ii) * TILE_O + g) : make_uint2(0u, 0u);
+            rec[ii][1] = ok ? __ldg(e + (long)(k + ii) * TILE_O + g + 8) : make_uint2(0u, 0u);
         }
     };
     auto codewords = [&](const uint2 (&rec)[TI][2], float4 (&cw)[TI][2]) {
@@ -257,62 +256,57 @@ __device__ __forceinline__ void tc(const float* __restrict__ x, int rows, int in
     for (int nt = 0; nt < NT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
     uint2 rec0[TI][2], rec1[TI][2];
     float4 cw0[TI][2];
-    float xv[S::TASKS];
-    records(i_lo, rec0);
-    records(i_lo + TI, rec1);
-    load_x(i_lo, xv);
+    records(lo, rec0);
+    records(lo + TI, rec1);
     codewords(rec0, cw0);
-    produce(0, i_lo, xv);
-    load_x(i_lo + TI, xv);
-    __syncthreads();
-    const int steps = (i_hi - i_lo + TI - 1) / TI;
-    for (int s = 0; s < steps; ++s) {
-        const int i0 = i_lo + s * TI, buf = s & 1;
+    for (int k = lo; k < hi; k += TI) {
         float4 cw1[TI][2];
         uint2 rec2[TI][2];
-        codewords(rec1, cw1);         // step s + 1's codewords,
-        records(i0 + 2 * TI, rec2);   // step s + 2's records,
-        if (s + 1 < steps) {          // step s + 1's bases (x loaded a step ago), and step s + 2's x
-            produce(buf ^ 1, i0 + TI, xv);
-            load_x(i0 + 2 * TI, xv);
-        }
+        codewords(rec1, cw1);        // the next step's codewords,
+        records(k + 2 * TI, rec2);   // the records two steps ahead
         unsigned ahi[TI][4], alo[TI][4];  // A fragments: rows g (regs 0, 2) and g + 8 (regs 1, 3), hi and lo parts
+        const uint2* src[TI];
 #pragma unroll
         for (int ii = 0; ii < TI; ++ii) {
             unsigned ha[2], la[2], hb[2], lb[2];
-            decode(rec0[ii][0], cw0[ii][0], gsa, bsa, wsa, q, n_coef, ha, la);
-            decode(rec0[ii][1], cw0[ii][1], gsb, bsb, wsb, q, n_coef, hb, lb);
+            decode(rec0[ii][0], cw0[ii][0], gsa, bsa, wsa, q, ha, la);
+            decode(rec0[ii][1], cw0[ii][1], gsb, bsb, wsb, q, hb, lb);
             ahi[ii][0] = ha[0], ahi[ii][1] = hb[0], ahi[ii][2] = ha[1], ahi[ii][3] = hb[1];
             alo[ii][0] = la[0], alo[ii][1] = lb[0], alo[ii][2] = la[1], alo[ii][3] = lb[1];
+            src[ii] = fb + (long)min(k + ii, hi - 1) * n_nt * 32 * LB;  // past the split: weights 0, any B
         }
-        const uint2* src = stage + ((long)buf * TI * NT * 32 + lane) * LB;
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
-            // this step's products start from zero and are added to the sum in fp32 (round to nearest):
-            // the tensor cores' accumulation does not round-to-nearest, so a long chain of MMAs on one
-            // accumulator drifts
-            float d[4] = {0.f, 0.f, 0.f, 0.f};
+            // P = 3: this step's products start from zero and are added to the sum in fp32 (round to
+            // nearest): the tensor cores' accumulation does not round to nearest, and over a long chain
+            // of MMAs on one accumulator it drifts (3.6e-3 over 6,272 inputs, v6) far above P = 3's
+            // rounding; with fp16 bases (P <= 2) a chain of one split's inputs drifts far below theirs
+            auto products = [&](float (&to)[4]) {
 #pragma unroll
-            for (int ii = 0; ii < TI; ++ii) {
-                const uint2 bh = src[(ii * NT + nt) * 32 * LB];
-                mma16816(d, ahi[ii], bh.x, bh.y);
-                if (P >= 2) mma16816(d, alo[ii], bh.x, bh.y);
-                if (P == 3) {
-                    const uint2 bl = src[(ii * NT + nt) * 32 * LB + LB - 1];
-                    mma16816(d, ahi[ii], bl.x, bl.y);
+                for (int ii = 0; ii < TI; ++ii) {
+                    const uint2 bh = __ldg(src[ii] + nt * 32 * LB);
+                    mma16816(to, ahi[ii], bh.x, bh.y);
+                    if (P >= 2) mma16816(to, alo[ii], bh.x, bh.y);
+                    if (P == 3) {
+                        const uint2 bl = __ldg(src[ii] + nt * 32 * LB + 1);
+                        mma16816(to, ahi[ii], bl.x, bl.y);
+                    }
                 }
-            }
+            };
+            if (P == 3) {
+                float d[4] = {0.f, 0.f, 0.f, 0.f};
+                products(d);
 #pragma unroll
-            for (int j = 0; j < 4; ++j) acc[nt][j] += d[j];
+                for (int j = 0; j < 4; ++j) acc[nt][j] += d[j];
+            } else {
+                products(acc[nt]);
+            }
         }
 #pragma unroll
         for (int ii = 0; ii < TI; ++ii)
 #pragma unroll
             for (int h = 0; h < 2; ++h) rec0[ii][h] = rec1[ii][h], rec1[ii][h] = rec2[ii][h], cw0[ii][h] = cw1[ii][h];
-        __syncthreads();
     }
-    if (!active) return;
-    const bool atomic = gridDim.z > 1;
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
         const int r = r0 + nt * 8 + 2 * q;
@@ -325,22 +319,22 @@ __device__ __forceinline__ void tc(const float* __restrict__ x, int rows, int in
 
 #define TC(NT, P, BLOCKS)                                                                                        \
     extern "C" __global__ void __launch_bounds__(256, BLOCKS) lutham_tc##NT##p##P(                              \
-        const float* __restrict__ x, int rows, int in_f, int out_f, int chunk, const float* __restrict__ t0,       \
-        const float* __restrict__ hh, int nk, int n_coef, const float4* __restrict__ cb, int nwin,                 \
-        const uint2* __restrict__ edges, const float* __restrict__ scales, float* __restrict__ y) {                \
-        tc<NT, P>(x, rows, in_f, out_f, chunk, t0, hh, nk, n_coef, cb, nwin, edges, scales, y);                   \
+        const uint2* __restrict__ F, int n_nt, int rows, int in_f, int out_f, int i0, int n, int chunk,            \
+        const float4* __restrict__ cb, int nwin, const uint2* __restrict__ edges, const float* __restrict__ scales,  \
+        float* __restrict__ y, int atomic) {                                                                      \
+        tc<NT, P>(F, n_nt, rows, in_f, out_f, i0, n, chunk, cb, nwin, edges, scales, y, atomic);                   \
     }
 TC(1, 3, 2) TC(2, 3, 2) TC(4, 3, 2) TC(8, 3, 2) TC(16, 3, 1)
 TC(1, 2, 2) TC(2, 2, 2) TC(4, 2, 2) TC(8, 2, 2) TC(16, 2, 1)
 TC(1, 1, 2) TC(2, 1, 2) TC(4, 1, 2) TC(8, 1, 2) TC(16, 1, 1)
 
 // ---------------------------------------------------------------------------------------------
-// Large batches: the inputs [i0, i0 + n_pad) of one layer as the two fp16 operands of a GEMM the
-// runtime issues to cuBLAS next (y [rows][out] (+)= Bm . W^T, fp32 accumulate):
-//   W  [out_f][P][n_pad][slots]: each edge's slots gain*c_s + bias (s < C), base weight (s = C), 0;
-//   Bm [rows][P][n_pad][slots]:  each row's bases of each input (4 non-zero), SiLU (s = C), 0.
-// The P sections along K are W = [hi | lo | hi], Bm = [hi | hi | lo] (3 products, near fp32),
-// [hi | lo] and [b | b] (2), [hi] and [b] (1). Inputs past in_f are zero. Blocks [0, wblocks) decode
+// Large batches: the inputs [i0, i0 + n_pad) of one layer as the fp16 operands of the GEMMs the
+// runtime issues to cuBLAS next (y [rows][out] (+)= Bm . W^T over pairs of sections, fp32 accumulate):
+//   W  [out_f][SW][n_pad][slots]: each edge's slots gain*c_s + bias (s < C), base weight (s = C), 0;
+//   Bm [rows][SB][n_pad][slots]:  each row's bases of each input (4 non-zero), SiLU (s = C), 0.
+// Sections are hi (, lo): W = [hi | lo] from 2 products, Bm = [hi | lo] at 3 (hi.hi + lo.hi + hi.lo),
+// single sections otherwise. Inputs past in_f are zero. Blocks [0, wblocks) decode
 // weights: the 16 outputs of one tile x SLAB_IN inputs (a thread per (output, input) pair, a warp
 // reading 256 contiguous bytes of records; each pair's 64-byte codeword from L2); the others build
 // bases: SLAB_ROWS rows x SLAB_IN inputs (x read coalesced). Both stage the fp16 values of a
@@ -377,7 +371,8 @@ __device__ __forceinline__ void slab(const float* __restrict__ x, int rows, int 
                                      const uint2* __restrict__ edges, const float* __restrict__ scales,
                                      __half* __restrict__ W, __half* __restrict__ Bm, int wblocks) {
     __shared__ __align__(16) __half st[16 * SLAB_IN * 16];  // up to 16 lines x SLAB_IN inputs x 16 slots
-    const long kc = (long)P * n_pad * slots, sec = (long)n_pad * slots;
+    constexpr int SW = P == 1 ? 1 : 2, SB = P == 3 ? 2 : 1;  // sections of W and Bm (hi, lo)
+    const long sec = (long)n_pad * slots;
     const int ib = (n_pad + SLAB_IN - 1) / SLAB_IN, line = SLAB_IN * slots;  // halves a staged line holds
     const bool weights = (int)blockIdx.x < wblocks;
     const int b = weights ? blockIdx.x : blockIdx.x - wblocks, ii0 = (b % ib) * SLAB_IN;
@@ -390,7 +385,7 @@ __device__ __forceinline__ void slab(const float* __restrict__ x, int rows, int 
     if (weights) {
         const int tile = b / ib, ol = threadIdx.x & 15, o = tile * TILE_O + ol;
         lines = min(TILE_O, out_f - tile * TILE_O);
-        dst = W + (long)tile * TILE_O * kc + (long)ii0 * slots;
+        dst = W + (long)tile * TILE_O * SW * sec + (long)ii0 * slots;
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             const int il = (threadIdx.x >> 4) + 16 * u, i = i0 + ii0 + il;
@@ -414,7 +409,7 @@ __device__ __forceinline__ void slab(const float* __restrict__ x, int rows, int 
     } else {
         const int r0 = (b / ib) * SLAB_ROWS;
         lines = min(SLAB_ROWS, rows - r0);
-        dst = Bm + (long)r0 * kc + (long)ii0 * slots;
+        dst = Bm + (long)r0 * SB * sec + (long)ii0 * slots;
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             const int t = threadIdx.x + 256 * u, il = t % SLAB_IN, rl = t / SLAB_IN, i = i0 + ii0 + il;
@@ -422,30 +417,21 @@ __device__ __forceinline__ void slab(const float* __restrict__ x, int rows, int 
 #pragma unroll
             for (int s = 0; s < 16; ++s) v[u][s] = 0.f;
             if (rl >= SLAB_ROWS || rl >= lines || il >= n_in || i >= in_f) continue;
-            const Basis bs = basis_of(x[(long)(r0 + rl) * in_f + i], t0[i], hh[i], nk, n_coef);
-#pragma unroll
-            for (int s = 0; s < 16; ++s) {
-                const int d = s - bs.first;
-                v[u][s] = s == n_coef ? bs.silu
-                        : d == 0 ? bs.w[0] : d == 1 ? bs.w[1] : d == 2 ? bs.w[2] : d == 3 ? bs.w[3] : 0.f;
-            }
+            slots_of(basis_of(x[(long)(r0 + rl) * in_f + i], t0[i], hh[i], nk, n_coef), n_coef, v[u]);
         }
     }
-    // sections: hi parts to W's 0 (and 2) / Bm's 0 (and 1), lo parts to W's 1 / Bm's 2
-    const long g = kc / 8;
+    // section 0: the hi parts (or the fp16 values); section 1: the lo parts
+    const int sections = weights ? SW : SB;  // the same for the whole block: the barriers below are uniform
+    const long g = sections * sec / 8;         // a line's 16-byte words
+    auto section = [&](bool lo) {
 #pragma unroll
-    for (int part = 0; part < (P == 1 || (P == 2 && !weights) ? 1 : 2); ++part) {
-#pragma unroll
-        for (int u = 0; u < U; ++u) stage_slots(st + at[u], v[u], slots, part == 1);
+        for (int u = 0; u < U; ++u) stage_slots(st + at[u], v[u], slots, lo);
         __syncthreads();
-        if (part == 0) {
-            flush(st, line / 8, dst, g, lines, words);
-            if (P == 3 || (P == 2 && !weights)) flush(st, line / 8, dst + (weights ? 2 : 1) * sec, g, lines, words);
-        } else {
-            flush(st, line / 8, dst + (weights ? 1 : 2) * sec, g, lines, words);
-        }
+        flush(st, line / 8, dst + (lo ? sec : 0), g, lines, words);
         __syncthreads();
-    }
+    };
+    section(false);
+    if (sections == 2) section(true);
 }
 
 #define SLAB(P)                                                                                                  \
