@@ -212,8 +212,8 @@ BASES(1) BASES(2) BASES(3)
 
 // Block: warps over 16-output tiles (each warp on its own: no shared memory, no barrier), n-tiles
 // [blockIdx.y * NT, + NT) of F, inputs [i0 + lo, i0 + hi) with [lo, hi) split blockIdx.z of the
-// slab's n, in steps of TI inputs. The warps of a block read the same B fragments, so all but the
-// first find them in L1.
+// slab's n, in steps of TI inputs. The warps of a block read the same B fragments: L1 serves the
+// repeats while the warps keep pace (57 % of B reads at 49 rows, ncu).
 template <int NT, int P>
 __device__ __forceinline__ void tc(const uint2* __restrict__ F, int n_nt, int rows, int in_f, int out_f, int i0, int n,
                                    int chunk, const float4* __restrict__ cb, int nwin,
