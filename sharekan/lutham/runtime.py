@@ -24,7 +24,8 @@ import torch
 from ..bspline import compact_grid
 from .blas import Blas
 from .compile import load_module
-from .geometry import (BASES_BYTES, BLAS_BYTES, KERNELS, SLAB_BYTES, TILE_O, bases_scratch, launches, products,
+from .geometry import (BASES_BYTES, BLAS_BYTES, KERNELS, SLAB_BYTES, TILE_O, bases_scratch, fragment_bytes,
+                       launches, products,
                        slab_launches, slab_sections, slab_slots, slab_workspace, tc_slabs, uses_slab)
 from .l2 import persist
 from .plan import LayerSpec, Plan, n_windows, plan_arena, window_slot
@@ -213,7 +214,7 @@ class LuthamHead:
         import cupy as cp
 
         p, i_f, o_f = self.products, lay.in_features, lay.out_features
-        frags, n_nt, words = self.view("bases"), -(-rows // 8), 64 * (2 if self.products == 3 else 1)
+        frags, n_nt, words = self.view("bases"), -(-rows // 8), fragment_bytes(8, p) // 4  # uint32 an n-tile
         slabs = tc_slabs(rows, i_f, p, frags.nbytes)
         plans = [launches(rows, n, o_f, self._sms, p) for _, n in slabs]
         atomic = len(slabs) > 1 or any(grid[2] > 1 for plan in plans for *_, grid, _ in plan)
