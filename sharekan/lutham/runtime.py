@@ -25,8 +25,8 @@ from ..bspline import compact_grid
 from .blas import Blas
 from .compile import load_module
 from .geometry import (BASES_BYTES, BLAS_BYTES, KERNELS, SLAB_BYTES, TILE_O, bases_scratch, fragment_bytes,
-                       launches, products,
-                       slab_launches, slab_sections, slab_slots, slab_workspace, tc_slabs, uses_slab)
+                       launches, products, slab_launches, slab_sections, slab_slots, slab_workspace, tc_slabs,
+                       uses_slab)
 from .l2 import persist
 from .plan import LayerSpec, Plan, n_windows, plan_arena, window_slot
 
