@@ -285,6 +285,20 @@ def test_lutham_tensor_core_slabs_match_the_reference(precision):
 
 
 @pytest.mark.gpu
+def test_tensor_core_fragments_share_the_slab_workspace():
+    """Planned past the slab threshold, a head keeps the tensor-core kernels' B fragments in the slab
+    workspace's first bytes (a call runs one path): no separate scratch; both paths match."""
+    from sharekan.lutham.runtime import LuthamHead
+    from sharekan.lutham.validate import ROWS, validate
+
+    model = vq_head([300, 70, 24], 256)
+    head = LuthamHead(model, max_rows=max(ROWS), precision="low")  # slabs from 128 rows, tensor cores below
+    assert "bases" not in head.plan.by_component and head._frags.data.ptr == head.view("workspace").data.ptr
+    report = validate(head, model)
+    assert report["all_written"] and report["max_rel_error"] <= 1e-2, report
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("slab_from", [10**9, 2])
 def test_fp16_lutham_is_as_accurate_as_the_dense_fp16_head(slab_from, monkeypatch):
     """The accuracy rule for ``precision="low"``: its error against the fp32 VQ head is no larger than

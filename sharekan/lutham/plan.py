@@ -7,7 +7,9 @@ buffers for a declared maximum batch; each at an ``ALIGN``-byte aligned offset, 
 The tensor-core kernels read their B fragments from a bounded ``bases`` scratch
 (:func:`~sharekan.lutham.geometry.bases_scratch`); a head run as cuBLAS slabs at large batches adds
 one bounded ``workspace`` (a slab's fp16 weights and bases,
-:func:`~sharekan.lutham.geometry.slab_workspace`), last. The plan reports bytes per component,
+:func:`~sharekan.lutham.geometry.slab_workspace`), last — and then the runtime keeps the B
+fragments in the workspace's first bytes (a call runs one path or the other), planning no
+``bases`` block. The plan reports bytes per component,
 the total, whether the arena (and its hot part) fits a target's L2, and the order in which to
 prefer residency: the codebook first (every edge gathers from it), then per-input and per-output
 constants, then the edge records (read once per call: resident across calls where L2 holds

@@ -83,6 +83,9 @@ class LuthamHead:
             workspace = BLAS_BYTES + slab_workspace([(lay.in_features, lay.out_features) for lay in layers], max_rows,
                                                     self.products, n_coef, slab_bytes)
         bases = bases_scratch([lay.in_features for lay in layers], max_rows, self.products, slab_from, bases_bytes)
+        shared = 0
+        if workspace and bases:  # a call runs slabs or tensor cores: the B fragments use the workspace's start
+            workspace, shared, bases = max(workspace, bases + BLAS_BYTES), bases, 0
         self.plan: Plan = plan_arena([LayerSpec(lay.in_features, lay.out_features, lay.grid.shape[1])
                                       for lay in layers], cb.shape[0], max_rows, workspace, bases)
         self.stream = cp.cuda.Stream(non_blocking=True)
@@ -112,9 +115,12 @@ class LuthamHead:
         self._graphs: dict[int, object] = {}
         self.use_graphs, self.graph_error = use_graphs, None
         self._blas = None
+        self._frags = self.view("bases") if bases else None
         if workspace:
             ws = self.view("workspace")
             self._blas = Blas(self.stream.ptr, ws.data.ptr + ws.nbytes - BLAS_BYTES, BLAS_BYTES)
+            if shared:
+                self._frags = ws[:shared].view(cp.uint32)
         if persist_l2:
             self.plan.l2_persisting = persist(self.arena, self.plan.hot_bytes(), self.plan.total, self.stream)
 
@@ -214,7 +220,7 @@ class LuthamHead:
         import cupy as cp
 
         p, i_f, o_f = self.products, lay.in_features, lay.out_features
-        frags, n_nt, words = self.view("bases"), -(-rows // 8), fragment_bytes(8, p) // 4  # uint32 an n-tile
+        frags, n_nt, words = self._frags, -(-rows // 8), fragment_bytes(8, p) // 4  # uint32 an n-tile
         slabs = tc_slabs(rows, i_f, p, frags.nbytes)
         plans = [launches(rows, n, o_f, self._sms, p) for _, n in slabs]
         atomic = len(slabs) > 1 or any(grid[2] > 1 for plan in plans for *_, grid, _ in plan)
