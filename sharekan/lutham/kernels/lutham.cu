@@ -334,34 +334,37 @@ TC(1, 1, 2) TC(2, 1, 2) TC(4, 1, 2) TC(8, 1, 2) TC(16, 1, 1)
 //   W  [out_f][SW][n_pad][slots]: each edge's slots gain*c_s + bias (s < C), base weight (s = C), 0;
 //   Bm [rows][SB][n_pad][slots]:  each row's bases of each input (4 non-zero), SiLU (s = C), 0.
 // Sections are hi (, lo): W = [hi | lo] from 2 products, Bm = [hi | lo] at 3 (hi.hi + lo.hi + hi.lo),
-// single sections otherwise. Inputs past in_f are zero. Blocks [0, wblocks) decode
-// weights: the 16 outputs of one tile x SLAB_IN inputs (a thread per (output, input) pair, a warp
-// reading 256 contiguous bytes of records; each pair's 64-byte codeword from L2); the others build
-// bases: SLAB_ROWS rows x SLAB_IN inputs (x read coalesced). Both stage the fp16 values of a
-// section in shared memory and write each line's run of SLAB_IN x slots values with 16-byte stores
-// (n_pad is a multiple of 8, slots even: every run is whole 16-byte words).
-static_assert(SLAB_IN % 16 == 0 && SLAB_IN * SLAB_ROWS % 256 == 0 && SLAB_ROWS <= 16, "slab block shape");
+// single sections otherwise. Inputs past in_f are zero. Blocks [0, wblocks) decode weights: the 16
+// outputs of one tile x SLAB_IN inputs, four lanes an edge (lane q of the four decodes slots 4q ..
+// 4q+3 from its 16 bytes of the codeword, so a warp instruction reads 8 whole codewords: one L2
+// request an edge), all of a thread's records and then all its codeword quarters in flight at once;
+// the others build bases: SLAB_ROWS rows x SLAB_IN inputs, a thread per (row, input) zeroing its
+// slots in shared memory and placing its 4 bases and SiLU there (x read coalesced). Both stage the
+// fp16 values of every section in shared memory, then a warp a line writes the line's run of
+// SLAB_IN x slots values with 16-byte stores (n_pad is a multiple of 8, slots even: every run is
+// whole 16-byte words).
+static_assert(SLAB_IN % 16 == 0 && SLAB_IN * SLAB_ROWS == 256 && SLAB_ROWS <= 16, "slab block shape");
+constexpr int SLAB_LINE = SLAB_IN * 16 + 16;  // halves a staged line spans at most: padded by 16, so the lanes of a
+                                              // weight block's warp (8 lines) write 2, not 8, words a bank
+constexpr int SLAB_STAGE = 16 * SLAB_LINE;    // halves of one staged section (16 lines)
 
-// v's slots (hi part, or with lo the rounding residue) into shared memory at dst (4-byte aligned)
-__device__ __forceinline__ void stage_slots(__half* dst, const float (&v)[16], int slots, bool lo) {
-#pragma unroll
-    for (int s = 0; s < 16; s += 2) {
-        if (s < slots) {
-            unsigned h, l;
-            pack_split(v[s], v[s + 1], h, l);
-            *reinterpret_cast<unsigned*>(dst + s) = lo ? l : h;
-        }
+// values (a, b) at `at` of the hi section and, with lo, their rounding residues in the lo section
+__device__ __forceinline__ void stage_pair(__half* st, int at, float a, float b, bool lo) {
+    if (!lo) {
+        *reinterpret_cast<unsigned*>(st + at) = pack(a, b);
+        return;
     }
+    unsigned h, l;
+    pack_split(a, b, h, l);
+    *reinterpret_cast<unsigned*>(st + at) = h;
+    *reinterpret_cast<unsigned*>(st + SLAB_STAGE + at) = l;
 }
 
-// `lines` runs of `words` 16-byte words: shared memory (line stride sstride words) to global (gstride)
-__device__ __forceinline__ void flush(const __half* src, int sstride, __half* dst, long gstride, int lines, int words) {
-    const uint4* s = reinterpret_cast<const uint4*>(src);
-    uint4* d = reinterpret_cast<uint4*>(dst);
-    for (int k = threadIdx.x; k < lines * words; k += blockDim.x) {
-        const int l = k / words, w = k - l * words;
-        d[l * gstride + w] = s[l * sstride + w];
-    }
+// value v at `at` of the hi section and, with lo, its rounding residue in the lo section
+__device__ __forceinline__ void stage_one(__half* st, int at, float v, bool lo) {
+    const __half h = __float2half_rn(v);
+    st[at] = h;
+    if (lo) st[SLAB_STAGE + at] = __float2half_rn(v - __half2float(h));
 }
 
 template <int P>
@@ -370,72 +373,75 @@ __device__ __forceinline__ void slab(const float* __restrict__ x, int rows, int 
                                      int n_coef, const float4* __restrict__ cb, int nwin,
                                      const uint2* __restrict__ edges, const float* __restrict__ scales,
                                      __half* __restrict__ W, __half* __restrict__ Bm, int wblocks) {
-    __shared__ __align__(16) __half st[16 * SLAB_IN * 16];  // up to 16 lines x SLAB_IN inputs x 16 slots
+    __shared__ __align__(16) __half st[2 * SLAB_STAGE];  // the hi section, then the lo section
     constexpr int SW = P == 1 ? 1 : 2, SB = P == 3 ? 2 : 1;  // sections of W and Bm (hi, lo)
     const long sec = (long)n_pad * slots;
-    const int ib = (n_pad + SLAB_IN - 1) / SLAB_IN, line = SLAB_IN * slots;  // halves a staged line holds
+    const int ib = (n_pad + SLAB_IN - 1) / SLAB_IN, line = SLAB_IN * slots + 16;  // halves a staged line spans
     const bool weights = (int)blockIdx.x < wblocks;
     const int b = weights ? blockIdx.x : blockIdx.x - wblocks, ii0 = (b % ib) * SLAB_IN;
-    const int n_in = min(SLAB_IN, n_pad - ii0), words = n_in * slots / 8;
-    constexpr int U = SLAB_IN / 16 > SLAB_IN * SLAB_ROWS / 256 ? SLAB_IN / 16 : SLAB_IN * SLAB_ROWS / 256;
-    float v[U][16];
-    int at[U];  // where each pair's slots go in the stage
-    int lines;
+    const int n_in = min(SLAB_IN, n_pad - ii0), words = n_in * slots / 8;  // 16-byte words a line writes
+    int lines, sections;
     __half* dst;
     if (weights) {
-        const int tile = b / ib, ol = threadIdx.x & 15, o = tile * TILE_O + ol;
-        lines = min(TILE_O, out_f - tile * TILE_O);
+        constexpr int PASSES = TILE_O * SLAB_IN / 64;  // 256 threads, four an edge
+        const int tile = b / ib, q = threadIdx.x & 3, ol = (threadIdx.x >> 2) & 15;
+        const int o = min(tile * TILE_O + ol, out_f - 1);
+        lines = min(TILE_O, out_f - tile * TILE_O), sections = SW;
         dst = W + (long)tile * TILE_O * SW * sec + (long)ii0 * slots;
+        uint2 rec[PASSES];
+        float4 c[PASSES];
 #pragma unroll
-        for (int u = 0; u < U; ++u) {
-            const int il = (threadIdx.x >> 4) + 16 * u, i = i0 + ii0 + il;
-            at[u] = ol * line + il * slots;
+        for (int u = 0; u < PASSES; ++u) {  // edge (input il, output ol): records [tile][in][16]
+            const int il = (threadIdx.x >> 6) + 4 * u, i = i0 + ii0 + il;
+            rec[u] = il < n_in && i < in_f ? __ldg(edges + ((long)tile * in_f + i) * TILE_O + ol)
+                                           : make_uint2(0u, 0u);  // a zero record decodes to zero weights
+        }
 #pragma unroll
-            for (int s = 0; s < 16; ++s) v[u][s] = 0.f;
-            if (u >= SLAB_IN / 16 || o >= out_f || il >= n_in || i >= in_f) continue;
-            const uint2 rec = __ldg(edges + ((long)tile * in_f + i) * TILE_O + ol);
-            const float g = scales[o] * hi_half(rec.x), bb = scales[out_f + o] * lo_half(rec.y);
-            const float ws = scales[2 * out_f + o] * hi_half(rec.y);
-            const float4* c = cb + (long)(rec.x & 0xffffu) * nwin;
+        for (int u = 0; u < PASSES; ++u) c[u] = __ldg(cb + (long)(rec[u].x & 0xffffu) * nwin + q);
+        const float gs = scales[o], bs = scales[out_f + o], wsc = scales[2 * out_f + o];
 #pragma unroll
-            for (int w = 0; w < 4; ++w) {
-                const float4 c4 = __ldg(c + w);
-                const float cc[4] = {c4.x, c4.y, c4.z, c4.w};
+        for (int u = 0; u < PASSES; ++u) {
+            const float g = gs * hi_half(rec[u].x), bb = bs * lo_half(rec[u].y), ws = wsc * hi_half(rec[u].y);
+            const float cc[4] = {c[u].x, c[u].y, c[u].z, c[u].w};
+            float v[4];
 #pragma unroll
-                for (int j = 0; j < 4; ++j)
-                    v[u][4 * w + j] = 4 * w + j < n_coef ? fmaf(g, cc[j], bb) : (4 * w + j == n_coef ? ws : 0.f);
+            for (int j = 0; j < 4; ++j) {
+                const int s = 4 * q + j;
+                v[j] = s < n_coef ? fmaf(g, cc[j], bb) : (s == n_coef ? ws : 0.f);
             }
+            const int at = ol * line + ((threadIdx.x >> 6) + 4 * u) * slots + 4 * q;
+#pragma unroll
+            for (int j = 0; j < 4; j += 2)
+                if (4 * q + j < slots) stage_pair(st, at + j, v[j], v[j + 1], SW == 2);
         }
     } else {
-        const int r0 = (b / ib) * SLAB_ROWS;
-        lines = min(SLAB_ROWS, rows - r0);
+        const int r0 = (b / ib) * SLAB_ROWS, il = threadIdx.x % SLAB_IN, rl = threadIdx.x / SLAB_IN;
+        const int i = i0 + ii0 + il, at = rl * line + il * slots;
+        lines = min(SLAB_ROWS, rows - r0), sections = SB;
         dst = Bm + (long)r0 * SB * sec + (long)ii0 * slots;
 #pragma unroll
-        for (int u = 0; u < U; ++u) {
-            const int t = threadIdx.x + 256 * u, il = t % SLAB_IN, rl = t / SLAB_IN, i = i0 + ii0 + il;
-            at[u] = rl * line + il * slots;
+        for (int s = 0; s < 16; s += 2)
+            if (s < slots) stage_pair(st, at + s, 0.f, 0.f, SB == 2);
+        if (rl < lines && il < n_in && i < in_f) {
+            const Basis bs = basis_of(x[(long)(r0 + rl) * in_f + i], t0[i], hh[i], nk, n_coef);
 #pragma unroll
-            for (int s = 0; s < 16; ++s) v[u][s] = 0.f;
-            if (rl >= SLAB_ROWS || rl >= lines || il >= n_in || i >= in_f) continue;
-            slots_of(basis_of(x[(long)(r0 + rl) * in_f + i], t0[i], hh[i], nk, n_coef), n_coef, v[u]);
+            for (int j = 0; j < 4; ++j)
+                if (bs.first + j >= 0 && bs.first + j < n_coef) stage_one(st, at + bs.first + j, bs.w[j], SB == 2);
+            stage_one(st, at + n_coef, bs.silu, SB == 2);
         }
     }
-    // section 0: the hi parts (or the fp16 values); section 1: the lo parts
-    const int sections = weights ? SW : SB;  // the same for the whole block: the barriers below are uniform
-    const long g = sections * sec / 8;         // a line's 16-byte words
-    auto section = [&](bool lo) {
-#pragma unroll
-        for (int u = 0; u < U; ++u) stage_slots(st + at[u], v[u], slots, lo);
-        __syncthreads();
-        flush(st, line / 8, dst + (lo ? sec : 0), g, lines, words);
-        __syncthreads();
-    };
-    section(false);
-    if (sections == 2) section(true);
+    __syncthreads();
+    const long g = sections * sec / 8;  // a line's 16-byte words in global memory: section 0 hi, 1 lo
+    for (int sl = threadIdx.x >> 5; sl < sections * lines; sl += blockDim.x >> 5) {  // a warp a line
+        const int sn = sl >= lines, l = sl - sn * lines;
+        const uint4* from = reinterpret_cast<const uint4*>(st + sn * SLAB_STAGE + l * line);
+        uint4* to = reinterpret_cast<uint4*>(dst + sn * sec) + l * g;
+        for (int w = threadIdx.x & 31; w < words; w += 32) to[w] = from[w];
+    }
 }
 
 #define SLAB(P)                                                                                                  \
-    extern "C" __global__ void __launch_bounds__(256) lutham_slab_p##P(                                           \
+    extern "C" __global__ void __launch_bounds__(256, 4) lutham_slab_p##P(                                        \
         const float* __restrict__ x, int rows, int in_f, int out_f, int i0, int n_pad, int slots,                  \
         const float* __restrict__ t0, const float* __restrict__ hh, int nk, int n_coef,                            \
         const float4* __restrict__ cb, int nwin, const uint2* __restrict__ edges, const float* __restrict__ scales, \
