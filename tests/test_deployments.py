@@ -19,8 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def tiny(tmp: Path, name: str) -> dict:
     return {"data": {"n_train": 16, "n_test": 6, "n_ood": 0},
-            "train": {"size": 64, "backbone": "resnet18", "hidden": 8, "epochs": 1, "batch_size": 256},
-            "compress": {"ks": [16], "kmeans_niter": 3},
+            "train": {"size": 64, "backbone": "resnet18", "pretrain_epochs": 1, "hidden": 8, "epochs": 1,
+                      "batch_size": 256},
+            "compress": {"ks": [16], "kmeans_niter": 3, "finetune_epochs": 0},
             "store": str(tmp / "store"), "out": str(tmp / name), "lutham": False}
 
 

@@ -25,8 +25,9 @@ from storage.store import ArtifactStore
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"data": {"n_train": 16, "n_test": 6, "n_ood": 0},
-        "train": {"size": 64, "backbone": "resnet18", "hidden": 8, "epochs": 2, "batch_size": 256},
-        "compress": {"ks": [16], "kmeans_niter": 3}, "lutham": False}
+        "train": {"size": 64, "backbone": "resnet18", "pretrain_epochs": 1, "hidden": 8, "epochs": 2,
+                  "batch_size": 256},
+        "compress": {"ks": [16], "kmeans_niter": 3, "finetune_epochs": 0}, "lutham": False}
 BAD_IMAGE = "000003.jpg"
 
 
