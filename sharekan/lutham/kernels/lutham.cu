@@ -1,4 +1,4 @@
-// LUTHAM v11: the forward of a Gain-Shape-Bias compressed KAN layer, read straight from the arena.
+// LUTHAM v12: the forward of a Gain-Shape-Bias compressed KAN layer, read straight from the arena.
 //
 // Edge (o, i) is one 8-byte record {index, gain, bias, base weight} (uint16 + 3 x fp16, each fp16
 // times a per-output scale: exact for int8/int4 values), stored tile-major: [out/16][in][16], so a
