@@ -22,6 +22,7 @@ __all__ = ["connect", "worker_env", "init_kwargs", "ensure_token"]
 _FORWARD = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_SERVER_ANALYTICS_ENABLED", "SHAREKAN_STORE",
             "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
             "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")
+IDLE_WORKER_S = 120  # how long a local cluster keeps an idle worker (Ray's default: 1 s past the CPU count)
 
 
 def ensure_token(env: dict | None = None) -> None:
@@ -50,7 +51,9 @@ def worker_env() -> dict[str, str]:
 
 def init_kwargs(address: str | None = None, num_cpus: int | None = None) -> dict:
     """``ray.init`` arguments: a cluster ``address`` (else ``$SHAREKAN_RAY_ADDRESS``) or a local
-    cluster on 127.0.0.1 without dashboard; the workers get :func:`worker_env`."""
+    cluster on 127.0.0.1 without dashboard; the workers get :func:`worker_env`. A local cluster
+    keeps idle workers for ``IDLE_WORKER_S``, so the stages of a run (and the shard tasks a stage
+    starts) reuse warm workers instead of starting new ones that import torch again."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = address or os.environ.get("SHAREKAN_RAY_ADDRESS") or None
     kw = {"log_to_driver": True, "runtime_env": {"env_vars": worker_env()}}  # task progress in the console
@@ -61,7 +64,8 @@ def init_kwargs(address: str | None = None, num_cpus: int | None = None) -> dict
     # "local": always a new cluster of our own, never one a `ray start` (or a stale
     # ray_current_cluster file) left on this machine; attaching happens only by address.
     return kw | {"address": "local", "num_cpus": num_cpus or os.cpu_count(), "include_dashboard": False,
-                 "_node_ip_address": "127.0.0.1"}
+                 "_node_ip_address": "127.0.0.1",
+                 "_system_config": {"idle_worker_killing_time_threshold_ms": IDLE_WORKER_S * 1000}}
 
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> dict:

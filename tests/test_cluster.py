@@ -1,6 +1,9 @@
-"""Ray's authentication token is made before a local cluster starts and named for every process."""
+"""Ray's authentication token is made before a local cluster starts and named for every process;
+a local cluster keeps its idle workers warm."""
 
+import os
 import stat
+import time
 
 from tasks.cluster import ensure_token
 
@@ -23,3 +26,19 @@ def test_no_token_when_authentication_is_off_or_given(tmp_path, monkeypatch):
         ensure_token(env)
         assert "RAY_AUTH_TOKEN_PATH" not in env
     assert not (tmp_path / ".ray").exists()
+
+
+def test_a_local_cluster_reuses_its_idle_workers(ray_cluster):
+    """More tasks at once than CPUs (more workers than Ray keeps by default), an idle pause past
+    Ray's own 1 s, then as many tasks again: the same worker processes run them."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def pid(wait: float) -> int:
+        time.sleep(wait)
+        return os.getpid()
+
+    first = set(ray.get([pid.remote(5.0) for _ in range(int(ray_cluster["CPU"]) + 2)]))
+    assert len(first) > ray_cluster["CPU"]  # workers past the CPU count: Ray alone kills them after 1 s idle
+    time.sleep(3)
+    assert set(ray.get([pid.remote(0.5) for _ in range(len(first))])) <= first
