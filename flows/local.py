@@ -6,6 +6,7 @@ use, and stopped on exit: only what was started here, never another user's Ray c
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -21,7 +22,7 @@ from typing import Iterator
 
 import psutil
 
-from tasks.cluster import ensure_token
+from tasks.cluster import SYSTEM_CONFIG, ensure_token
 
 __all__ = ["database_url", "free_port", "port_in_use", "prefect_env", "prefect_server", "worker", "ray_head",
            "bin_path", "POOL", "PortInUse"]
@@ -196,8 +197,9 @@ def _ray_processes(temp_dir: str) -> list:
 @contextmanager
 def ray_head(port: int = 6379, num_cpus: int | None = None, env: dict | None = None,
              dashboard_port: int | None = None, timeout: float = 180) -> Iterator[str]:
-    """``ray start --head`` on 127.0.0.1 with token authentication; yields its address. At the end
-    it stops this head's processes alone (found by its own session folder), never other clusters.
+    """``ray start --head`` on 127.0.0.1 with token authentication and warm idle workers
+    (``tasks.cluster.SYSTEM_CONFIG``); yields its address. At the end it stops this head's
+    processes alone (found by its own session folder), never other clusters.
 
     With ``dashboard_port`` the dashboard and its job agent run too, and this waits until the
     agent listens: before that the dashboard answers ``ray job submit`` with "No available agent"
@@ -207,7 +209,7 @@ def ray_head(port: int = 6379, num_cpus: int | None = None, env: dict | None = N
     ensure_token(env)
     temp_dir = tempfile.mkdtemp(prefix="skray-", dir="/tmp")  # short: Ray's socket paths live here
     cmd = [bin_path("ray"), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-           "--disable-usage-stats", f"--temp-dir={temp_dir}"]
+           "--disable-usage-stats", f"--temp-dir={temp_dir}", f"--system-config={json.dumps(SYSTEM_CONFIG)}"]
     agent = None
     while dashboard_port and agent in (None, port, dashboard_port):  # free_port() can hand out a port twice
         agent = free_port()

@@ -22,7 +22,8 @@ __all__ = ["connect", "worker_env", "init_kwargs", "ensure_token"]
 _FORWARD = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_SERVER_ANALYTICS_ENABLED", "SHAREKAN_STORE",
             "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
             "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")
-IDLE_WORKER_S = 120  # how long a local cluster keeps an idle worker (Ray's default: 1 s past the CPU count)
+IDLE_WORKER_S = 120  # how long our clusters keep an idle worker (Ray's default: 1 s past the CPU count)
+SYSTEM_CONFIG = {"idle_worker_killing_time_threshold_ms": IDLE_WORKER_S * 1000}  # a local cluster's and ray_head's
 
 
 def ensure_token(env: dict | None = None) -> None:
@@ -65,7 +66,7 @@ def init_kwargs(address: str | None = None, num_cpus: int | None = None) -> dict
     # ray_current_cluster file) left on this machine; attaching happens only by address.
     return kw | {"address": "local", "num_cpus": num_cpus or os.cpu_count(), "include_dashboard": False,
                  "_node_ip_address": "127.0.0.1",
-                 "_system_config": {"idle_worker_killing_time_threshold_ms": IDLE_WORKER_S * 1000}}
+                 "_system_config": SYSTEM_CONFIG}
 
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> dict:
