@@ -45,6 +45,7 @@ from sharekan.lutham.validate import ROWS as ROWS_CHECKED, validate  # noqa: E40
 from sharekan.vq_kan import VQKAN, edge_shapes, encode_layer  # noqa: E402
 
 ROWS = (1, 49, 392, 3136)
+SIZES = {"mid": [4096, 1024, 256], "large": [12_544, 1024, 1024]}  # the synthetic heads
 
 
 def random_head(sizes, k, iters):
@@ -254,15 +255,14 @@ def main(argv=None):
     p.add_argument("--profile", help="only run LUTHAM on this head repeatedly, at --rows and --precisions (for ncu)")
     a = p.parse_args(argv)
     torch.backends.cuda.matmul.allow_tf32 = False
-    sizes = {"mid": [4096, 1024, 256], "large": [12_544, 1024, 1024]}
     if a.profile:
         import cupy as cp
 
-        _, vq = random_head(sizes[a.profile], 65_536, 1)
+        _, vq = random_head(SIZES[a.profile], 65_536, 1)
         for rows in a.rows:  # repeated inference on one arena: is it served from L2?
             for prec in a.precisions if rows > 1 else ["high"]:
                 lut = LuthamHead(vq, max_rows=rows, precision=prec)
-                x = cp.asarray(torch.rand(rows, sizes[a.profile][0], device="cuda") * 2 - 1)
+                x = cp.asarray(torch.rand(rows, SIZES[a.profile][0], device="cuda") * 2 - 1)
                 for _ in range(a.profile_calls):
                     lut.forward(x)
                 lut.stream.synchronize()
@@ -279,7 +279,7 @@ def main(argv=None):
                 continue
             kan, vq, real = trained_head(a.trained)
         else:
-            kan, vq = random_head(sizes[name], 65_536, a.kmeans_iters)
+            kan, vq = random_head(SIZES[name], 65_536, a.kmeans_iters)
             real = None
         rows, checks[name], plans[name] = bench_head(name, kan, vq, real, a.rows, a.modes, not a.no_torch_vq,
                                                         a.paths, a.slab_mb, a.precisions)

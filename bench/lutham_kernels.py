@@ -18,11 +18,9 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lutham_gpu import random_head  # noqa: E402
+from lutham_gpu import SIZES, random_head  # noqa: E402
 from sharekan.lutham.geometry import PRECISIONS  # noqa: E402
 from sharekan.lutham.runtime import LuthamHead  # noqa: E402
-
-SIZES = {"mid": [4096, 1024, 256], "large": [12_544, 1024, 1024]}
 
 
 def breakdown(vq, in_f: int, rows: int, precision: str, slab_from: int | None, calls: int = 5) -> dict:
