@@ -125,7 +125,7 @@ def _run_flow(load_flow, params, out: str, address: str | None):
     ($PREFECT_API_URL, or a temporary server of this run's own); its result, or a one-line error.
     The flow is imported only once the API's address is in the environment: Prefect reads its
     settings when first imported, and would otherwise start a server of its own."""
-    from flows.local import prefect_env, prefect_server
+    from flows.local import prefect_env, starting_prefect_server
     from tasks.cluster import connect
 
     api = os.environ.get("PREFECT_API_URL")
@@ -135,15 +135,17 @@ def _run_flow(load_flow, params, out: str, address: str | None):
         raise click.BadParameter(f"cannot create {out}: {e}", param_hint="--out") from None
     with ExitStack() as services:
         # a temporary server of this run's own (its own database: concurrent runs never share one),
-        # stopped on exit and by the kernel if this process is killed
-        url = api or services.enter_context(prefect_server(
+        # stopped on exit and by the kernel if this process is killed; Ray starts while it boots
+        server = None if api else services.enter_context(starting_prefect_server(
             home=services.enter_context(tempfile.TemporaryDirectory(prefix="sharekan-prefect-")),
             log=Path(out) / "prefect-server.log", die_with_parent=True))
+        url = api or server.url
         os.environ.update({k: v for k, v in prefect_env(url).items() if k.startswith(("PREFECT_", "RAY_"))})
-        if not api:
-            click.echo(f"Prefect API (temporary, for this run): {url}")
         try:
             resources = connect(address)
+            if server:
+                server.wait()
+                click.echo(f"Prefect API (temporary, for this run): {url}")
             click.echo(f"Ray: {address or 'local'} cluster, {resources.get('CPU', 0):.0f} CPUs, "
                        f"{resources.get('GPU', 0):.0f} GPUs")
             state = load_flow()(params, return_state=True)
@@ -212,7 +214,7 @@ def _flush_logs() -> None:
 def server(port: int, host: str, database: str | None, ray_port: int, no_ray: bool) -> None:
     """Start a Prefect server, the process work pool and a worker, and a Ray head (127.0.0.1; Ray
     with token authentication). Ctrl-C or SIGTERM stops them all, and only them."""
-    from flows.local import POOL, PortInUse, database_url, prefect_server, ray_head, worker
+    from flows.local import POOL, PortInUse, database_url, ray_head, starting_prefect_server, worker
 
     if database:
         try:
@@ -229,10 +231,11 @@ def server(port: int, host: str, database: str | None, ray_port: int, no_ray: bo
     signal.signal(signal.SIGTERM, terminate)
     try:
         with ExitStack() as stack:
-            url = stack.enter_context(prefect_server(port, host=host, log=logs / "prefect-server.log",
-                                                     die_with_parent=True, database=database))
-            if not no_ray:
+            started = stack.enter_context(starting_prefect_server(
+                port, host=host, log=logs / "prefect-server.log", die_with_parent=True, database=database))
+            if not no_ray:  # the Ray head starts while the Prefect server boots
                 os.environ["SHAREKAN_RAY_ADDRESS"] = stack.enter_context(ray_head(ray_port))
+            url = started.wait()
             stack.enter_context(worker(url, log=logs / "prefect-worker.log"))
             click.echo(f"Prefect UI:  {url.removesuffix('/api')}\n"
                        f"API:         export PREFECT_API_URL={url}\n"

@@ -24,8 +24,8 @@ import psutil
 
 from tasks.cluster import SYSTEM_CONFIG, ensure_token
 
-__all__ = ["database_url", "free_port", "port_in_use", "prefect_env", "prefect_server", "worker", "ray_head",
-           "bin_path", "POOL", "PortInUse"]
+__all__ = ["database_url", "free_port", "port_in_use", "prefect_env", "prefect_server", "starting_prefect_server",
+           "StartingServer", "worker", "ray_head", "bin_path", "POOL", "PortInUse"]
 
 POOL = "sharekan-pool"
 
@@ -93,13 +93,39 @@ def database_url(url: str) -> str:
                      "(or sqlite+aiosqlite:///FILE)")
 
 
+class StartingServer:
+    """A ``prefect server start`` process that may not answer yet: :meth:`wait` until it does."""
+
+    def __init__(self, proc: subprocess.Popen, port: int, timeout: float, log: Path | None):
+        self.proc, self.port, self.timeout, self.log = proc, port, timeout, log
+        self.url = f"http://127.0.0.1:{port}/api"
+
+    def wait(self) -> str:
+        """Block until the API answers its health check; its URL."""
+        deadline = time.time() + self.timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"prefect server exited with code {self.proc.returncode}"
+                                   + (f"; see {self.log}" if self.log else ""))
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return self.url
+            except OSError:
+                pass
+            if time.time() > deadline:
+                raise TimeoutError(f"prefect server on port {self.port} not healthy after {self.timeout:.0f}s")
+            time.sleep(0.5)
+
+
 @contextmanager
-def prefect_server(port: int | None = None, home: str | None = None, timeout: float = 120,
-                   log: Path | None = None, die_with_parent: bool = False, host: str = "127.0.0.1",
-                   database: str | None = None) -> Iterator[str]:
-    """A ``prefect server start`` on ``host`` (127.0.0.1 unless asked); yields its API URL once
-    healthy. ``database``: a PostgreSQL URL for team use (default: SQLite under ``PREFECT_HOME``).
-    With ``die_with_parent`` the kernel stops it if this process dies without cleaning up."""
+def starting_prefect_server(port: int | None = None, home: str | None = None, timeout: float = 120,
+                            log: Path | None = None, die_with_parent: bool = False, host: str = "127.0.0.1",
+                            database: str | None = None) -> Iterator[StartingServer]:
+    """A ``prefect server start`` on ``host`` (127.0.0.1 unless asked), yielded as soon as it is
+    launched, so other start-up work overlaps its boot (its URL is known at once). ``database``: a
+    PostgreSQL URL for team use (default: SQLite under ``PREFECT_HOME``). With ``die_with_parent``
+    the kernel stops it if this process dies without cleaning up."""
     port = port or free_port()
     _claim(port, "a Prefect server")
     env = prefect_env()
@@ -111,27 +137,21 @@ def prefect_server(port: int | None = None, home: str | None = None, timeout: fl
     proc = subprocess.Popen([bin_path("prefect"), "server", "start", "--host", host, "--port", str(port)],
                             env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                             preexec_fn=_die_with_parent if die_with_parent and sys.platform == "linux" else None)
-    url = f"http://127.0.0.1:{port}/api"
     try:
-        deadline = time.time() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"prefect server exited with code {proc.returncode}"
-                                   + (f"; see {log}" if log else ""))
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.time() > deadline:
-                raise TimeoutError(f"prefect server on port {port} not healthy after {timeout:.0f}s")
-            time.sleep(0.5)
-        yield url
+        yield StartingServer(proc, port, timeout, log)
     finally:
         _stop(proc)
         if log:
             out.close()
+
+
+@contextmanager
+def prefect_server(port: int | None = None, home: str | None = None, timeout: float = 120,
+                   log: Path | None = None, die_with_parent: bool = False, host: str = "127.0.0.1",
+                   database: str | None = None) -> Iterator[str]:
+    """:func:`starting_prefect_server`, yielding its API URL once healthy."""
+    with starting_prefect_server(port, home, timeout, log, die_with_parent, host, database) as server:
+        yield server.wait()
 
 
 @contextmanager

@@ -1,6 +1,6 @@
 """Local services as an operator sees them: Ray's token authentication is on, a Ray head stops
 alone, a temporary Prefect server listens on 127.0.0.1 and dies with the process that started
-it, a second server refuses a port in use, `sharekan server` stops everything on SIGTERM, and a
+it (one that dies while booting is reported with its log), a second server refuses a port in use, `sharekan server` stops everything on SIGTERM, and a
 local run never attaches to a cluster it did not ask for."""
 
 import os
@@ -73,6 +73,18 @@ def test_a_temporary_prefect_server_listens_on_loopback_and_dies_with_its_parent
     for p in alive:
         p.kill()
     assert not alive and not port_in_use(port), "the Prefect server outlived the process that started it"
+
+
+def test_a_starting_prefect_server_names_its_exit_and_its_log(tmp_path):
+    from flows.local import starting_prefect_server
+
+    log = tmp_path / "server.log"
+    with starting_prefect_server(home=str(tmp_path / "home"), log=log) as server:
+        assert server.url == f"http://127.0.0.1:{server.port}/api"  # known before the server answers
+        server.proc.kill()  # dies while booting: waiting for it fails at once, naming the log
+        with pytest.raises(RuntimeError, match=f"prefect server exited with code -9; see {log}"):
+            server.wait()
+    assert not port_in_use(server.port)
 
 
 def test_a_second_server_refuses_a_port_in_use(tmp_path):
