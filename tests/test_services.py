@@ -1,9 +1,11 @@
 """Local services as an operator sees them: Ray's token authentication is on, a Ray head stops
 alone, a temporary Prefect server listens on 127.0.0.1 and dies with the process that started
-it (one that dies while booting is reported with its log), a second server refuses a port in use, `sharekan server` stops everything on SIGTERM, and a
-local run never attaches to a cluster it did not ask for."""
+it (one that dies while booting is reported with its log), a second server refuses a port in
+use, `sharekan server` stops everything on SIGTERM, and a local run never attaches to a cluster
+it did not ask for."""
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -82,7 +84,7 @@ def test_a_starting_prefect_server_names_its_exit_and_its_log(tmp_path):
     with starting_prefect_server(home=str(tmp_path / "home"), log=log) as server:
         assert server.url == f"http://127.0.0.1:{server.port}/api"  # known before the server answers
         server.proc.kill()  # dies while booting: waiting for it fails at once, naming the log
-        with pytest.raises(RuntimeError, match=f"prefect server exited with code -9; see {log}"):
+        with pytest.raises(RuntimeError, match=re.escape(f"prefect server exited with code -9; see {log}")):
             server.wait()
     assert not port_in_use(server.port)
 
