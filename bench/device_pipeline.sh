@@ -17,10 +17,10 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 start=$SECONDS
-python3 -m flows.cli run --store "$work/store" --out "$work/detection" 2>&1 | tee "$out/run.log"
+python3 -m cli.main run --store "$work/store" --out "$work/detection" 2>&1 | tee "$out/run.log"
 echo "sharekan run: $((SECONDS - start)) s" | tee -a "$out/run.log"
 cp "$work/detection/report.json" "$out/pipeline_gpu.json"
 cp "$work/detection/report.md" "$out/report.md"
 version=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['lutham']['version'])" "$out/pipeline_gpu.json")
-{ python3 -m flows.cli artifacts --store "$work/store" ls
-  python3 -m flows.cli artifacts --store "$work/store" show "$version"; } > "$out/artifacts.txt" 2>&1
+{ python3 -m cli.main artifacts --store "$work/store" ls
+  python3 -m cli.main artifacts --store "$work/store" show "$version"; } > "$out/artifacts.txt" 2>&1

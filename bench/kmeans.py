@@ -51,7 +51,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sharekan.clustering import InMemory, kmeans  # noqa: E402
-from sharekan.kmeans import assign_stats, init_centroids  # noqa: E402
+from sharekan.kmeans_steps import assign_stats, init_centroids  # noqa: E402
 from sharekan.table import format_table  # noqa: E402
 from sharekan.vq import decompose  # noqa: E402
 from storage.shards import put_rows  # noqa: E402

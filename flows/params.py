@@ -1,10 +1,9 @@
 """Flow parameters as pydantic models: validated when a run is created, rendered as the UI's form.
 
 The form is built from the stage specs (``tasks.specs``): a field's type, bounds, title and
-description are written once, and each form section hands the stages their typed specs
-(:meth:`TrainParams.features`, :meth:`TrainParams.head`, :meth:`CompressParams.codebook`, ...).
-Rules across fields (a codebook size against the head's edge count, ``lutham_k`` among the fitted
-sizes) are checked by ``flows.preflight``, the flow's first step."""
+description are written once. ``flows.plan`` resolves a form into the stages' typed specs and
+checks every rule across fields (a codebook size against the head's edge count, ``lutham_k``
+among the fitted sizes, ...) there, once."""
 
 from __future__ import annotations
 
@@ -13,12 +12,12 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from sharekan.detection.backbone import resolve_weights
-from sharekan.kmeans import BACKENDS, DEFAULT_KS
-from sharekan.vq_kan import DTYPES, GAIN_DTYPES
-from tasks.specs import (BACKBONES, AssignmentSpec, BackboneSpec, CodebookSpec, CompressionSpec, DatasetSpec,
-                         EvaluationSpec, FeaturesSpec, FinetuneSpec, HeadSpec, K, Mode, PretrainSpec, Seed, Spec)
+from sharekan.kmeans_steps import BACKENDS
+from sharekan.vq_kan import SIDE_DTYPES
+from tasks.specs import (BACKBONES, BackboneSpec, CodebookSpec, DatasetSpec, EvaluationSpec, FeaturesSpec,
+                         FinetuneSpec, HeadSpec, K, Mode, PretrainSpec, Seed, SideDtype, Spec)
 
-__all__ = ["DataParams", "TrainParams", "CompressParams", "PipelineParams", "SweepParams", "SharedParams"]
+__all__ = ["DataParams", "TrainParams", "CompressParams", "PipelineParams", "ParetoParams", "SharedParams"]
 
 
 class _Params(Spec):
@@ -101,46 +100,21 @@ class CompressParams(_Params):
     kmeans_niter: int = Field(CodebookSpec.model_fields["niter"].default, ge=1, le=1000, title="k-means iterations",
                               description="Lloyd iterations at most")
     seed: Seed = Field(0, title="k-means seed", description="initial centroids")
-    gain_dtypes: list[Literal[DTYPES]] = Field(list(GAIN_DTYPES), min_length=1, title="side-data widths",
-                                               description="how each VQ variant stores its per-edge gains, "
-                                                           "biases and base weights (int8/int4: per-row scales)")
+    side_dtypes: list[SideDtype] = Field(list(SIDE_DTYPES), min_length=1, title="side-data widths",
+                                         description="how each encoded head stores its per-edge gains, biases and "
+                                                     "base weights (int8/int4: per-row scales)")
     kmeans_backend: Literal["auto", *BACKENDS] = Field(
         "auto", title="k-means backend", description="where points are assigned: auto = the Ray workers' GPUs "
         "when the cluster has any (FAISS GPU if installed, else torch CUDA), else CPU FAISS")
 
     finetune_epochs: int = Field(FinetuneSpec.model_fields["epochs"].default, ge=0, le=100,
                                  title=FinetuneSpec.model_fields["epochs"].title,
-                                 description=FinetuneSpec.model_fields["epochs"].description)
-    finetune_dtypes: list[Literal[DTYPES]] = Field(["int8", "int4"], title="fine-tuned side-data widths",
-                                                   description="which of the side-data widths get a fine-tuned "
-                                                               "variant at every K")
+                                 description=FinetuneSpec.model_fields["epochs"].description + " (0 = no fine-tuning)")
+    finetune_side_dtypes: list[SideDtype] = Field(["int8", "int4"], title="fine-tuned side-data widths",
+                                                  description="which of the side-data widths get a fine-tuned "
+                                                              "encoded head at every K")
     finetune_lr: float = FinetuneSpec.model_fields["lr"]
     finetune_codebook: bool = FinetuneSpec.model_fields["train_codebook"]
-
-    @model_validator(mode="after")
-    def _finetune_dtypes(self):
-        missing = [d for d in self.finetune_dtypes if d not in self.gain_dtypes]
-        if missing and self.finetune_epochs:
-            raise ValueError(f"compress.finetune_dtypes {missing} are not among compress.gain_dtypes {self.gain_dtypes}")
-        return self
-
-    def finetunes(self, ks: list[int]) -> list[FinetuneSpec]:
-        """One fine-tuning spec per (K, fine-tuned width); none when ``finetune_epochs`` is 0."""
-        if not self.finetune_epochs:
-            return []
-        return [FinetuneSpec(k=k, gain_dtype=dt, epochs=self.finetune_epochs, lr=self.finetune_lr,
-                             train_codebook=self.finetune_codebook, seed=self.seed)
-                for k in ks for dt in self.finetune_dtypes]
-
-    def codebook(self, k: int) -> CodebookSpec:
-        return CodebookSpec(k=k, seed=self.seed, niter=self.kmeans_niter, mode=self.kmeans_mode)
-
-    def assignment(self, k: int) -> AssignmentSpec:
-        return AssignmentSpec(k=k)
-
-    def compression(self, ks: list[int]) -> CompressionSpec:
-        return CompressionSpec(ks=tuple(ks), gain_dtypes=tuple(self.gain_dtypes),
-                               finetuned=tuple((f.k, f.gain_dtype) for f in self.finetunes(ks)))
 
 
 class PipelineParams(_Params):
@@ -158,22 +132,12 @@ class PipelineParams(_Params):
                                description="one of the codebook sizes; empty = the best-mAP VQ variant at least "
                                            "2x smaller than dense")
 
-    @model_validator(mode="after")
-    def _lutham_k(self):
-        k, ks = self.lutham_k, self.compress.ks
-        if k is not None and ks is not None and k not in ks:
-            raise ValueError(f"lutham_k={k} is not among compress.ks {ks}")
-        if k is not None and ks is None and k not in DEFAULT_KS:
-            raise ValueError(f"lutham_k={k} is not a default codebook size (256, 4096, min(edges, 65536)); "
-                             "list it in compress.ks")
-        return self
-
 
 def _study_base() -> PipelineParams:
     return PipelineParams(lutham=False)
 
 
-class SweepParams(_Params):
+class ParetoParams(_Params):
     """The K×G sweep: every (grid size, seed) pair is one pipeline run of ``base`` with that G and seed
     (head, k-means and fine-tuning seeds); the data and the frozen backbone stay those of ``base``'s
     seed, so the spread is the compression's, not the features'."""
@@ -186,7 +150,7 @@ class SweepParams(_Params):
                               description="one head (and backbone, and k-means) per seed; rows are averaged over them")
     ks: list[K] | None = Field(None, min_length=1, title="codebook sizes K",
                                description="empty = 64, 256, 1,024, ... up to the largest below the edge count")
-    side_dtypes: list[Literal[DTYPES]] = Field(["int8", "int4"], min_length=1, title="side-data widths")
+    side_dtypes: list[SideDtype] = Field(["int8", "int4"], min_length=1, title="side-data widths")
     finetune: bool = Field(True, title="fine-tuned variants", description="also fine-tune every VQ variant")
     parallel: int = Field(1, ge=1, le=64, title="runs at once",
                           description="pipeline runs in flight together (their stages share the Ray cluster); "
@@ -205,7 +169,7 @@ class SharedParams(_Params):
     transfer_seed: Seed = Field(100, title="unseen head's seed",
                                 description="a head trained like the others, left out of the codebook")
     k: K = Field(256, title="codebook size K")
-    side_dtypes: list[Literal[DTYPES]] = Field(["int8", "int4"], min_length=1, title="side-data widths")
+    side_dtypes: list[SideDtype] = Field(["int8", "int4"], min_length=1, title="side-data widths")
     finetune: bool = Field(True, title="fine-tuned variants")
     out: str = Field("artifacts/shared", title="report folder")
 

@@ -1,11 +1,13 @@
 """The SHARe-KAN pipeline as Prefect flows whose tasks run on Ray (``prefect-ray``).
 
-``sharekan_pipeline``: data → backbone (pretrained when no weights exist) → features → train → evaluate → spline shards → k-means → assignment →
-compression table → LUTHAM compile/validate → report. The stage flows ``train``, ``compress`` and
-``compile`` run alone on artifact versions. Every task is a stage of ``tasks`` called with its typed
-spec (from the form, ``flows.params``) and input versions, run as a Ray task with the stage's
-resources; a stage whose version is stored returns at once, so a re-run with the same parameters
-takes seconds and a failed run resumes after its last committed stage.
+``sharekan_pipeline``: data → backbone (pretrained when no weights exist) → features → train →
+evaluate → spline shards → k-means → assignment → encoded heads → fine-tuned heads → compression
+table → LUTHAM compile/validate (of one encoded head) → report. The stage flows ``train``,
+``compress`` and ``compile`` run alone on artifact versions. Each flow resolves its form into a
+plan (``flows.plan``: typed specs, checked once) and walks it: every task is a stage of ``tasks``
+called with its spec and input versions, run as a Ray task with the stage's resources; a stage
+whose version is stored returns at once, so a re-run with the same parameters takes seconds and
+a failed run resumes after its last committed stage.
 """
 
 from __future__ import annotations
@@ -20,26 +22,28 @@ from prefect.states import Completed
 from prefect_ray.context import remote_options
 
 from sharekan.clustering import MODES
-from sharekan.detection.compare import runtime_k
-from sharekan.kmeans import default_ks
+from sharekan.detection.compare import Variant, runtime_variant
+from sharekan.detection.head import HeadConfig
 from storage.store import ArtifactStore, parse_location
 from tasks import compress, data, head, lutham
 from tasks.retry import RETRIES, retry_transient
 from tasks.runner import StageResult, clamped
-from tasks.specs import Mode, SplinesSpec
+from tasks.specs import Mode
 
 from .params import CompressParams, PipelineParams, TrainParams
-from .preflight import preflight
-from .report import publish
-from .runner import ClusterTaskRunner
+from .plan import CompressPlan, PipelinePlan, TrainPlan, plan_compress, plan_pipeline, plan_train
+from .ray_runner import ClusterTaskRunner
+from .results import CompressOutputs, LuthamReport, ReportRow, RunReport, StageSummary, TrainOutputs
+from .run_report import publish
 
-__all__ = ["sharekan_pipeline", "train_flow", "compress_flow", "compile_flow", "parameter_sweep", "dataset_stage",
-           "features_stages"]
+__all__ = ["sharekan_pipeline", "train_flow", "compress_flow", "compile_flow", "kmeans_mode_sweep", "dataset_stage",
+           "feature_stages", "train_stages", "compress_stages"]
 
 _TASKS = {fn: task(fn, name=fn.__name__, retries=RETRIES, retry_delay_seconds=2, retry_condition_fn=retry_transient,
                    log_prints=True)
-          for fn in (data.dataset, data.pretrain, data.features, head.train, head.evaluate, compress.splines, compress.codebook,
-                     compress.assignment, compress.finetune, compress.compression, lutham.compile_and_validate)}
+          for fn in (data.dataset, data.pretrain, data.features, head.train, head.evaluate, compress.splines,
+                     compress.codebook, compress.assignment, compress.encode, compress.finetune, compress.compression,
+                     lutham.compile_and_validate)}
 
 
 def _submit(fn, *args, **kwargs):
@@ -86,162 +90,171 @@ def _report_folder_name() -> str:
     return f"{stamp}-{name}" if name else stamp
 
 
+def _splits(loc, dataset_version: str) -> tuple[str, ...]:
+    ds = ArtifactStore(loc, create=False).get(dataset_version)  # names a missing version before any work
+    return ("train", "test", "ood") if ds.params["ood_splits"] else ("train", "test")
+
+
 @flow(name="train", flow_run_name=_train_run_name, task_runner=ClusterTaskRunner(), log_prints=True)
 def train_flow(dataset_version: str, params: TrainParams = TrainParams(), store: str | None = None,
-               out: str = "artifacts/detection") -> dict[str, StageResult]:
+               out: str = "artifacts/detection") -> TrainOutputs:
     """Backbone (pretrained on the training split when no weights exist) → features → head → dense
     evaluation (COCO JSON exported into ``out``), from a stored data set."""
     loc = parse_location(store)
-    first = features_stages(loc, params, dataset_version)
-    f_train, f_test = first["features_train"], first["features_test"]
-    if not f_train.meta["backbone"]["pretrained"]:
-        get_run_logger().warning("backbone has RANDOM INITIALISATION (no weights given or cached, pretraining off)")
-    trained = _run(head.train, loc, params.head(), f_train.version, dataset_version,
+    return train_stages(loc, plan_train(params, _splits(loc, dataset_version)), dataset_version, out)
+
+
+def train_stages(loc, plan: TrainPlan, dataset_version: str, out: str) -> TrainOutputs:
+    """The train plan's stages; with ``out``, the head checkpoints there and the evaluation's COCO
+    files are exported there."""
+    backbone, feats = feature_stages(loc, plan, dataset_version)
+    trained = _run(head.train, loc, plan.head, feats["train"].version, dataset_version,
                    checkpoint=str(Path(out) / "checkpoints" / "head.safetensors"))
-    ev = _run(head.evaluate, loc, params.evaluation(), trained.version, f_test.version, dataset_version)
+    ev = _run(head.evaluate, loc, plan.evaluation, trained.version, feats["test"].version, dataset_version)
     head.export_coco(loc, ev.version, out)
-    return {**first, "head": trained, "evaluation": ev}
+    return TrainOutputs(backbone, feats, trained, ev)
 
 
-def dataset_stage(params: PipelineParams) -> StageResult:
-    """The data set of ``params`` as a stage (the embedded synthetic set generated first when no VOC
+def feature_stages(loc, plan: TrainPlan, dataset_version: str) -> tuple[StageResult | None, dict[str, StageResult]]:
+    """The backbone (pretrained when the plan says so) and the features of every planned split."""
+    backbone = _run(data.pretrain, loc, plan.pretrain, dataset_version) if plan.pretrain else None
+    inputs = [backbone.version] if backbone else []
+    feats = {split: _submit(data.features, loc, spec, dataset_version, *inputs) for split, spec in plan.features.items()}
+    feats = {split: _logged(f.result()) for split, f in feats.items()}
+    if not feats["train"].meta["backbone"]["pretrained"]:
+        get_run_logger().warning("backbone has RANDOM INITIALISATION (no weights given or cached, pretraining off)")
+    return backbone, feats
+
+
+def dataset_stage(plan: PipelinePlan) -> StageResult:
+    """The data set of ``plan`` as a stage (the embedded synthetic set generated first when no VOC
     root is given, next to the report folder)."""
+    params = plan.params
     loc, d = parse_location(params.store), params.data
-    data_seed = params.train.seed if d.seed is None else d.seed
-    root = d.root or str(data.synthetic_root(Path(params.out).parent / "data", data_seed, d.n_train, d.n_test, d.n_ood))
+    root = d.root or str(data.synthetic_root(Path(params.out).parent / "data", plan.data_seed, d.n_train, d.n_test,
+                                             d.n_ood))
     ood = d.ood_splits if d.root else ("2007:ood" if d.n_ood else "")
     spec = data.describe(root, d.root or "synthetic", d.train_splits, d.test_splits, d.skip_bad, ood)
     return _run(data.dataset, loc, spec, root=root)
 
 
-def features_stages(loc, params: TrainParams, dataset_version: str) -> dict[str, StageResult]:
-    """``backbone`` (pretrained on the training split when no weights exist) and ``features_<split>``
-    for every split of the data set (train, test, and ood when it has one)."""
-    ds = ArtifactStore(loc, create=False).get(dataset_version)  # names a missing version before any work
-    out, backbone = {}, []
-    if (spec := params.pretrain()) is not None:
-        out["backbone"] = _run(data.pretrain, loc, spec, dataset_version)
-        backbone = [out["backbone"].version]
-    splits = ["train", "test"] + (["ood"] if ds.params["ood_splits"] else [])
-    feats = {split: _submit(data.features, loc, params.features(split), dataset_version, *backbone) for split in splits}
-    return out | {f"features_{split}": _logged(f.result()) for split, f in feats.items()}
-
-
 @flow(name="compress", flow_run_name="compress {head_version}", task_runner=ClusterTaskRunner(), log_prints=True)
 def compress_flow(head_version: str, features_version: str, dataset_version: str,
                   params: CompressParams = CompressParams(), store: str | None = None,
-                  ood_features_version: str | None = None) -> dict:
-    """Spline shards → a codebook (distributed k-means) and per-edge assignment for each K → the
-    fine-tuned variants (on the head's own training features) → the compression table. Returns
-    ``{"splines", "codebooks": {k: …}, "assignments": {k: …}, "finetuned": {"K=k dtype": …}, "compression"}``."""
+                  ood_features_version: str | None = None) -> CompressOutputs:
+    """Spline shards → a codebook (distributed k-means) and per-edge assignment for each K → an
+    encoded head per (K, side-data width) → the fine-tuned ones (on the head's own training
+    features) → the compression table (and on the shifted split when its features are given)."""
     loc = parse_location(store)
-    train_features = ArtifactStore(loc, create=False).get(head_version).inputs[0]  # what the head was trained on
-    spl = _run(compress.splines, loc, SplinesSpec(), head_version)
-    edges = spl.meta["edges"]
-    ks = params.ks or default_ks(edges)
-    if any(k > edges for k in ks):
-        raise ValueError(f"compress.ks: {[k for k in ks if k > edges]} exceed the head's {edges:,} edges")
-    backend = params.kmeans_backend
+    art = ArtifactStore(loc, create=False).get(head_version)
+    edges = HeadConfig(**art.meta["config"]).edges
+    features = {"test": features_version} | ({"ood": ood_features_version} if ood_features_version else {})
+    return compress_stages(loc, plan_compress(params, edges), head_version, art.inputs[0], dataset_version, features)
+
+
+def compress_stages(loc, plan: CompressPlan, head_version: str, train_features: str, dataset_version: str,
+                    features: dict[str, str], splines_versions: list[str] | None = None) -> CompressOutputs:
+    """The compress plan's stages for one head. ``train_features``: what it was trained on (the
+    fine-tunings use them); ``features``: a table for each split given. ``splines_versions``:
+    fit the codebooks on these heads' shapes instead of this head's (a codebook shared by heads)."""
+    spl = _run(compress.splines, loc, plan.splines, head_version)
+    backend = plan.kmeans_backend
     # one k-means at a time: its shard actors must all be placed at once, and two half-placed
     # fits on a small cluster would wait on each other's CPUs for ever
-    books = {k: _run(compress.codebook, loc, params.codebook(k), spl.version, backend=backend) for k in ks}
-    assigned = {k: _run(compress.assignment, loc, params.assignment(k), books[k].version, spl.version, backend=backend)
-                for k in ks}
-    tuned = {f"K={f.k} {f.gain_dtype}": _submit(compress.finetune, loc, f, head_version, train_features, dataset_version,
-                                          books[f.k].version) for f in params.finetunes(ks)}
-    tuned = {key: _logged(t.result()) for key, t in tuned.items()}
-    models = [*(books[k].version for k in ks), *(t.version for t in tuned.values())]
-    spec = params.compression(ks)
-    table = _run(compress.compression, loc, spec, head_version, features_version, dataset_version, *models)
-    out = {"splines": spl, "codebooks": books, "assignments": assigned, "finetuned": tuned, "compression": table}
-    if ood_features_version is not None:  # every variant scored again on the shifted split
-        out["compression_ood"] = _run(compress.compression, loc, spec.model_copy(update={"split": "ood"}), head_version,
-                                      ood_features_version, dataset_version, *models)
-    return out
+    books = {k: _run(compress.codebook, loc, spec, *(splines_versions or [spl.version]), backend=backend)
+             for k, spec in plan.codebooks.items()}
+    assigned = {k: _run(compress.assignment, loc, spec, books[k].version, spl.version, backend=backend)
+                for k, spec in plan.assignments.items()}
+    encoded = {e: _submit(compress.encode, loc, e, head_version, books[e.k].version, assigned[e.k].version)
+               for e in plan.encodings}
+    encoded = {e: _logged(f.result()) for e, f in encoded.items()}
+    tuned = {f: _submit(compress.finetune, loc, f, head_version, encoded[plan.encoding(f)].version, train_features,
+                        dataset_version) for f in plan.finetunes}
+    out = {Variant("vq", k=e.k, dtype=e.side_dtype): r for e, r in encoded.items()}
+    out |= {Variant("vq", k=f.k, dtype=f.side_dtype, finetuned=True): _logged(t.result()) for f, t in tuned.items()}
+    versions = [r.version for r in out.values()]
+    tables = {split: _submit(compress.compression, loc, plan.compression.model_copy(update={"split": split}),
+                             head_version, version, dataset_version, *versions)
+              for split, version in features.items()}
+    return CompressOutputs(spl, books, assigned, out, {split: _logged(t.result()) for split, t in tables.items()})
 
 
-@flow(name="compile", flow_run_name="compile LUTHAM {codebook_version}", task_runner=ClusterTaskRunner(),
+@flow(name="compile", flow_run_name="compile LUTHAM {encoded_version}", task_runner=ClusterTaskRunner(),
       log_prints=True)
-def compile_flow(head_version: str, codebook_version: str, features_version: str, dataset_version: str,
-                 store: str | None = None) -> dict:
-    """LUTHAM plan, compile and validate on a GPU worker; "skipped: no GPU worker" without one."""
+def compile_flow(head_version: str, encoded_version: str, features_version: str, dataset_version: str,
+                 store: str | None = None) -> StageResult | None:
+    """LUTHAM plan, compile and validate an encoded head on a GPU worker; a state named "Skipped"
+    (result ``None``) without one."""
     if not lutham.gpu_available():  # a named state in the UI, not a green "Completed"
         get_run_logger().warning(lutham.NO_GPU)
-        return Completed(name="Skipped", message=lutham.NO_GPU, data={
-            "version": None, "created": False, "seconds": 0.0, "skipped": lutham.NO_GPU})
-    out = _run(lutham.compile_and_validate, parse_location(store), head_version, codebook_version, features_version,
-               dataset_version)
-    return {**out.summary(), **out.meta["summary"]}
+        return Completed(name="Skipped", message=lutham.NO_GPU, data=None)
+    return _run(lutham.compile_and_validate, parse_location(store), head_version, encoded_version, features_version,
+                dataset_version)
 
 
 @flow(name="sharekan-pipeline", flow_run_name=_pipeline_run_name, task_runner=ClusterTaskRunner(), log_prints=True)
-def sharekan_pipeline(params: PipelineParams = PipelineParams()) -> dict:
+def sharekan_pipeline(params: PipelineParams = PipelineParams()) -> RunReport:
     """The whole pipeline on one set of parameters; writes ``report.json`` and Prefect artifacts."""
     t0 = time.perf_counter()
-    preflight(params)
-    ds = dataset_stage(params)
+    plan = plan_pipeline(params)
+    ds = dataset_stage(plan)
     tr = train_flow(ds.version, params.train, params.store, params.out)
-    comp = compress_flow(tr["head"].version, tr["features_test"].version, ds.version, params.compress, params.store,
-                         tr["features_ood"].version if "features_ood" in tr else None)
-    rows = comp["compression"].meta["rows"]
+    feats = {split: r.version for split, r in tr.features.items() if split != "train"}
+    comp = compress_flow(tr.head.version, feats["test"], ds.version, params.compress, params.store, feats.get("ood"))
     lut = None
-    if params.lutham:
-        k = params.lutham_k or runtime_k(rows)
-        if k not in comp["codebooks"]:
-            raise ValueError(f"lutham_k={k}: no codebook of that size was fitted (have {sorted(comp['codebooks'])})")
-        get_run_logger().info(f"LUTHAM runs the K={k} codebook")
-        lut = {**compile_flow(tr["head"].version, comp["codebooks"][k].version, tr["features_test"].version,
-                              ds.version, params.store), "codebook_k": k}
-    report = _report(params, {"dataset": ds, **tr}, comp, lut, time.perf_counter() - t0, _report_folder_name())
+    if plan.lutham is not None:
+        variant = plan.lutham if plan.lutham.k is not None else runtime_variant(comp.rows())
+        get_run_logger().info(f"LUTHAM runs {variant.name}")
+        built = compile_flow(tr.head.version, comp.encoded[variant].version, feats["test"], ds.version, params.store)
+        lut = _lutham_report(variant, built)
+    report = _report(params, ds, tr, comp, lut, time.perf_counter() - t0, _report_folder_name())
     run_dir = publish(report, Path(params.out))
     print(f"report: {run_dir / 'report.json'} (latest run also in {params.out})")
     return report
 
 
-def _report(params: PipelineParams, first: dict[str, StageResult], comp: dict, lut: dict | None, seconds: float,
-            run_name: str) -> dict:
-    rows, ev = comp["compression"].meta["rows"], first["evaluation"].meta
-    stages = {name: s.summary() for name, s in first.items()}
-    stages["splines"] = comp["splines"].summary()
-    for k in comp["codebooks"]:
-        stages[f"codebook K={k}"] = comp["codebooks"][k].summary()
-        stages[f"assignment K={k}"] = comp["assignments"][k].summary()
-    for name, s in comp["finetuned"].items():
-        stages[f"finetune {name}"] = s.summary()
-    stages["compression"] = comp["compression"].summary()
-    ood = {r["variant"]: r for r in comp["compression_ood"].meta["rows"]} if "compression_ood" in comp else {}
-    if ood:
-        stages["compression_ood"] = comp["compression_ood"].summary()
+def _lutham_report(variant: Variant, built: StageResult | None) -> LuthamReport:
+    head = {"variant": variant.name, "k": variant.k, "side_dtype": variant.dtype}
+    if built is None:
+        return LuthamReport(**head, stage=StageSummary(stage="lutham", version=None, created=False, seconds=0.0,
+                                                       skipped=lutham.NO_GPU))
+    summary = {k: v for k, v in built.meta["summary"].items() if k in LuthamReport.model_fields}
+    return LuthamReport(**head, stage=StageSummary.of(built), **summary)
+
+
+def _report(params: PipelineParams, ds: StageResult, tr: TrainOutputs, comp: CompressOutputs,
+            lut: LuthamReport | None, seconds: float, run_name: str) -> RunReport:
+    stages = {"dataset": ds} | ({"backbone": tr.backbone} if tr.backbone else {})
+    stages |= {f"features_{split}": r for split, r in tr.features.items()}
+    stages |= {"head": tr.head, "evaluation": tr.evaluation, "splines": comp.splines}
+    for k in comp.codebooks:
+        stages |= {f"codebook K={k}": comp.codebooks[k], f"assignment K={k}": comp.assignments[k]}
+    stages |= {f"{'finetune' if v.finetuned else 'encoded'} K={v.k} {v.dtype}": r for v, r in comp.encoded.items()}
+    stages |= {"compression" if split == "test" else f"compression_{split}": r for split, r in comp.tables.items()}
+    summaries = {name: StageSummary.of(r) for name, r in stages.items()}
     if lut is not None:
-        stages["lutham"] = {key: lut[key] for key in ("stage", "version", "created", "seconds", "skipped") if key in lut}
-    return {
-        "run_name": run_name, "parameters": params.model_dump(), "seconds": seconds,
-        "map50": ev["map50"], "metric": ev["metric"], "torchmetrics_map50": ev["torchmetrics_map50"],
-        "per_class_ap": ev["per_class_ap"],
-        "variants": [{**{k: r[k] for k in ("variant", "kind", "k", "dtype", "sparsity", "finetuned", "map50",
-                                           "delta_map50", "storage_bytes", "runtime_bytes_1img", "runtime_bytes_8img",
-                                           "compression")},
-                      **({"map50_ood": ood[r["variant"]]["map50"], "delta_map50_ood": ood[r["variant"]]["delta_map50"]}
-                         if ood else {})}
-                     for r in rows],
-        "compression": rows,
-        "codebooks": {str(k): s.version for k, s in comp["codebooks"].items()},
-        "stages": stages,
-        "skipped_samples": first["dataset"].meta.get("skipped", []),
-        "lutham": lut,
-    }
+        summaries["lutham"] = lut.stage
+    ood = {r.variant: r for r in comp.rows("ood")} if "ood" in comp.tables else {}
+    ev = tr.evaluation.meta
+    return RunReport(run_name=run_name, parameters=params.model_dump(), seconds=seconds, map50=ev["map50"],
+                     metric=ev["metric"], torchmetrics_map50=ev["torchmetrics_map50"],
+                     per_class_ap=ev["per_class_ap"],
+                     variants=[ReportRow.of(r, ood.get(r.variant)) for r in comp.rows()],
+                     compression=comp.tables["test"].meta["rows"],
+                     codebooks={k: s.version for k, s in comp.codebooks.items()}, stages=summaries,
+                     skipped_samples=ds.meta.get("skipped", []), lutham=lut)
 
 
-@flow(name="parameter-sweep", task_runner=ClusterTaskRunner(), log_prints=True)
-def parameter_sweep(params: PipelineParams = PipelineParams(),
-                    modes: list[Mode] = list(MODES)) -> list[dict]:
-    """One pipeline run per k-means mode (stages the modes share are reused), and a table comparing them."""
+@flow(name="kmeans-mode-sweep", task_runner=ClusterTaskRunner(), log_prints=True)
+def kmeans_mode_sweep(params: PipelineParams = PipelineParams(), modes: list[Mode] = list(MODES)) -> list[dict]:
+    """One pipeline run per k-means mode (stages the modes share are reused), and a table comparing
+    their VQ variants."""
     rows = []
     for mode in modes:
         run = params.model_copy(update={"compress": params.compress.model_copy(update={"kmeans_mode": mode}),
                                         "out": str(Path(params.out) / f"sweep-{mode}")})
         report = sharekan_pipeline(run)
-        rows += [{"kmeans_mode": mode, **v} for v in report["variants"] if v["kind"] == "vq"]
+        rows += [{"kmeans_mode": mode, **v.model_dump()} for v in report.variants if v.kind == "vq"]
     from prefect.artifacts import create_table_artifact
 
     create_table_artifact(key="sharekan-sweep", table=rows, description="VQ variants per k-means mode")

@@ -18,32 +18,51 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
-from sharekan.kmeans import ladder_ks
+from sharekan.codebook_size import ladder_ks
+from sharekan.detection.compare import VariantRow
 from sharekan.studies import pareto_front, seed_averaged, shared_storage
 from storage.store import parse_location
 from tasks import compress, head
-from tasks.specs import CodebookSpec, CompressionSpec, FinetuneSpec, SplinesSpec
+from tasks.specs import CompressionSpec
 
-from .params import PipelineParams, SharedParams, SweepParams
-from .pipeline import _logged, _run, _submit, dataset_stage, features_stages, sharekan_pipeline
-from .preflight import preflight
-from .runner import ClusterTaskRunner
+from .params import ParetoParams, PipelineParams, SharedParams
+from .pipeline import _logged, _submit, compress_stages, dataset_stage, feature_stages, sharekan_pipeline
+from .plan import PipelinePlan, plan_pipeline
+from .ray_runner import ClusterTaskRunner
+from .study_report import publish_pareto, publish_shared
 
-__all__ = ["pareto_sweep", "shared_codebook"]
+__all__ = ["pareto_sweep", "shared_codebook", "pareto_plans", "shared_plan"]
 
 
-def _sweep_run(p: SweepParams, grid_size: int, seed: int, ks: list[int]) -> PipelineParams:
+def _sweep_run(p: ParetoParams, grid_size: int, seed: int, ks: list[int]) -> PipelineParams:
     b = p.base
     data_seed = b.data.seed if b.data.seed is not None else b.train.seed
     backbone_seed = b.train.backbone_seed if b.train.backbone_seed is not None else b.train.seed
-    compress_update = {"ks": ks, "gain_dtypes": list(p.side_dtypes), "seed": seed,
-                       "finetune_dtypes": list(p.side_dtypes) if p.finetune else [],
+    compress_update = {"ks": ks, "side_dtypes": list(p.side_dtypes), "seed": seed,
+                       "finetune_side_dtypes": list(p.side_dtypes) if p.finetune else [],
                        "finetune_epochs": b.compress.finetune_epochs if p.finetune else 0}
     return b.model_copy(update={
         "data": b.data.model_copy(update={"seed": data_seed}),
         "train": b.train.model_copy(update={"seed": seed, "grid_size": grid_size, "backbone_seed": backbone_seed}),
         "compress": b.compress.model_copy(update=compress_update),
         "lutham": False, "out": str(Path(p.out) / f"G{grid_size}-seed{seed}")})
+
+
+def pareto_plans(params: ParetoParams) -> dict[tuple[int, int], PipelinePlan]:
+    """The sweep's pipeline runs, one plan per (G, seed), each checked (``flows.plan``)."""
+    ks = params.ks or ladder_ks(plan_pipeline(params.base.model_copy(update={"lutham": False})).edges)
+    return {(g, s): plan_pipeline(_sweep_run(params, g, s, ks)) for s in params.seeds for g in params.grid_sizes}
+
+
+def shared_plan(params: SharedParams) -> PipelinePlan:
+    """The plan every head of the shared-codebook study follows (its base, at the study's K and
+    side-data widths, fine-tuned as the base says when ``finetune``); heads differ by seed."""
+    b = params.base
+    widths = list(params.side_dtypes)
+    compress = b.compress.model_copy(update={"ks": [params.k], "side_dtypes": widths,
+                                             "finetune_side_dtypes": widths if params.finetune else [],
+                                             "finetune_epochs": b.compress.finetune_epochs if params.finetune else 0})
+    return plan_pipeline(b.model_copy(update={"compress": compress, "lutham": False}))
 
 
 def _command(which: str, params) -> str:
@@ -59,27 +78,24 @@ def _in_threads(fn, jobs: list, parallel: int) -> list:
 
 
 @flow(name="pareto-sweep", task_runner=ClusterTaskRunner(), log_prints=True)
-def pareto_sweep(params: SweepParams = SweepParams()) -> dict:
+def pareto_sweep(params: ParetoParams = ParetoParams()) -> dict:
     """Pipeline runs over grid sizes × seeds; the seed-averaged rows, their Pareto front (storage
     against mAP) and a chart, written to ``params.out`` and as Prefect artifacts."""
-    edges = preflight(params.base)
-    ks = params.ks or ladder_ks(edges)
-    runs = {(g, s): _sweep_run(params, g, s, ks) for s in params.seeds for g in params.grid_sizes}
+    plans = pareto_plans(params)
     # what every run shares first (data set, backbone, features): then the runs reuse it, at once
-    one = next(iter(runs.values()))
-    features_stages(parse_location(one.store), one.train, dataset_stage(one).version)
-    jobs = list(runs)
-    reports = _in_threads(lambda g, s: sharekan_pipeline(runs[g, s]), jobs, params.parallel)
-    rows = seed_averaged([(g, s, rep["variants"]) for (g, s), rep in zip(jobs, reports)])
+    one = next(iter(plans.values()))
+    feature_stages(parse_location(one.params.store), one.train, dataset_stage(one).version)
+    jobs = list(plans)
+    reports = _in_threads(lambda g, s: sharekan_pipeline(plans[g, s].params), jobs, params.parallel)
+    rows = seed_averaged([(g, s, [v.model_dump() for v in rep.variants]) for (g, s), rep in zip(jobs, reports)])
     front = pareto_front(rows)
     for r in rows:
         r["pareto"] = any(r is f for f in front)
-    result = {"command": _command("pareto", params), "rows": rows, "front": [r["variant"] + f" G={r['grid_size']}" for r in front], "edges": edges,
-              "ks": ks, "parameters": params.model_dump(), "runs": {f"G{g}-seed{s}": rep["stages"]["compression"]
-                                                                     for (g, s), rep in zip(jobs, reports)}}
-    from .report import publish_study
-
-    publish_study("pareto", result, Path(params.out))
+    result = {"command": _command("pareto", params), "rows": rows,
+              "front": [r["variant"] + f" G={r['grid_size']}" for r in front], "edges": one.edges,
+              "ks": sorted(one.compress.codebooks), "parameters": params.model_dump(),
+              "runs": {f"G{g}-seed{s}": rep.stages["compression"].model_dump() for (g, s), rep in zip(jobs, reports)}}
+    publish_pareto(result, Path(params.out))
     get_run_logger().info(f"Pareto front: {', '.join(result['front'])}")
     return result
 
@@ -88,57 +104,43 @@ def pareto_sweep(params: SweepParams = SweepParams()) -> dict:
 def shared_codebook(params: SharedParams = SharedParams()) -> dict:
     """N heads, one codebook fitted on all their shapes; each head's mAP with it against a codebook of
     its own; total storage for N heads; the codebook applied unchanged to an unseen head."""
-    edges = preflight(params.base)
-    if params.k > edges:
-        raise ValueError(f"k: {params.k} exceeds the {edges:,} edges of one head")
-    b, loc = params.base, parse_location(params.base.store)
-    ds = dataset_stage(b)
-    first = features_stages(loc, b.train, ds.version)
+    plan = shared_plan(params)
+    loc = parse_location(plan.params.store)
+    ds = dataset_stage(plan)
     seeds = [*params.head_seeds, params.transfer_seed]
-    specs = {s: b.train.head().model_copy(update={"seed": s}) for s in seeds}
-    heads = {s: _submit(head.train, loc, specs[s], first["features_train"].version, ds.version) for s in seeds}
-    heads = {s: _logged(h.result()) for s, h in heads.items()}
-    splines = {s: _submit(compress.splines, loc, SplinesSpec(), heads[s].version) for s in seeds}
-    splines = {s: _logged(f.result()) for s, f in splines.items()}
-    cb = CodebookSpec(k=params.k, seed=b.compress.seed, niter=b.compress.kmeans_niter, mode=b.compress.kmeans_mode)
-    backend = b.compress.kmeans_backend
-    shared = _run(compress.codebook, loc, cb, *(splines[s].version for s in params.head_seeds), backend=backend)
-    own = {s: _run(compress.codebook, loc, cb, splines[s].version, backend=backend) for s in seeds}  # one at a time
-    dtypes = list(params.side_dtypes) if params.finetune else []
-    spec = CompressionSpec(ks=(params.k,), gain_dtypes=tuple(params.side_dtypes), sparsities=(),
-                           finetuned=tuple((params.k, dt) for dt in dtypes))
-    feats_train, feats_test = first["features_train"].version, first["features_test"].version
-
-    ft = {dt: FinetuneSpec(k=params.k, gain_dtype=dt, epochs=b.compress.finetune_epochs, lr=b.compress.finetune_lr,
-                           seed=b.compress.seed) for dt in dtypes}
-    books = {(s, which): (shared if which == "shared" else own[s]).version for s in seeds for which in ("shared", "own")}
-    tuned = {key: [_submit(compress.finetune, loc, ft[dt], heads[key[0]].version, feats_train, ds.version, book)
-                   for dt in dtypes] for key, book in books.items()}  # every fine-tuning at once, then every table
-    tables = {key: _submit(compress.compression, loc, spec, heads[key[0]].version, feats_test, ds.version, book,
-                           *(_logged(t.result()).version for t in tuned[key])) for key, book in books.items()}
-    rows = {key: _logged(t.result()).meta["rows"] for key, t in tables.items()}
-    with_shared = {s: rows[s, "shared"] for s in seeds}
-    with_own = {s: rows[s, "own"] for s in seeds}
-    result = _shared_result(params, with_shared, with_own, shared.version)
-    from .report import publish_study
-
-    publish_study("shared", result, Path(params.out))
+    _, feats = feature_stages(loc, plan.train, ds.version)
+    train, test = feats["train"].version, feats["test"].version
+    heads = {s: _submit(head.train, loc, plan.train.head.model_copy(update={"seed": s}), train, ds.version)
+             for s in seeds}
+    heads = {s: _logged(h.result()).version for s, h in heads.items()}
+    splines = {s: _submit(compress.splines, loc, plan.compress.splines, heads[s]) for s in seeds}
+    shared_books = [_logged(splines[s].result()).version for s in params.head_seeds]
+    table = plan.compress.model_copy(update={"compression": CompressionSpec(sparsities=())})
+    outs = {(s, which): compress_stages(loc, table, heads[s], train, ds.version, {"test": test},
+                                        shared_books if which == "shared" else None)
+            for s in seeds for which in ("shared", "own")}
+    result = _shared_result(params, {s: outs[s, "shared"].rows() for s in seeds},
+                            {s: outs[s, "own"].rows() for s in seeds},
+                            outs[seeds[0], "shared"].codebooks[params.k].version)
+    publish_shared(result, Path(params.out))
     return result
 
 
-def _shared_result(params: SharedParams, with_shared: dict, with_own: dict, codebook: str) -> dict:
+def _shared_result(params: SharedParams, with_shared: dict[int, list[VariantRow]],
+                   with_own: dict[int, list[VariantRow]], codebook: str) -> dict:
     seen = params.head_seeds
-    variants = [r for r in with_shared[seen[0]] if r["kind"] == "vq"]
     table = []
-    for v in variants:
-        pick = lambda rows: next(r for r in rows if r["variant"] == v["variant"])  # noqa: E731
-        totals = shared_storage([with_shared[s][0] for s in seen], [pick(with_shared[s]) for s in seen])
-        shared_d = [pick(with_shared[s])["delta_map50"] for s in seen]
-        own_d = [pick(with_own[s])["delta_map50"] for s in seen]
-        table.append({"variant": v["variant"], "k": v["k"], "dtype": v["dtype"], "finetuned": v["finetuned"],
+    for v in (r.variant for r in with_shared[seen[0]] if r.variant.kind == "vq"):
+        def pick(rows: list[VariantRow]) -> VariantRow:
+            return next(r for r in rows if r.variant == v)  # noqa: B023 (used at once)
+        totals = shared_storage([with_shared[s][0].to_dict() for s in seen],
+                                [pick(with_shared[s]).to_dict() for s in seen])
+        shared_d = [pick(with_shared[s]).delta_map50 for s in seen]
+        own_d = [pick(with_own[s]).delta_map50 for s in seen]
+        table.append({"variant": v.name, "k": v.k, "dtype": v.dtype, "finetuned": v.finetuned,
                       **totals, "delta_map_mean": sum(shared_d) / len(seen),
                       "delta_map_own_mean": sum(own_d) / len(seen), "per_head_delta": dict(zip(map(str, seen), shared_d)),
-                      "transfer_delta": pick(with_shared[params.transfer_seed])["delta_map50"],
-                      "transfer_own_delta": pick(with_own[params.transfer_seed])["delta_map50"]})
+                      "transfer_delta": pick(with_shared[params.transfer_seed]).delta_map50,
+                      "transfer_own_delta": pick(with_own[params.transfer_seed]).delta_map50})
     return {"command": _command("shared", params), "rows": table, "codebook": codebook, "parameters": params.model_dump(),
-            "dense_map50": {str(s): with_shared[s][0]["map50"] for s in with_shared}}
+            "dense_map50": {str(s): with_shared[s][0].map50 for s in with_shared}}

@@ -22,9 +22,10 @@ import numpy as np
 import torch
 
 from .checks import check_finite, check_positive_int
-from .kmeans import assign_stats, check_k, init_centroids, lloyd, minibatch_update, pick_backend, split_k
+from .codebook_size import check_k
+from .kmeans_steps import assign_stats, init_centroids, lloyd, minibatch_update, pick_backend, split_k
 
-__all__ = ["MODES", "Source", "InMemory", "kmeans", "fit_codebook", "fine_centroids", "minibatch_seed"]
+__all__ = ["MODES", "Source", "InMemory", "kmeans", "fit_codebook", "fine_centroids", "minibatch_seed", "check_mode"]
 
 MODES = ("full", "minibatch", "two-level")
 
@@ -53,9 +54,15 @@ class Source(Protocol):
         """For each ``(cluster, k, seed)``, :func:`fine_centroids` of that coarse cluster's members."""
 
 
-def minibatch_seed(seed: int, iteration: int, shard: int) -> int:
-    """The seed of shard ``shard``'s draw at mini-batch ``iteration`` (an in-memory array is shard 0)."""
-    return seed * 1_000_003 + iteration * 1_009 + shard
+def minibatch_seed(seed: int, iteration: int) -> int:
+    """The seed of the draw at mini-batch ``iteration`` (a sharded source derives each shard's from it)."""
+    return seed * 1_000_003 + iteration * 1_009
+
+
+def check_mode(mode: str) -> None:
+    """``mode`` must be one of :data:`MODES`: an error naming it otherwise."""
+    if mode not in MODES:
+        raise ValueError(f"k-means mode must be one of {MODES}, got {mode!r}")
 
 
 def sample_rows(points: np.ndarray, n: int, seed: int) -> np.ndarray:
@@ -72,7 +79,7 @@ def fine_centroids(points: np.ndarray, k: int, seed: int, niter: int, tol: float
 
 
 class InMemory:
-    """One array of points ``[n, d]`` as a :class:`Source`; ``backend`` (see ``sharekan.kmeans``)
+    """One array of points ``[n, d]`` as a :class:`Source`; ``backend`` (see ``sharekan.kmeans_steps``)
     chooses where the assignment runs: ``"auto"`` takes a GPU where there is one."""
 
     def __init__(self, points: np.ndarray | torch.Tensor, backend: str = "cpu"):
@@ -99,16 +106,23 @@ class InMemory:
     def batch(self, centroids: np.ndarray, n: int, seed: int):
         return assign_stats(sample_rows(self.points, n, seed), centroids, self.backend)[:3]
 
+    def nearest(self, centroids: np.ndarray) -> np.ndarray:
+        """Every point's nearest centroid (the final assignment)."""
+        labels = assign_stats(self.data, centroids, self.backend)[3]
+        return labels.cpu().numpy() if isinstance(labels, torch.Tensor) else labels
+
     def split(self, coarse: np.ndarray) -> np.ndarray:
-        labels = assign_stats(self.data, coarse, self.backend)[3]
-        self.coarse = labels.cpu().numpy() if isinstance(labels, torch.Tensor) else labels
+        self.coarse = self.nearest(coarse)
         return np.bincount(self.coarse, minlength=len(coarse))
+
+    def members(self, cluster: int) -> np.ndarray:
+        """The points of coarse ``cluster`` (after :meth:`split`)."""
+        return self.points[self.coarse == cluster]
 
     def fine(self, jobs, niter, tol, spherical, done):
         out = []
         for cluster, k, seed in jobs:
-            out.append(fine_centroids(self.points[self.coarse == cluster], k, seed, niter, tol, spherical,
-                                      self.backend))
+            out.append(fine_centroids(self.members(cluster), k, seed, niter, tol, spherical, self.backend))
             done(1)
         return out
 
@@ -125,8 +139,7 @@ def kmeans(source: Source, k: int, *, mode: str = "full", seed: int = 0, niter: 
     parallel where the source can). ``init`` replaces the seeded initialisation (full and
     mini-batch). ``progress``: ``True`` prints a line an iteration, or a callable gets each
     history entry."""
-    if mode not in MODES:
-        raise ValueError(f"k-means mode must be one of {MODES}, got {mode!r}")
+    check_mode(mode)
     check_k(k, source.rows, "points")
     started = time.perf_counter()
 
@@ -151,7 +164,7 @@ def _minibatch(source, init, niter, batch_size, seed, spherical, report):
     totals = np.zeros(len(centroids), dtype=np.int64)
     history = []
     for it in range(niter):
-        sums, counts, objective = source.batch(centroids, batch_size, minibatch_seed(seed, it, 0))
+        sums, counts, objective = source.batch(centroids, batch_size, minibatch_seed(seed, it))
         centroids, totals = minibatch_update(centroids, totals, sums, counts, spherical)
         history.append({"iteration": it, "objective": objective, "moved": 0, "reseeded": 0})
         report(history[-1])

@@ -6,7 +6,8 @@ contributes ``g_oi·Σ_r B_r(x_i)·S[idx_oi, m_i + r] + b_oi·ΣB(x_i)`` plus th
 dense ``[out, in, C]`` tensor is ever built; it equals decode-then-dense to float32 rounding.
 
 :func:`compress_kan` turns a trained :class:`~sharekan.kan.KAN` into a :class:`VQKAN` with one
-codebook for the whole head (``scope="head"``) or one per layer (``scope="layer"``).
+codebook for the whole head (``scope="head"``) or one per layer (``scope="layer"``);
+:func:`encode_kan` encodes against codebooks fitted elsewhere (the pipeline's distributed k-means).
 """
 
 from __future__ import annotations
@@ -21,14 +22,15 @@ from .bspline import compact_grid, cubic_active, expand_grid
 from .checks import check_choice
 from .kan import KAN, KANLinear
 from .clustering import fit_codebook
-from .kmeans import check_k
+from .codebook_size import check_k
 from .quant import STORAGE_DTYPES, QuantizedTensor, quantize, unpack_int4
 from .vq import decode, decompose, index_dtype, nearest
 
-__all__ = ["DTYPES", "GAIN_DTYPES", "VQKANLinear", "VQKAN", "encode_layer", "edge_shapes", "fit_codebooks", "compress_kan"]
+__all__ = ["DTYPES", "SIDE_DTYPES", "VQKANLinear", "VQKAN", "encode_layer", "encode_kan", "edge_shapes", "fit_codebooks",
+           "compress_kan"]
 
 DTYPES = STORAGE_DTYPES  # what gains, biases and base weights may be stored as
-GAIN_DTYPES = ("fp16", "int8", "int4")  # the widths the pipeline's compression table encodes
+SIDE_DTYPES = ("fp16", "int8", "int4")  # the side-data widths the pipeline encodes by default
 
 _CHUNK_ELEMENTS = 1 << 20  # transient [rows, out_chunk, in] elements per step
 
@@ -184,13 +186,21 @@ class VQKAN(nn.Module):
 
 
 def encode_layer(layer: KANLinear, codebook: torch.Tensor, gain_dtype: str = "fp16",
-                 base_dtype: str | None = None) -> VQKANLinear:
-    """Encode one dense layer against ``codebook [K, C]``."""
+                 base_dtype: str | None = None, indices: torch.Tensor | None = None) -> VQKANLinear:
+    """Encode one dense layer against ``codebook [K, C]``: each edge's nearest codeword, or the
+    given ``indices [out, in]`` (e.g. a distributed assignment's)."""
     if layer.spline_order != 3 or layer.uniform_params() is None:
         raise ValueError("VQ encoding needs a cubic spline layer on a uniform grid "
                          f"(got spline_order={layer.spline_order})")
     shapes, gains, biases = decompose(layer.scaled_spline_weight())
-    idx = nearest(shapes.reshape(-1, layer.n_coef), codebook).reshape(gains.shape)
+    if indices is None:
+        idx = nearest(shapes.reshape(-1, layer.n_coef), codebook).reshape(gains.shape)
+    elif tuple(indices.shape) != tuple(gains.shape):
+        raise ValueError(f"indices have shape {tuple(indices.shape)}, the layer has {tuple(gains.shape)} edges")
+    elif indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= codebook.shape[0]):
+        raise ValueError(f"indices must lie in [0, {codebook.shape[0]}) for a {codebook.shape[0]}-entry codebook")
+    else:
+        idx = indices
     base_dtype = base_dtype or gain_dtype
     return VQKANLinear(codebook, idx, quantize("gains", gains, gain_dtype),
                        quantize("biases", biases, gain_dtype),
@@ -216,19 +226,33 @@ def fit_codebooks(model: KAN, k: int, scope: str = "head", seed: int = 0, niter:
     return [fit_codebook(s, k, seed=seed + n, niter=niter) for n, s in enumerate(shapes)]
 
 
-def compress_kan(model: KAN, k: int, scope: str = "head", gain_dtype: str = "fp16",
-                 base_dtype: str | None = None, codebook_dtype: str = "fp32", seed: int = 0,
-                 niter: int = 25, codebooks: list[torch.Tensor] | None = None) -> VQKAN:
-    """Encode every layer of ``model`` against codebooks of ``k`` shapes: fitted here by k-means,
-    or ``codebooks`` from :func:`fit_codebooks` (to encode one fit at several dtypes)."""
-    check_choice("scope", scope, ("head", "layer"))
-    check_choice("codebook_dtype", codebook_dtype, ("fp32", "fp16"))
+def _check_dtypes(gain_dtype: str, base_dtype: str | None) -> None:
     for dtype_name, value in (("gain_dtype", gain_dtype), ("base_dtype", base_dtype or gain_dtype)):
         check_choice(dtype_name, value, DTYPES)
-    books = codebooks if codebooks is not None else fit_codebooks(model, k, scope, seed, niter)
-    if len(books) != len(model.layers):
-        raise ValueError(f"{len(books)} codebooks for {len(model.layers)} layers")
+
+
+def encode_kan(model: KAN, codebooks: Sequence[torch.Tensor], gain_dtype: str = "fp16",
+               base_dtype: str | None = None, indices: Sequence[torch.Tensor] | None = None) -> VQKAN:
+    """Encode every layer of ``model`` against its codebook (one per layer; the same tensor for a
+    head-shared codebook), with each edge's nearest codeword or the given per-layer ``indices``."""
+    _check_dtypes(gain_dtype, base_dtype)
+    if len(codebooks) != len(model.layers):
+        raise ValueError(f"{len(codebooks)} codebooks for {len(model.layers)} layers")
+    if indices is not None and len(indices) != len(model.layers):
+        raise ValueError(f"{len(indices)} index arrays for {len(model.layers)} layers")
+    return VQKAN([encode_layer(layer, book, gain_dtype, base_dtype, None if indices is None else indices[n])
+                  for n, (layer, book) in enumerate(zip(model.layers, codebooks))])
+
+
+def compress_kan(model: KAN, k: int, scope: str = "head", gain_dtype: str = "fp16",
+                 base_dtype: str | None = None, codebook_dtype: str = "fp32", seed: int = 0,
+                 niter: int = 25) -> VQKAN:
+    """Fit codebooks of ``k`` shapes to ``model`` by k-means (:func:`fit_codebooks`) and encode every
+    layer against them (:func:`encode_kan`)."""
+    check_choice("codebook_dtype", codebook_dtype, ("fp32", "fp16"))
+    _check_dtypes(gain_dtype, base_dtype)  # before the fit
+    books = fit_codebooks(model, k, scope, seed, niter)
     if codebook_dtype == "fp16":
         cache: dict[int, torch.Tensor] = {}
         books = [cache.setdefault(id(b), b.to(torch.float16)) for b in books]
-    return VQKAN([encode_layer(layer, book, gain_dtype, base_dtype) for layer, book in zip(model.layers, books)])
+    return encode_kan(model, books, gain_dtype, base_dtype)

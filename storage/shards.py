@@ -21,8 +21,8 @@ __all__ = ["put_rows", "read_shard"]
 
 
 def _write(job):
-    fork, stage, version, pieces, source = job
-    group = open_artifact_group(fork, stage, version)
+    fork, version, pieces, source = job
+    group = open_artifact_group(fork, version)
     for (start, stop), arrays in pieces:
         for name, block in (arrays if arrays is not None else source(start, stop)).items():
             group[name][start:stop] = block
@@ -57,7 +57,7 @@ def put_rows(store: ArtifactStore, stage: str, params: dict, inputs: list[str], 
 
     def write_shards(session, ranges):
         per_worker = [ranges[i::workers] for i in range(workers) if ranges[i::workers]]
-        jobs = [(session.fork(), stage, version,
+        jobs = [(session.fork(), version,
                  [((a, b), None if arrays is None else {n: arr[a:b] for n, arr in arrays.items()})
                   for a, b in mine], source)
                 for mine in per_worker]

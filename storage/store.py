@@ -354,7 +354,8 @@ class ArtifactStore:
                      write_shards, meta) -> tuple[Artifact, bool]:
         self._check_inputs(inputs)
         shard_rows = chunk_rows * chunks_per_shard
-        with self._writing(f"{stage} {version} (create arrays)", {"stage": stage, "version": version}) as root:
+        with self._writing(f"{stage} {version} (create arrays)",
+                           {"stage": stage, "version": version, "complete": False}) as root:
             group = root.create_group(version, overwrite=True)
             for name, (trailing, dtype) in layout.items():
                 group.create_array(name, shape=(rows, *trailing), dtype=dtype, compressors=(Crc32cCodec(),),
@@ -370,10 +371,12 @@ class ArtifactStore:
         return self._commit_new(session, stage, version)
 
     def tag(self, version: str, name: str) -> str:
-        """Tag the snapshot in which ``version`` became complete; returns the snapshot id."""
+        """Tag the snapshot in which ``version`` became complete (its commit's metadata says so; a
+        sharded artifact's first commit, which only creates its arrays, says ``complete: False``);
+        returns the snapshot id."""
         self.get(version)
         for snap in self.history():
-            if snap.metadata.get("version") == version and "create arrays" not in snap.message:
+            if snap.metadata.get("version") == version and snap.metadata.get("complete", True):
                 self.repo.create_tag(name, snap.id)
                 return snap.id
         raise StoreError(f"no commit of {version} found in the history of {self.location}")
@@ -415,7 +418,7 @@ class ArtifactStore:
         return summary
 
 
-def open_artifact_group(session, stage: str, version: str) -> zarr.Group:
+def open_artifact_group(session, version: str) -> zarr.Group:
     """The artifact's group inside a (forked) session, for workers of :meth:`ArtifactStore.put_sharded`."""
     return zarr.open_group(session.store, mode="a")[version]
 

@@ -144,7 +144,7 @@ def _features_shard(session, loc, version: str, spec: FeaturesSpec, dataset_vers
     body, _ = _backbone(spec, ArtifactStore(loc), backbone_version)
     data = load_split(ArtifactStore(loc), dataset_version, spec.split)
     feats = extract_features(body, _Images(data, start, stop), spec.size, progress=False)
-    open_artifact_group(session, "features", version)["feats"][start:stop] = feats.numpy()
+    open_artifact_group(session, version)["feats"][start:stop] = feats.numpy()
     return session
 
 

@@ -17,13 +17,13 @@ import time
 import numpy as np
 import ray
 
-from sharekan.clustering import MODES, fine_centroids, kmeans, sample_rows
-from sharekan.kmeans import BACKENDS, assign_stats, init_centroids, pick_backend
+from sharekan.clustering import InMemory, fine_centroids, sample_rows
+from sharekan.kmeans_steps import check_backend, init_centroids
 from sharekan.vq import index_dtype
 from storage.shards import read_shard
 from storage.store import ArtifactStore, open_artifact_group, version_id
 
-__all__ = ["ShardActor", "RayShards", "ShardError", "distributed_kmeans", "check_shard_memory"]
+__all__ = ["ShardActor", "RayShards", "ShardError", "check_shard_memory"]
 
 _RETRIES = 3  # restarts of a dying actor (a killed process) before the run fails naming the shard
 
@@ -34,8 +34,9 @@ class ShardError(RuntimeError):
 
 @ray.remote(num_cpus=1, max_restarts=_RETRIES, max_task_retries=_RETRIES)
 class ShardActor:
-    """Holds shard ``index`` of array ``name`` of artifact ``version``; assigns on ``backend``
-    (``sharekan.kmeans.BACKENDS``, or "auto": this worker's GPU if Ray gave it one)."""
+    """Shard ``index`` of array ``name`` of artifact ``version`` as the library's in-memory source
+    (``sharekan.clustering.InMemory``), assigning on ``backend`` (``sharekan.kmeans_steps.BACKENDS``,
+    or "auto": this worker's GPU if Ray gave it one), plus the shard's final write-back."""
 
     def __init__(self, location, version: str, name: str, index: int, backend: str = "cpu"):
         import faiss
@@ -45,61 +46,47 @@ class ShardActor:
         torch.set_num_threads(1)
         self.where = (location, version, name, index)
         self.step_seconds: list[float] = []
-        self.backend = pick_backend(backend)
         try:
             art = ArtifactStore(location, create=False).get(version)
-            self.points = np.ascontiguousarray(read_shard(art, name, index), dtype=np.float32)
+            points = read_shard(art, name, index)
         except Exception as e:
             raise ShardError(f"cannot read shard {index} of {version}/{name} from {location}: {e}") from e
-        self.data = torch.from_numpy(self.points).cuda() if self.backend == "cuda" else self.points
-        self.labels = None
-        self.coarse = None
-
-    def _assign(self, points, centroids):
-        return assign_stats(points, centroids, self.backend)
-
-    def _labels(self, centroids) -> np.ndarray:
-        labels = self._assign(self.data, centroids)[3]
-        return labels.cpu().numpy() if hasattr(labels, "cpu") else labels
+        self.src = InMemory(points, backend)
 
     def size(self) -> int:
-        return len(self.points)
+        return self.src.rows
 
     def sample(self, n: int, seed: int) -> np.ndarray:
-        return sample_rows(self.points, n, seed)
+        return sample_rows(self.src.points, n, seed)
 
     def step(self, centroids: np.ndarray):
         t = time.perf_counter()
-        sums, counts, objective, labels = self._assign(self.data, centroids)
+        out = self.src.stats(centroids)
         self.step_seconds.append(time.perf_counter() - t)
-        moved = len(labels) if self.labels is None else int((labels != self.labels).sum())
-        self.labels = labels
-        return sums, counts, objective, moved
+        return out
 
     def batch(self, centroids: np.ndarray, n: int, seed: int):
         """Statistics of ``n`` points of this shard drawn with ``seed`` (mini-batch mode)."""
-        sums, counts, objective, _ = self._assign(self.sample(n, seed), centroids)
-        return sums, counts, objective
+        return self.src.batch(centroids, n, seed)
 
     def split(self, coarse: np.ndarray) -> np.ndarray:
         """Assign to the coarse centroids (two-level mode), keep the labels, return counts."""
-        self.coarse = self._labels(coarse)
-        return np.bincount(self.coarse, minlength=len(coarse))
+        return self.src.split(coarse)
 
     def members(self, cluster: int) -> np.ndarray:
-        return self.points[self.coarse == cluster]
+        return self.src.members(cluster)
 
     def fine(self, k: int, seed: int, niter: int, tol: float, spherical: bool, *parts: np.ndarray) -> np.ndarray:
         """Fit one coarse cluster's fine centroids from its members gathered from every shard
         (the actors share the fine fits, so no extra processes or CPU claims are needed)."""
-        return fine_centroids(np.concatenate(parts), k, seed, niter, tol, spherical, self.backend)
+        return fine_centroids(np.concatenate(parts), k, seed, niter, tol, spherical, self.src.backend)
 
-    def write(self, session, stage: str, version: str, start: int, centroids: np.ndarray, extra: tuple):
+    def write(self, session, version: str, start: int, centroids: np.ndarray, extra: tuple):
         """Final pass: this shard's nearest-codeword indices (and the ``extra`` row arrays of the
         source artifact, e.g. gains and biases) into the artifact being written; returns the fork."""
         location, source, _, index = self.where
-        group = open_artifact_group(session, stage, version)
-        labels = self._labels(centroids)
+        group = open_artifact_group(session, version)
+        labels = self.src.nearest(centroids)
         stop = start + len(labels)
         group["indices"][start:stop] = labels.astype(_np_index_dtype(len(centroids)))
         art = ArtifactStore(location, create=False).get(source)
@@ -111,7 +98,7 @@ class ShardActor:
         return os.getpid()
 
     def which_backend(self) -> str:
-        return self.backend
+        return self.src.backend
 
     def timings(self) -> list[float]:
         """Seconds of each :meth:`step` (its compute, without Ray's transport)."""
@@ -140,8 +127,7 @@ class RayShards:
     a cluster without GPUs is refused before any actor starts). :attr:`backend` is what ran."""
 
     def __init__(self, location, version: str | list[str], name: str, backend: str = "auto"):
-        if backend not in ("auto", *BACKENDS):
-            raise ValueError(f"k-means backend must be 'auto' or one of {BACKENDS}, got {backend!r}")
+        check_backend(backend)
         versions = [version] if isinstance(version, str) else list(version)
         self.location, self.name = location, name
         self.version = versions[0] if len(versions) == 1 else None  # several: pooled, for fitting only
@@ -256,17 +242,9 @@ class RayShards:
         version = version_id(stage, params, inputs, code)
 
         def write_shards(session, ranges):
-            return self.gather([a.write.remote(session.fork(), stage, version, start, ref, extra)
+            return self.gather([a.write.remote(session.fork(), version, start, ref, extra)
                                 for a, (start, _) in zip(self.actors, ranges)])
 
         return store.put_sharded(stage, params, inputs, code, layout, self.rows, self.shard_rows, 1,
                                  write_shards, meta)
 
-
-def distributed_kmeans(location, version: str, name: str, k: int, backend: str = "auto", **kw):
-    """``sharekan.clustering.kmeans`` (its keyword arguments) over the shards of ``version/name``."""
-    mode = kw.get("mode", "full")
-    if mode not in MODES:  # before any actor starts
-        raise ValueError(f"k-means mode must be one of {MODES}, got {mode!r}")
-    with RayShards(location, version, name, backend) as source:
-        return kmeans(source, k, **kw)

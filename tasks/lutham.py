@@ -22,6 +22,7 @@ import sharekan.lutham.plan
 import sharekan.lutham.runtime
 import sharekan.lutham.timing
 import sharekan.lutham.validate
+from .compress import load_encoded
 from .data import load_split
 from .head import load_head
 from .runner import Run, StageResult, stage, task
@@ -44,7 +45,7 @@ def gpu_available() -> bool:
 
 
 @task({"num_gpus": 1, "num_cpus": 1})
-def compile_and_validate(loc, head_version: str, codebook_version: str, features_version: str,
+def compile_and_validate(loc, head_version: str, encoded_version: str, features_version: str,
                          dataset_version: str, max_rows: int = 4096) -> StageResult:
     """On a GPU worker: the LUTHAM build for this GPU's architecture (see :func:`lutham`)."""
     from sharekan.lutham.compile import source_hash
@@ -53,15 +54,16 @@ def compile_and_validate(loc, head_version: str, codebook_version: str, features
         raise RuntimeError(f"the LUTHAM stage needs a GPU; Ray placed it on a worker without one ({NO_GPU})")
     major, minor = torch.cuda.get_device_capability()
     spec = LuthamSpec(arch=f"sm_{major}{minor}", source=source_hash(), max_rows=max_rows)
-    return lutham(loc, spec, head_version, codebook_version, features_version, dataset_version)
+    return lutham(loc, spec, head_version, encoded_version, features_version, dataset_version)
 
 
 @stage("lutham", {"num_gpus": 1, "num_cpus": 1},
-       uses=(load_head, load_split, sharekan.lutham.compile, sharekan.lutham.geometry, sharekan.lutham.l2, sharekan.lutham.module, sharekan.lutham.plan, sharekan.lutham.runtime,
+       uses=(load_head, load_split, load_encoded, sharekan.lutham.compile, sharekan.lutham.geometry, sharekan.lutham.l2, sharekan.lutham.module, sharekan.lutham.plan, sharekan.lutham.runtime,
              sharekan.lutham.timing, sharekan.lutham.validate))
-def lutham(run: Run, spec: LuthamSpec, head_version: str, codebook_version: str, features_version: str,
+def lutham(run: Run, spec: LuthamSpec, head_version: str, encoded_version: str, features_version: str,
            dataset_version: str) -> StageResult:
-    """Compile for this GPU, validate that very binary, time it, and store it with its plan.
+    """Compile for this GPU, validate that very binary on the stored encoded head (at its K and
+    side-data width, fine-tuned or not), time it, and store it with its plan.
 
     The result's meta holds the summary: validation cases and figures, detector mAP with LUTHAM
     and with the torch reference, quick timings against the dense and torch-VQ heads. A failed
@@ -70,11 +72,10 @@ def lutham(run: Run, spec: LuthamSpec, head_version: str, codebook_version: str,
     from sharekan.lutham.module import LuthamKAN
     from sharekan.lutham.timing import compare
     from sharekan.lutham.validate import detector_map, failures, validate
-    from sharekan.vq_kan import compress_kan
 
     head = load_head(run.store.get(head_version))
-    cb = torch.from_numpy(run.store.get(codebook_version).array("codebook")[...])
-    vq = compress_kan(head.kan, len(cb), codebooks=[cb] * len(head.kan.layers)).eval()
+    enc = load_encoded(run.store, encoded_version)
+    vq = enc.kan
     cubin = nvrtc_compile(spec.arch)
     lut = LuthamKAN(vq, max_rows=spec.max_rows, module=load_cubin(cubin))  # validate the binary that is stored
     samples = load_split(run.store, dataset_version, "test").samples
@@ -94,7 +95,7 @@ def lutham(run: Run, spec: LuthamSpec, head_version: str, codebook_version: str,
     summary = {"arch": spec.arch, "device": torch.cuda.get_device_name(), "validated": True,
                "max_rel_error": check["max_rel_error"], "all_written": check["all_written"],
                "cases": check["cases"], "map50_reference": maps["map50_reference"],
-               "map50_lutham": maps["map50_lutham"], "timings_us": timings, "codebook_k": len(cb),
+               "map50_lutham": maps["map50_lutham"], "timings_us": timings, "variant": enc.meta["variant"],
                "plan_summary": f"{lut.plan.total:,} B arena, hot {lut.plan.hot_bytes():,} B; "
                                f"L2 window {lut.plan.l2_persisting}"}
     plan = {k: v for k, v in lut.plan.summary().items() if k != "blocks"}

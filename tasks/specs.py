@@ -12,16 +12,18 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from sharekan.clustering import MODES
-from sharekan.kmeans import MAX_K
-from sharekan.vq_kan import DTYPES, GAIN_DTYPES
+from sharekan.codebook_size import MAX_K
+from sharekan.vq_kan import DTYPES
 
 __all__ = ["Spec", "K", "Seed", "DatasetSpec", "BackboneSpec", "PretrainSpec", "FeaturesSpec", "HeadSpec",
            "EvaluationSpec",
-           "SplinesSpec", "CodebookSpec", "AssignmentSpec", "FinetuneSpec", "CompressionSpec", "LuthamSpec"]
+           "SplinesSpec", "CodebookSpec", "AssignmentSpec", "EncodeSpec", "FinetuneSpec", "CompressionSpec", "LuthamSpec",
+           "SideDtype"]
 
 K = Annotated[int, Field(ge=1, le=MAX_K)]
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Mode = Literal[MODES]
+SideDtype = Literal[DTYPES]  # how an encoded head stores its per-edge gains, biases and base weights
 SPLITS = r"^\s*[0-9A-Za-z_]+:[0-9A-Za-z_]+\s*(,\s*[0-9A-Za-z_]+:[0-9A-Za-z_]+\s*)*$"
 
 
@@ -119,13 +121,21 @@ class AssignmentSpec(Spec):
     k: K
 
 
-class FinetuneSpec(Spec):
-    """VQ-aware fine-tuning of one compressed variant (codebook indices fixed)."""
+class EncodeSpec(Spec):
+    """A head encoded against a codebook: every edge's index (from the assignment) and its gain, bias
+    and base weight stored at ``side_dtype`` (int8/int4: per-row scales)."""
 
     k: K
-    gain_dtype: Literal[DTYPES]
+    side_dtype: SideDtype
+
+
+class FinetuneSpec(Spec):
+    """VQ-aware fine-tuning of one encoded head (codebook indices fixed)."""
+
+    k: K
+    side_dtype: SideDtype
     epochs: int = Field(2, ge=1, le=100, title="fine-tuning epochs",
-                        description="passes over the training locations after compression (0 = no fine-tuning)")
+                        description="passes over the training locations after compression")
     lr: float = Field(1e-3, gt=0, le=1, title="fine-tuning learning rate", description="AdamW peak rate")
     batch_size: int = Field(2048, ge=1, le=1 << 20)
     train_codebook: bool = Field(False, title="fine-tune codewords",
@@ -135,20 +145,17 @@ class FinetuneSpec(Spec):
 
 
 class CompressionSpec(Spec):
-    """The variants of the compression table: baselines, VQ at each K and gain dtype, and the
-    fine-tuned VQ variants (``finetuned``: their (K, gain dtype), in the order their inputs come)."""
+    """The compression table on one split: the dense head, int8 PTQ, magnitude pruning at
+    ``sparsities`` and every encoded head the stage is given (post-training and fine-tuned)."""
 
-    ks: tuple[K, ...]
-    gain_dtypes: tuple[Literal[DTYPES], ...] = GAIN_DTYPES
     sparsities: tuple[float, ...] = (0.1, 0.3, 0.5)
-    finetuned: tuple[tuple[K, Literal[DTYPES]], ...] = ()
     split: Literal["test", "ood"] = "test"
 
 
 class LuthamSpec(Spec):
-    """A LUTHAM build: the GPU architecture, the kernels' source hash and the rows it serves."""
+    """A LUTHAM build of an encoded head: the GPU architecture, the kernels' source hash and the rows
+    it serves."""
 
     arch: str
     source: str
     max_rows: int = Field(4096, ge=1)
-    gain_dtype: Literal["fp16"] = "fp16"

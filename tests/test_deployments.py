@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.local import bin_path, free_port, prefect_env, prefect_server, ray_head, worker
+from cli.services import bin_path, free_port, prefect_env, prefect_server, ray_head, worker
 from storage.store import ArtifactStore
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,11 +48,11 @@ def test_deploy_trigger_and_inspect_through_the_api(server):
 
     url, tmp = server
     with worker(url, log=tmp / "worker.log"):
-        deployed = subprocess.run([sys.executable, "-m", "flows.cli", "deploy"], env=prefect_env(url), cwd=ROOT,
+        deployed = subprocess.run([sys.executable, "-m", "cli.main", "deploy"], env=prefect_env(url), cwd=ROOT,
                                   capture_output=True, text=True, timeout=300)
         assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
         listed = prefect(url, "deployment", "ls").stdout
-        for name in ("sharekan-pipeline/pipeline", "parameter-sweep/sweep", "train/train", "compress/compress",
+        for name in ("sharekan-pipeline/pipeline", "kmeans-mode-sweep/sweep", "train/train", "compress/compress",
                      "compile/compile"):
             assert name in listed
         bad = prefect(url, "deployment", "run", "sharekan-pipeline/pipeline", "--params",
@@ -102,7 +102,7 @@ def test_ray_job_submit_runs_the_pipeline_on_a_started_cluster(server):
     with ray_head(port=free_port(), num_cpus=2, env=env, dashboard_port=dash):
         cmd = [bin_path("ray"), "job", "submit", "--address", f"http://127.0.0.1:{dash}",
                "--runtime-env-json", json.dumps({"env_vars": {"PREFECT_API_URL": url}}),
-               "--", sys.executable, "-m", "flows.cli", "run", "--address", "auto",
+               "--", sys.executable, "-m", "cli.main", "run", "--address", "auto",
                "--params", json.dumps(tiny(tmp, "job"))]
         done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-3000:]

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from sharekan.clustering import InMemory, kmeans
-from sharekan.kmeans import assign_stats, init_centroids, lloyd
+from sharekan.kmeans_steps import assign_stats, init_centroids, lloyd
 from storage.shards import put_rows
 from storage.store import ArtifactStore
 from tasks.kmeans import RayShards, ShardError, check_shard_memory, distributed_kmeans
@@ -210,7 +210,7 @@ CLUSTER_SCRIPT = textwrap.dedent("""
 def test_cluster_started_with_ray_start_head(shapes, tmp_path):
     """A `ray start --head` cluster (token authentication on) reached by address; stopping it
     stops that head alone."""
-    from flows.local import free_port, prefect_env, ray_head
+    from cli.services import free_port, prefect_env, ray_head
 
     path, version, _ = shapes
     env = {**prefect_env(), "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}

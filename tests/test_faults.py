@@ -19,7 +19,7 @@ import psutil
 import pytest
 from click.testing import CliRunner
 
-from flows.cli import main as cli
+from cli.main import main as cli
 from sharekan.detection.synthetic import generate_voc
 from storage.store import ArtifactStore
 
@@ -38,7 +38,7 @@ def _env() -> dict:
 
 def _start(tmp: Path, name: str, data: Path, store: Path, skip_bad: bool) -> subprocess.Popen:
     params = {**TINY, "data": {**TINY["data"], "skip_bad": skip_bad}}
-    cmd = [sys.executable, "-m", "flows.cli", "run", "--data", str(data), "--store", str(store),
+    cmd = [sys.executable, "-m", "cli.main", "run", "--data", str(data), "--store", str(store),
            "--out", str(tmp / name), "--params", json.dumps(params)]
     return subprocess.Popen(cmd, cwd=tmp, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
@@ -173,7 +173,7 @@ def test_the_cli_survives_many_concurrent_invocations(tmp_path):
     for i in range(4):
         store.put("x", {"i": i}, [], "c", {"a": np.arange(10)})
     version = store.ls()[0].version
-    cmds = [[sys.executable, "-m", "flows.cli", "artifacts", "--store", str(tmp_path / "store"), *args]
+    cmds = [[sys.executable, "-m", "cli.main", "artifacts", "--store", str(tmp_path / "store"), *args]
             for args in [["ls"], ["show", version], ["lineage", version]] * 12]
 
     def one(cmd):

@@ -23,7 +23,7 @@ def run(prefect_api, tmp_path_factory):
     from flows.pipeline import sharekan_pipeline
 
     tmp = tmp_path_factory.mktemp("flow")
-    params = tiny(tmp, compress={"gain_dtypes": ["fp16", "int8", "int4"]})
+    params = tiny(tmp, compress={"side_dtypes": ["fp16", "int8", "int4"]})
     state = sharekan_pipeline(params, return_state=True)
     assert state.is_completed(), state
     return tmp, params, state.result(), state.state_details.flow_run_id
@@ -50,6 +50,7 @@ def test_report_and_exports(run):
     assert list(saved["stages"]) == ["dataset", "backbone", "features_train", "features_test", "features_ood", "head",
                                      "evaluation", "splines",
                                      "codebook K=16", "assignment K=16", "codebook K=256", "assignment K=256",
+                                     *(f"encoded K={k} {dt}" for k in (16, 256) for dt in ("fp16", "int8", "int4")),
                                      "finetune K=16 int8", "finetune K=16 int4", "finetune K=256 int8",
                                      "finetune K=256 int4", "compression", "compression_ood", "lutham"]
     for name, stage in ((k, s) for k, s in saved["stages"].items() if k != "lutham"):
@@ -71,28 +72,27 @@ def test_report_and_exports(run):
 
 def test_no_gpu_worker_marks_lutham_skipped(run):
     tmp, _, report, _ = run
-    assert report["stages"]["lutham"]["skipped"] == "skipped: no GPU worker"
-    assert report["stages"]["lutham"]["version"] is None
-    from sharekan.detection.compare import runtime_k
-    assert report["lutham"]["codebook_k"] == runtime_k(report["compression"]) in (16, 256)
+    assert report.stages["lutham"].skipped == "skipped: no GPU worker" and report.stages["lutham"].version is None
+    from sharekan.detection.compare import VariantRow, runtime_variant
+    chosen = runtime_variant([VariantRow.from_dict(r) for r in report.compression])
+    assert (report.lutham.k, report.lutham.side_dtype) == (chosen.k, "fp16") and chosen.k in (16, 256)
     md = (tmp / "detection" / "report.md").read_text()
-    assert f"## LUTHAM (codebook K={report['lutham']['codebook_k']})" in md and "skipped: no GPU worker" in md
+    assert f"## LUTHAM (VQ K={chosen.k} fp16)" in md and "skipped: no GPU worker" in md
 
 
 def test_every_stage_is_a_versioned_artifact_with_lineage(run):
     tmp, params, report, _ = run
     store = ArtifactStore(tmp / "store", create=False)
-    stages = report["stages"]
+    stages = {name: s.model_dump() for name, s in report.stages.items()}
     assert store.get(stages["compression"]["version"]).meta["rows"][0]["variant"] == "dense fp32"
-    codebook = store.get(report["codebooks"]["256"])
+    codebook = store.get(report.codebooks[256])
     assert codebook.array("codebook").shape == (256, 13)
     splines = store.get(codebook.inputs[0])
     assert splines.stage == "splines" and splines.inputs == [stages["head"]["version"]]
     shard0 = read_shard(splines, "shapes", 0)
     assert np.array_equal(shard0, splines.array("shapes")[:16_384]) and shard0.shape == (EDGES, 13)
     assignment = store.ls("assignment")
-    assert len(assignment) == 2 and {a.inputs[0] for a in assignment} == \
-        {report["codebooks"]["16"], report["codebooks"]["256"]}
+    assert len(assignment) == 2 and {a.inputs[0] for a in assignment} == set(report.codebooks.values())
     feats = store.get(stages["features_train"]["version"])
     assert feats.array("feats").shape[0] == 16
     assert store.get(stages["features_ood"]["version"]).array("feats").shape[0] == 4
@@ -102,11 +102,56 @@ def test_every_stage_is_a_versioned_artifact_with_lineage(run):
     assert backbone.inputs == [stages["dataset"]["version"]] and len(backbone.meta["history"]) == 1
     head = store.get(stages["head"]["version"])
     assert set(head.inputs) == {stages["features_train"]["version"], stages["dataset"]["version"]}
-    assert len(store.ls("encoded")) == 6
+    assert len(store.ls("encoded")) == 6  # one encoded head per (K, width), read by everything after it
+    encoded = store.get(stages["encoded K=256 int4"]["version"])
+    assert encoded.inputs == [stages["head"]["version"], report.codebooks[256],
+                              next(a.version for a in assignment if a.inputs[0] == report.codebooks[256])]
+    assert np.array_equal(encoded.array("layers.0.indices")[...].reshape(-1),  # the distributed assignment's indices
+                          store.get(encoded.inputs[2]).array("indices")[:8 * 256])
     tuned = store.get(stages["finetune K=256 int4"]["version"])
-    assert tuned.inputs == [stages["head"]["version"], stages["features_train"]["version"],
-                            stages["dataset"]["version"], report["codebooks"]["256"]]
-    assert tuned.meta["gain_dtype"] == "int4" and len(tuned.meta["history"]) == params.compress.finetune_epochs
+    assert tuned.inputs == [stages["head"]["version"], encoded.version, stages["features_train"]["version"],
+                            stages["dataset"]["version"]]
+    assert tuned.meta["encoded"]["meta"]["variant"] == {"kind": "vq", "k": 256, "dtype": "int4", "sparsity": None,
+                                                        "finetuned": True}
+    assert len(tuned.meta["history"]) == params.compress.finetune_epochs
+    table = store.get(stages["compression"]["version"])  # the table scores the stored encoded heads
+    assert set(table.inputs[3:]) == {s["version"] for n, s in stages.items() if n.startswith(("encoded", "finetune"))}
+
+
+def test_export_hands_over_a_fine_tuned_int4_head_that_loads_bit_for_bit(run, tmp_path):
+    """`sharekan export` writes one file; `sharekan.load` rebuilds the stored head from it alone."""
+    import subprocess
+    import sys
+
+    import sharekan
+    from sharekan.encoded import FORMAT_VERSION, FormatError
+    from storage.files import load_tensors, save_tensors
+    from tasks.compress import load_encoded
+
+    tmp, _, report, _ = run
+    version = report.stages["finetune K=256 int4"].version
+    out = tmp_path / "head.safetensors"
+    done = subprocess.run([sys.executable, "-m", "cli.main", "export", version, "--out", str(out),
+                           "--store", str(tmp / "store")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"wrote {out}" in done.stdout and "K=256 int4 fine-tuned" in done.stdout
+    loaded = sharekan.load(out)
+    stored = load_encoded(ArtifactStore(tmp / "store", create=False), version)
+    want, got = stored.kan.state_dict(), loaded.kan.state_dict()
+    assert want.keys() == got.keys() and all(torch.equal(want[n], got[n]) and want[n].dtype == got[n].dtype
+                                             for n in want)
+    x = torch.randn(50, 256) * 2
+    assert torch.equal(loaded.kan(x), stored.kan(x))
+    assert loaded.meta["lineage"]["version"] == version and loaded.meta["variant"]["finetuned"]
+    head = loaded.detection_head()  # the whole compressed detector head, standardisation and bias included
+    assert torch.equal(head(x), stored.detection_head()(x)) and head(x).shape == (50, 24)
+    tensors, meta = load_tensors(out)
+    save_tensors(tmp_path / "future.safetensors", tensors, {**meta, "format_version": FORMAT_VERSION + 1})
+    with pytest.raises(FormatError, match=f"format version {FORMAT_VERSION + 1}.*reads version {FORMAT_VERSION}"):
+        sharekan.load(tmp_path / "future.safetensors")
+    bad = subprocess.run([sys.executable, "-m", "cli.main", "export", report.codebooks[16], "--store",
+                          str(tmp / "store")], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert bad.returncode == 1 and "not a compressed head" in bad.stderr
 
 
 def test_checkpoint_restores_the_head(run):
@@ -160,13 +205,12 @@ def test_rerun_reuses_every_stage_and_a_change_retrains(run):
 
     tmp, params, report, _ = run
     again = sharekan_pipeline(params)
-    assert not any(s["created"] for k, s in again["stages"].items() if k != "lutham")
-    assert {k: s["version"] for k, s in again["stages"].items()} == \
-        {k: s["version"] for k, s in report["stages"].items()}
-    assert again["map50"] == report["map50"]
+    assert not any(s.created for k, s in again.stages.items() if k != "lutham")
+    assert {k: s.version for k, s in again.stages.items()} == {k: s.version for k, s in report.stages.items()}
+    assert again.map50 == report.map50
     changed = sharekan_pipeline(tiny(tmp, train={"epochs": 3}, compress={"ks": [16]}))
-    assert changed["stages"]["head"]["version"] != report["stages"]["head"]["version"]
-    assert not changed["stages"]["features_train"]["created"] and changed["stages"]["head"]["created"]
+    assert changed.stages["head"].version != report.stages["head"].version
+    assert not changed.stages["features_train"].created and changed.stages["head"].created
 
 
 def test_invalid_parameters_are_refused_before_anything_runs(prefect_api, tmp_path):
@@ -178,24 +222,27 @@ def test_invalid_parameters_are_refused_before_anything_runs(prefect_api, tmp_pa
         sharekan_pipeline({"train": {"epochs": 0}, "store": str(tmp_path / "s")})
     with pytest.raises(ParameterTypeError, match="kmeans_mode"):
         sharekan_pipeline({"compress": {"kmeans_mode": "kmeans++"}, "store": str(tmp_path / "s")})
-    with pytest.raises(ParameterTypeError, match="lutham_k"):
+    # rules across fields: the plan, the flow's first step, before any stage, one line naming the field
+    from flows.plan import PlanError
+    with pytest.raises(PlanError, match=r"lutham_k: 4096 is not among the codebook sizes fitted \(\[16, 256\]\)"):
         sharekan_pipeline({"compress": {"ks": [16, 256]}, "lutham_k": 4096, "store": str(tmp_path / "s")})
-    with pytest.raises(ParameterTypeError, match="lutham_k"):
-        sharekan_pipeline({"lutham_k": 1000, "store": str(tmp_path / "s")})
-    # rules across fields: the flow's first step, before any stage, one line naming the field
-    from flows.preflight import PreflightError
-    with pytest.raises(PreflightError, match=r"compress.ks: \[65536\] exceed the 8,384 edges"):
+    with pytest.raises(PlanError, match=r"compress.ks: \[16\] listed more than once"):
+        sharekan_pipeline({"compress": {"ks": [16, 16]}, "store": str(tmp_path / "s")})
+    with pytest.raises(PlanError, match=r"compress.ks: \[65536\] exceed the head's 8,384 edges"):
         sharekan_pipeline({"train": {"hidden": 8, "backbone": "resnet50"}, "compress": {"ks": [256, 65536]},
                            "store": str(tmp_path / "s")})
-    with pytest.raises(PreflightError, match=r"lutham_k: 65536 is not among the codebook sizes fitted "
+    with pytest.raises(PlanError, match=r"lutham_k: 65536 is not among the codebook sizes fitted "
                                              r"\(\[256, 4096, 8384\]\)"):  # a default K the head is too small for
         sharekan_pipeline({"train": {"hidden": 8, "backbone": "resnet50"}, "lutham_k": 65536,
                            "store": str(tmp_path / "s")})
-    with pytest.raises(PreflightError, match=r"compress.ks: \[4096\] exceed the 2,240 edges of a resnet18/layer3"):
+    with pytest.raises(PlanError, match=r"compress.ks: \[4096\] exceed the head's 2,240 edges"):
         sharekan_pipeline({"train": {"hidden": 8}, "compress": {"ks": [256, 4096]}, "store": str(tmp_path / "s")})
-    with pytest.raises(ParameterTypeError, match=r"finetune_dtypes \['int4'\] are not among"):
-        sharekan_pipeline({"compress": {"gain_dtypes": ["fp16", "int8"]}, "store": str(tmp_path / "s")})
-    with pytest.raises(PreflightError, match="data.root: .* has no VOCdevkit folder"):
+    with pytest.raises(PlanError, match=r"finetune_side_dtypes \['int4'\] are not among"):
+        sharekan_pipeline({"compress": {"side_dtypes": ["fp16", "int8"]}, "store": str(tmp_path / "s")})
+    with pytest.raises(PlanError, match=r"side_dtypes \['int8'\]: LUTHAM runs the fp16 encoding"):
+        sharekan_pipeline({"compress": {"side_dtypes": ["int8"], "finetune_side_dtypes": ["int8"]},
+                           "store": str(tmp_path / "s")})
+    with pytest.raises(PlanError, match="data.root: .* has no VOCdevkit folder"):
         sharekan_pipeline({"data": {"root": str(tmp_path)}, "store": str(tmp_path / "s")})
     assert not (tmp_path / "s").exists()
 
@@ -210,10 +257,10 @@ def base(run):
 def test_pareto_sweep_flow(base):
     """G = 10 seed 0 is the pipeline run above (its head is reused), G = 5 seed 0 the one new head
     (averaging over seeds: test_studies)."""
-    from flows.studies import SweepParams, pareto_sweep
+    from flows.studies import ParetoParams, pareto_sweep
 
     tmp, b = base
-    params = SweepParams(base=b, grid_sizes=[10, 5], seeds=[0], ks=[16], side_dtypes=["int4"], finetune=False,
+    params = ParetoParams(base=b, grid_sizes=[10, 5], seeds=[0], ks=[16], side_dtypes=["int4"], finetune=False,
                          parallel=2, out=str(tmp / "pareto"))
     result = pareto_sweep(params)
     rows = {(r["grid_size"], r["variant"]): r for r in result["rows"]}
@@ -245,6 +292,7 @@ def test_shared_codebook_flow(base):
     from storage.store import ArtifactStore
 
     tmp, b = base
+    b = {**b, "compress": {**b["compress"], "finetune_codebook": True}}  # the study honours the whole form
     result = shared_codebook(SharedParams(base=b, head_seeds=[0, 1], transfer_seed=2, k=16, side_dtypes=["int4"],
                                           out=str(tmp / "shared")))
     rows = {r["variant"]: r for r in result["rows"]}
@@ -257,5 +305,8 @@ def test_shared_codebook_flow(base):
     book = ArtifactStore(b["store"], create=False).get(result["codebook"])
     assert len(book.inputs) == 2 and all(v.startswith("splines-") for v in book.inputs)
     assert (tmp / "shared" / "shared.json").is_file()
+    tuned = ArtifactStore(b["store"], create=False).ls("finetune")
+    mine = [a for a in tuned if a.params["k"] == 16 and a.params["train_codebook"]]
+    assert len(mine) == 6  # 3 heads × (shared, own codebook), every one with its codewords trained
     with pytest.raises(ValueError, match="unseen head must be unseen"):
         shared_codebook(SharedParams(base=b, head_seeds=[0, 1], transfer_seed=1, k=16, out=str(tmp / "x")))

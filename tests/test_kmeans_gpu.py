@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sharekan.clustering import InMemory, kmeans
-from sharekan.kmeans import assign_stats, faiss_gpus, init_centroids, pick_backend
+from sharekan.kmeans_steps import assign_stats, faiss_gpus, init_centroids, pick_backend
 
 
 def mixture(n=20_000, k=40, seed=0):

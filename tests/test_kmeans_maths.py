@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from sharekan.kmeans import (assign_stats, init_centroids, minibatch_update, reseed_empty, split_k,
+from sharekan.kmeans_steps import (assign_stats, init_centroids, minibatch_update, reseed_empty, split_k,
                              update_centroids)
 
 

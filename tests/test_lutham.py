@@ -374,7 +374,7 @@ def test_detector_map_with_lutham_equals_the_reference(tmp_path):
     from sharekan.detection.synthetic import generate_voc
     from sharekan.detection.train import location_targets, train_head
     from sharekan.detection.voc import VOCData
-    from sharekan.kmeans import assign_stats, init_centroids, lloyd
+    from sharekan.kmeans_steps import assign_stats, init_centroids, lloyd
     from sharekan.lutham.module import LuthamKAN
     from sharekan.lutham.validate import detector_map
     from sharekan.vq_kan import compress_kan, edge_shapes

@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from flows.local import free_port, port_in_use, prefect_env, ray_head
+from cli.services import free_port, port_in_use, prefect_env, ray_head
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,7 +57,7 @@ def test_ray_refuses_a_client_without_the_token(tmp_path):
 def test_a_temporary_prefect_server_listens_on_loopback_and_dies_with_its_parent(tmp_path):
     script = textwrap.dedent("""
         import sys, time
-        from flows.local import prefect_server
+        from cli.services import prefect_server
         with prefect_server(home=sys.argv[1], die_with_parent=True) as url:
             print(url, flush=True)
             time.sleep(600)
@@ -78,7 +78,7 @@ def test_a_temporary_prefect_server_listens_on_loopback_and_dies_with_its_parent
 
 
 def test_a_starting_prefect_server_names_its_exit_and_its_log(tmp_path):
-    from flows.local import starting_prefect_server
+    from cli.services import starting_prefect_server
 
     log = tmp_path / "server.log"
     with starting_prefect_server(home=str(tmp_path / "home"), log=log) as server:
@@ -96,7 +96,7 @@ def test_a_second_server_refuses_a_port_in_use(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        out = subprocess.run([sys.executable, "-m", "flows.cli", "server", "--port", str(port), "--no-ray"],
+        out = subprocess.run([sys.executable, "-m", "cli.main", "server", "--port", str(port), "--no-ray"],
                              cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and f"port {port} on 127.0.0.1 is in use" in out.stderr, out.stderr[-2000:]
     assert "Prefect UI" not in out.stdout
@@ -104,7 +104,7 @@ def test_a_second_server_refuses_a_port_in_use(tmp_path):
 
 def test_sharekan_server_stops_everything_on_sigterm(tmp_path):
     port, ray_port = free_port(), free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "server", "--port", str(port), "--ray-port",
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "server", "--port", str(port), "--ray-port",
                              str(ray_port)], cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines = []
@@ -190,7 +190,7 @@ def test_a_prefect_server_on_postgresql_records_flow_runs(postgres, tmp_path):
 
     import asyncpg
 
-    from flows.local import prefect_server
+    from cli.services import prefect_server
 
     flow = "from prefect import flow\n@flow(name='pg-check')\ndef f():\n    return 1\nf()\n"
     with prefect_server(home=str(tmp_path / "home"), database=postgres) as url:

@@ -100,7 +100,7 @@ def test_an_edit_changes_the_code_version_of_the_stages_it_touches_only(tmp_path
 def test_importing_the_flows_starts_nothing_and_changes_no_environment(tmp_path):
     """Our modules have no import-time side effects (the libraries' own, e.g. Ray's, happen first)."""
     code = ("import os, json, prefect, prefect_ray, ray, torch, torchvision; before = dict(os.environ); "
-            "import flows.pipeline, flows.cli, flows.local, tasks.cluster; "
+            "import flows.pipeline, cli.main, cli.services, tasks.cluster; "
             "print(json.dumps([ray.is_initialized(), {k: v for k, v in os.environ.items() if before.get(k) != v}]))")
     env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
@@ -111,9 +111,9 @@ def test_importing_the_flows_starts_nothing_and_changes_no_environment(tmp_path)
 
 
 def test_the_cli_offers_the_library_s_modes_and_backends():
-    from flows.cli import run
+    from cli.main import run
     from sharekan.clustering import MODES
-    from sharekan.kmeans import BACKENDS
+    from sharekan.kmeans_steps import BACKENDS
 
     options = {p.name: p for p in run.params}
     assert tuple(options["kmeans_mode"].type.choices) == MODES

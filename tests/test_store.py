@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from flows.cli import main as cli
+from cli.main import main as cli
 from storage.shards import put_rows, read_shard
 from storage.store import ArtifactStore, StoreError, VersionNotFound, version_id
 
@@ -175,7 +175,7 @@ SHARDED_SCRIPT = textwrap.dedent("""
         time.sleep(2)  # both writers are inside put_sharded at once
         fork = session.fork()
         for a, b in ranges:
-            open_artifact_group(fork, "features", version)["f"][a:b] = np.arange(a, b, dtype=np.float32)[:, None]
+            open_artifact_group(fork, version)["f"][a:b] = np.arange(a, b, dtype=np.float32)[:, None]
         return [fork]
     art, created = store.put_sharded("features", {"n": 1}, [], "c", {"f": ((1,), "<f4")}, 1000, 100, 1, write)
     print(art.version, created)

@@ -1,7 +1,7 @@
 """Compression of a trained detection head, variant by variant, scored on the detector.
 
 Variants: dense fp32; int8 PTQ; magnitude pruning (global, by edge norm); Gain-Shape-Bias VQ
-with one head-shared codebook at several K, fp16 and int8 gains/biases/base weights. For each:
+heads encoded elsewhere (one head-shared codebook, side data at some width, fine-tuned or not). For each:
 mAP@0.5 (VOC all-points), Δ vs dense, storage bytes (the KAN's components plus the head's small
 non-KAN tensors, the same for every variant), compression ratio, and runtime memory measured
 during a head forward on the locations of 1 and of 8 images.
@@ -13,7 +13,7 @@ memory is measured on the compressed forward itself.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
 import torch
@@ -21,13 +21,13 @@ from torch import nn
 
 from ..baselines import Int8KAN, prune_edges
 from ..memory import runtime_bytes, storage_components
-from ..vq_kan import GAIN_DTYPES, VQKAN, compress_kan
+from ..vq_kan import VQKAN
 from .evaluate import voc_ap
 from .head import KANDetectionHead
 from .train import ground_truth, predict
 from .voc import Sample
 
-__all__ = ["Variant", "baseline_variants", "vq_variants", "compare_variants", "runtime_k"]
+__all__ = ["Variant", "VariantRow", "baseline_variants", "compare_variants", "runtime_variant"]
 
 
 @dataclass(frozen=True)
@@ -54,18 +54,44 @@ class Variant:
         return asdict(self)
 
 
-def runtime_k(rows: list[dict], min_compression: float = 2.0) -> int:
-    """The codebook size to run (LUTHAM, fp16 gains): the best-mAP ``VQ K=… fp16`` variant among
-    those stored ≥ ``min_compression``× smaller than dense (ties: the smaller K), else the most
+@dataclass(frozen=True)
+class VariantRow:
+    """One row of the compression table: the variant and what was measured of it."""
+
+    variant: Variant
+    map50: float
+    delta_map50: float
+    storage_bytes: int
+    compression: float
+    runtime_bytes_1img: int
+    runtime_bytes_8img: int
+    components: dict[str, int]
+    vq_forward_rel_diff: float | None = None
+
+    def to_dict(self) -> dict:
+        """Flat, for JSON: ``variant`` (the name), the variant's fields, then the measurements."""
+        out = {"variant": self.variant.name, **self.variant.to_dict()}
+        out.update({f.name: getattr(self, f.name) for f in fields(self) if f.name != "variant"})
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> VariantRow:
+        variant = Variant(**{f.name: d[f.name] for f in fields(Variant)})
+        return cls(variant, **{f.name: d[f.name] for f in fields(cls) if f.name != "variant"})
+
+
+def runtime_variant(rows: list[VariantRow], min_compression: float = 2.0) -> Variant:
+    """The encoded head to run (LUTHAM): the best-mAP post-training VQ variant with fp16 side data
+    among those ≥ ``min_compression``× smaller than dense (ties: the smaller K), else the most
     compressed one. The largest K is not the default: at K near the edge count the codebook is as
     big as the splines it replaces (K = 65,536 on a 67k-edge head compresses 1.0×)."""
-    vq = [(r["k"], r) for r in rows if r["kind"] == "vq" and r["dtype"] == "fp16" and not r.get("finetuned")]
+    vq = [r for r in rows if r.variant.kind == "vq" and r.variant.dtype == "fp16" and not r.variant.finetuned]
     if not vq:
-        raise ValueError("no VQ variant with fp16 gains among the compression rows")
-    small = [(k, r) for k, r in vq if r["compression"] >= min_compression]
+        raise ValueError("no post-training VQ variant with fp16 side data among the compression rows")
+    small = [r for r in vq if r.compression >= min_compression]
     if small:
-        return min(small, key=lambda kr: (-kr[1]["map50"], kr[0]))[0]
-    return max(vq, key=lambda kr: (kr[1]["compression"], -kr[0]))[0]
+        return min(small, key=lambda r: (-r.map50, r.variant.k)).variant
+    return max(vq, key=lambda r: (r.compression, -r.variant.k)).variant
 
 
 def baseline_variants(kan: nn.Module, sparsities=(0.1, 0.3, 0.5)) -> list[tuple[Variant, nn.Module]]:
@@ -74,17 +100,9 @@ def baseline_variants(kan: nn.Module, sparsities=(0.1, 0.3, 0.5)) -> list[tuple[
             + [(Variant("pruned", sparsity=s), prune_edges(kan, s)) for s in sparsities])
 
 
-def vq_variants(kan: nn.Module, codebooks: dict[int, torch.Tensor],
-                gain_dtypes=GAIN_DTYPES) -> list[tuple[Variant, VQKAN]]:
-    """A head-shared VQ variant per (K, gain dtype) from fitted ``codebooks`` ``{K: [K, C]}``."""
-    n_layers = len(kan.layers)
-    return [(Variant("vq", k=k, dtype=dt), compress_kan(kan, k, gain_dtype=dt, codebooks=[cb] * n_layers))
-            for k, cb in sorted(codebooks.items()) for dt in gain_dtypes]
-
-
 @torch.no_grad()
 def compare_variants(head: KANDetectionHead, feats: torch.Tensor, samples: list[Sample], size: int,
-                     variants: list[tuple[Variant, nn.Module]], progress: bool = True) -> list[dict]:
+                     variants: list[tuple[Variant, nn.Module]], progress: bool = True) -> list[VariantRow]:
     """One row per variant (see the module docstring); the first variant is the reference."""
     gts = ground_truth(samples)
     n, c, h, w = feats.shape
@@ -104,13 +122,11 @@ def compare_variants(head: KANDetectionHead, feats: torch.Tensor, samples: list[
         stored = sum(comps.values()) + extra
         if ref_map is None:
             ref_map, ref_bytes = result["map"], stored
-        rows.append({
-            "variant": v.name, **v.to_dict(), "map50": result["map"], "delta_map50": result["map"] - ref_map,
-            "storage_bytes": stored, "compression": ref_bytes / stored,
-            "runtime_bytes_1img": runtime_bytes(variant, rows_1)["total"],
-            "runtime_bytes_8img": runtime_bytes(variant, rows_8)["total"],
-            "components": comps, "vq_forward_rel_diff": check,
-        })
+        rows.append(VariantRow(v, map50=result["map"], delta_map50=result["map"] - ref_map, storage_bytes=stored,
+                               compression=ref_bytes / stored,
+                               runtime_bytes_1img=runtime_bytes(variant, rows_1)["total"],
+                               runtime_bytes_8img=runtime_bytes(variant, rows_8)["total"],
+                               components=comps, vq_forward_rel_diff=check))
         if progress:
             print(f"  {v.name}: mAP@0.5 {result['map']:.4f}, {stored:,} B", flush=True)
     return rows

@@ -4,6 +4,7 @@
 (:class:`~sharekan.lutham.runtime.LuthamHead`); ``forward`` takes ``[..., in_features]`` on any
 device, runs the kernels on the GPU in chunks of ``max_rows`` rows and returns
 ``[..., out_features]`` on the input's device and dtype, like ``VQKAN.forward``.
+``LuthamKAN.from_file(path)`` runs a head that ``sharekan export`` wrote.
 """
 
 from __future__ import annotations
@@ -24,6 +25,13 @@ class LuthamKAN(nn.Module):
         self.lut = LuthamHead(model, max_rows=max_rows, **runtime_kw)
         self.in_features = self.lut.plan.layers[0].in_features
         self.out_features = self.lut.plan.layers[-1].out_features
+
+    @classmethod
+    def from_file(cls, path, max_rows: int = 4096, **runtime_kw) -> LuthamKAN:
+        """LUTHAM over a compressed head exported by ``sharekan export`` (see :func:`sharekan.load`)."""
+        from ..encoded import load
+
+        return cls(load(path).kan, max_rows=max_rows, **runtime_kw)
 
     @property
     def plan(self):

@@ -1,5 +1,5 @@
-"""The steps of k-means (assignment statistics, centroid updates, reseeding, initialisation) and
-the codebook-size rules; ``sharekan.clustering`` runs them as a loop over a data source.
+"""The steps of k-means (assignment statistics, centroid updates, reseeding, initialisation);
+``sharekan.clustering.kmeans`` runs them as a loop over a data source.
 
 Statistics are sums and counts, so shards computed apart add up to the statistics of the whole.
 The assignment runs on one of :data:`BACKENDS`: ``"cpu"`` (FAISS's exact ``IndexFlatL2``, else
@@ -14,40 +14,13 @@ import numpy as np
 import torch
 
 from .checks import check_positive_int
+from .codebook_size import check_k
 
-__all__ = ["MAX_K", "DEFAULT_KS", "BACKENDS", "default_ks", "ladder_ks", "check_k", "pick_backend", "assign_stats", "update_centroids", "reseed_empty",
+__all__ = ["BACKENDS", "check_backend", "pick_backend", "assign_stats", "update_centroids", "reseed_empty",
            "init_centroids", "minibatch_update", "lloyd", "split_k"]
 
-MAX_K = 65_536  # uint16 indices
-DEFAULT_KS = (256, 4096, MAX_K)  # the last stands for min(edges, MAX_K) of a given head
 BACKENDS = ("cpu", "cuda", "faiss-gpu")
 _BLOCK = 1 << 28  # distances per GPU block (1 GiB of fp32)
-
-
-def default_ks(edges: int) -> list[int]:
-    """The codebook sizes fitted when none are given: 256, 4,096 and the largest K the edge count
-    supports (≤ 65,536), those above the edge count left out."""
-    return sorted({k for k in (*DEFAULT_KS[:-1], min(edges, MAX_K)) if k <= edges})
-
-
-def ladder_ks(edges: int, start: int = 64, factor: int = 4) -> list[int]:
-    """Codebook sizes ``start · factor^j`` below the edge count (and ≤ 65,536): a sweep's K axis."""
-    out, k = [], start
-    while k < edges and k <= MAX_K:
-        out.append(k)
-        k *= factor
-    return out
-
-
-def check_k(k: int, n_points: int, what: str = "edges") -> None:
-    """K must be in ``[1, min(MAX_K, n_points)]``: a clear error, never a silent clamp."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"K (codebook size) must be a positive integer, got {k!r}")
-    if k > MAX_K:
-        raise ValueError(f"K (codebook size) = {k} exceeds the maximum {MAX_K} (uint16 indices)")
-    if k > n_points:
-        raise ValueError(f"K (codebook size) = {k} is larger than the number of {what} ({n_points}); "
-                         f"choose K ≤ {n_points}")
 
 
 # -- the maths of distributed k-means: shards return sums, the driver updates ---------------------
@@ -61,11 +34,16 @@ def faiss_gpus() -> int:
     return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
 
 
+def check_backend(requested: str) -> None:
+    """``requested`` must be ``"auto"`` or one of :data:`BACKENDS`: an error naming it otherwise."""
+    if requested not in ("auto", *BACKENDS):
+        raise ValueError(f"k-means backend must be 'auto' or one of {BACKENDS}, got {requested!r}")
+
+
 def pick_backend(requested: str = "auto") -> str:
     """The assignment backend: ``requested`` if it is available here (an error naming what is
     missing otherwise), or for ``"auto"`` FAISS GPU, else torch CUDA, else CPU."""
-    if requested not in ("auto", *BACKENDS):
-        raise ValueError(f"k-means backend must be 'auto' or one of {BACKENDS}, got {requested!r}")
+    check_backend(requested)
     if requested == "faiss-gpu" and not faiss_gpus():
         raise RuntimeError("k-means backend 'faiss-gpu' needs the faiss-gpu package and a GPU "
                            "(pip install 'sharekan[gpu]'); use 'cuda' or 'auto'")

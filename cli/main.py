@@ -1,6 +1,6 @@
 """The ``sharekan`` command line: ``run`` (the pipeline), ``server`` (local Prefect server, work
 pool, worker and Ray head), ``study pareto | shared`` (the study flows), ``deploy``
-(deployments/prefect.yaml) and ``artifacts ls | show |
+(deployments/prefect.yaml), ``export`` (a compressed head as one file) and ``artifacts ls | show |
 lineage | tag | gc``."""
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from pathlib import Path
 
 import click
 
+from sharekan.clustering import MODES
+from sharekan.kmeans_steps import BACKENDS
 from storage.store import ArtifactStore, StoreError, VersionNotFound, parse_location
 
 
@@ -80,8 +82,8 @@ def _params(overrides: dict, params_json: str | None):
 @click.option("--epochs", type=int, help="training epochs [6]")
 @click.option("--seed", type=int, help="seed for training and k-means [0]")
 @click.option("--k", "ks", type=int, multiple=True, help="codebook size (repeatable) [256, 4096, min(edges, 65536)]")
-@click.option("--kmeans-mode", type=click.Choice(["full", "minibatch", "two-level"]), help="[full]")
-@click.option("--kmeans-backend", type=click.Choice(["auto", "cpu", "cuda", "faiss-gpu"]),
+@click.option("--kmeans-mode", type=click.Choice(MODES), help="[full]")
+@click.option("--kmeans-backend", type=click.Choice(["auto", *BACKENDS]),
               help="where k-means assigns points [auto: the Ray workers' GPUs if any, else CPU]")
 @click.option("--store", help="artifact store folder or s3://bucket/prefix [$SHAREKAN_STORE or artifacts/store]")
 @click.option("--out", help="report folder [artifacts/detection]")
@@ -98,26 +100,39 @@ def run(data, n_train, n_test, epochs, seed, ks, kmeans_mode, kmeans_backend, st
                       "lutham_k": lutham_k}, params_json)
     params = params.model_copy(update={k: v for k, v in {"store": store, "out": out}.items() if v is not None}
                                | ({"lutham": False} if no_lutham else {}))
-    from flows.preflight import PreflightError, preflight
+    from flows.plan import PlanError, plan_pipeline
 
     try:
-        preflight(params)  # the flow checks again; here it fails before any server starts
-    except PreflightError as e:
+        plan_pipeline(params)  # the flow plans again; here it fails before any server starts
+    except PlanError as e:
         raise click.UsageError(str(e)) from None
-    report = _run_flow(lambda: __import__("flows.pipeline").pipeline.sharekan_pipeline, params, params.out, address)
-    from flows.report import stage_state, variant_columns
+    report = _run_flow(_pipeline_flow, params, params.out, address)
+    from flows.run_report import table_rows, variant_columns
     from sharekan.table import format_table
 
-    click.echo(f"\ndense head: mAP@0.5 {report['map50']:.4f} ({report['metric']}), "
-               f"torchmetrics COCO-style AP50 {report['torchmetrics_map50']:.4f}")
-    click.echo(format_table(report["variants"], variant_columns(report["variants"])))
+    click.echo(f"\ndense head: mAP@0.5 {report.map50:.4f} ({report.metric}), "
+               f"torchmetrics COCO-style AP50 {report.torchmetrics_map50:.4f}")
+    click.echo(format_table(table_rows(report.variants), variant_columns(report.variants)))
     click.echo("\nartifact versions:")
-    for name, s in report["stages"].items():
-        click.echo(f"  {name:18s} {s.get('version') or '-':44s} {stage_state(s):8s} {s.get('seconds', 0):7.1f}s")
-    bad = report.get("skipped_samples") or []
-    if bad:
-        click.echo(f"\nskipped {len(bad)} bad samples (all listed in report.md), e.g. {bad[0]}")
-    click.echo(f"\nreport: {Path(params.out) / 'report.json'} (and report.md) in {report['seconds']:.0f}s")
+    for name, s in report.stages.items():
+        click.echo(f"  {name:18s} {s.version or '-':44s} {s.state:8s} {s.seconds:7.1f}s")
+    if report.skipped_samples:
+        click.echo(f"\nskipped {len(report.skipped_samples)} bad samples (all listed in report.md), "
+                   f"e.g. {report.skipped_samples[0]}")
+    click.echo(f"\nreport: {Path(params.out) / 'report.json'} (and report.md) in {report.seconds:.0f}s")
+
+
+# The flows are imported only once the Prefect API's address is in the environment (see _run_flow).
+def _pipeline_flow():
+    from flows.pipeline import sharekan_pipeline
+
+    return sharekan_pipeline
+
+
+def _study_flow(which: str):
+    from flows.studies import pareto_sweep, shared_codebook
+
+    return {"pareto": pareto_sweep, "shared": shared_codebook}[which]
 
 
 def _run_flow(load_flow, params, out: str, address: str | None):
@@ -125,7 +140,7 @@ def _run_flow(load_flow, params, out: str, address: str | None):
     ($PREFECT_API_URL, or a temporary server of this run's own); its result, or a one-line error.
     The flow is imported only once the API's address is in the environment: Prefect reads its
     settings when first imported, and would otherwise start a server of its own."""
-    from flows.local import prefect_env, starting_prefect_server
+    from cli.services import prefect_env, starting_prefect_server
     from tasks.cluster import connect
 
     api = os.environ.get("PREFECT_API_URL")
@@ -165,21 +180,22 @@ def study(which: str, params_json: str | None, address: str | None) -> None:
     codebook for many heads, and a head it never saw)."""
     from pydantic import ValidationError
 
-    from flows.preflight import PreflightError, preflight
-    from flows.report import PARETO_COLUMNS, SHARED_COLUMNS
-    from flows.params import SharedParams, SweepParams
+    from flows.params import ParetoParams, SharedParams
+    from flows.plan import PlanError
+    from flows.studies import pareto_plans, shared_plan
+    from flows.study_report import PARETO_COLUMNS, SHARED_COLUMNS
     from sharekan.table import format_table
 
-    model, name, columns = {"pareto": (SweepParams, "pareto_sweep", PARETO_COLUMNS),
-                            "shared": (SharedParams, "shared_codebook", SHARED_COLUMNS)}[which]
+    model, plans, columns = {"pareto": (ParetoParams, pareto_plans, PARETO_COLUMNS),
+                             "shared": (SharedParams, shared_plan, SHARED_COLUMNS)}[which]
     try:
         params = model.model_validate(_json_params(params_json))
-        preflight(params.base)
+        plans(params)  # the flow plans again; here it fails before any server starts
     except ValidationError as e:
         raise click.BadParameter(str(e), param_hint="--params") from None
-    except PreflightError as e:
+    except PlanError as e:
         raise click.UsageError(str(e)) from None
-    result = _run_flow(lambda: getattr(__import__("flows.studies").studies, name), params, params.out, address)
+    result = _run_flow(lambda: _study_flow(which), params, params.out, address)
     rows = [{**r, "pareto": "*" if r.get("pareto") else ""} for r in result["rows"]]
     click.echo(format_table(rows, columns))
     click.echo(f"\nreport: {Path(params.out) / (which + '.json')} (and {which}.md)")
@@ -214,7 +230,7 @@ def _flush_logs() -> None:
 def server(port: int, host: str, database: str | None, ray_port: int, no_ray: bool) -> None:
     """Start a Prefect server, the process work pool and a worker, and a Ray head (127.0.0.1; Ray
     with token authentication). Ctrl-C or SIGTERM stops them all, and only them."""
-    from flows.local import POOL, PortInUse, database_url, ray_head, starting_prefect_server, worker
+    from cli.services import POOL, PortInUse, database_url, ray_head, starting_prefect_server, worker
 
     if database:
         try:
@@ -259,7 +275,7 @@ def server(port: int, host: str, database: str | None, ray_port: int, no_ray: bo
 @click.option("--name", "names", multiple=True, help="only this deployment (repeatable) [all]")
 def deploy(prefect_file: str, names: tuple[str, ...]) -> None:
     """Register the deployments of deployments/prefect.yaml with the Prefect API ($PREFECT_API_URL)."""
-    from flows.local import bin_path, prefect_env
+    from cli.services import bin_path, prefect_env
 
     if not os.environ.get("PREFECT_API_URL"):
         raise click.ClickException("PREFECT_API_URL is not set: start `sharekan server` and export the URL it prints")
@@ -270,6 +286,29 @@ def deploy(prefect_file: str, names: tuple[str, ...]) -> None:
     done = subprocess.run(cmd, env=prefect_env(os.environ["PREFECT_API_URL"]))
     if done.returncode:
         raise click.ClickException(f"prefect deploy failed (exit {done.returncode})")
+
+
+@main.command()
+@click.argument("version")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), help="the file to write [VERSION.safetensors]")
+@click.option("--store", "location", envvar="SHAREKAN_STORE", default="artifacts/store", show_default=True,
+              help="store folder or s3://bucket/prefix (env SHAREKAN_STORE)")
+def export(version: str, out_file: str | None, location: str) -> None:
+    """Write the compressed head VERSION (an `encoded` or `finetune` artifact) as one self-contained
+    file: `sharekan.load(FILE)` and `LuthamKAN.from_file(FILE)` run it with the library alone."""
+    from tasks.compress import export as export_head
+
+    store = _store(location)
+    _get(store, version)
+    path = Path(out_file or f"{version}.safetensors")
+    try:
+        head = export_head(store, version, path)
+    except (ValueError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+    v = head.meta["variant"]
+    click.echo(f"wrote {path} ({path.stat().st_size:,} B): K={v['k']} {v['dtype']}"
+               f"{' fine-tuned' if v['finetuned'] else ''}, {len(head.kan.layers)} layers "
+               f"{[head.kan.layers[0].in_features] + [lay.out_features for lay in head.kan.layers]}")
 
 
 @main.group()
@@ -304,9 +343,6 @@ def _get(store: ArtifactStore, version: str):
 def ls(location: str, stage: str | None) -> None:
     """List complete artifact versions, oldest first."""
     store = _store(location)
-    tags: dict[str, list[str]] = {}
-    for name, snap in store.tags().items():
-        tags.setdefault(snap, []).append(name)
     rows = store.ls(stage)
     if not rows:
         click.echo("no artifacts")
