@@ -93,19 +93,52 @@ def copy_bandwidth() -> float:
 DENSE_MODES = ("max-autotune-no-cudagraphs", "max-autotune")
 
 
+def cuda_graphed(module, rows: int, in_features: int):
+    """``module``'s forward on ``[rows, in_features]`` captured once as a CUDA graph (its launches
+    replayed together, as LUTHAM's are); the input is copied into the graph's buffer."""
+    static_x = torch.zeros(rows, in_features, device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), torch.no_grad():
+        for _ in range(2):  # compile (Triton) and warm up outside the capture
+            module(static_x)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.no_grad():
+        static_y = module(static_x)
+
+    def run(x):
+        static_x.copy_(x)
+        graph.replay()
+        return static_y
+    return run
+
+
 def dense_variants(kan, rows: int, modes=DENSE_MODES):
-    """The dense head as a user runs it: eager fp32 (efficient-kan style, the reference), and fp16
-    eager and ``torch.compile``d per row count with static shapes in each of ``modes``."""
+    """The dense head as a user runs it, every form we can build: eager fp32 (efficient-kan style,
+    the reference); fp16 ``DenseKAN`` eager and ``torch.compile``d per row count with static shapes
+    in each of ``modes``, with the Cox–de Boor bases and with closed-form cubic bases; and our
+    sparse-basis kernel (``sharekan.sparse_dense``: only the 5 weight rows an input needs), CUDA
+    graphed. Values: (callable, module holding the weights, compile seconds)."""
+    from sharekan.sparse_dense import SparseBasisKAN
+
     fp16 = DenseKAN(kan, torch.float16).eval()
-    out = {"eager dense fp32": (kan, None, 0.0), "eager dense fp16": (fp16, None, 0.0)}
-    for mode in modes:
-        t = time.perf_counter()
-        fn = torch.compile(DenseKAN(kan, torch.float16).eval(), mode=mode, dynamic=False, fullgraph=True)
-        x = torch.rand(rows, kan.layers[0].in_features, device="cuda")
-        with torch.no_grad():
-            fn(x)  # compile (and autotune) for this shape now, not inside the timing
-        torch.cuda.synchronize()
-        out[f"compiled dense fp16 ({mode})"] = (fn, fp16, time.perf_counter() - t)
+    out = {"dense fp32 eager": (kan, None, 0.0), "dense fp16 eager": (fp16, None, 0.0)}
+    for closed in (False, True):
+        for mode in modes:
+            t = time.perf_counter()
+            fn = torch.compile(DenseKAN(kan, torch.float16, closed_form=closed).eval(), mode=mode, dynamic=False,
+                               fullgraph=True)
+            x = torch.rand(rows, kan.layers[0].in_features, device="cuda")
+            with torch.no_grad():
+                fn(x)  # compile (and autotune) for this shape now, not inside the timing
+            torch.cuda.synchronize()
+            form = "closed-form bases, " if closed else ""
+            out[f"dense fp16 compiled ({form}{mode})"] = (fn, fp16, time.perf_counter() - t)
+    sparse = SparseBasisKAN(kan).eval()
+    t = time.perf_counter()
+    out["dense fp16 sparse-basis kernel"] = (cuda_graphed(sparse, rows, kan.layers[0].in_features), sparse,
+                                             time.perf_counter() - t)
     return out
 
 
@@ -173,7 +206,8 @@ def bench_head(name, kan, vq, real=None, rows_list=ROWS, modes=DENSE_MODES, torc
         with torch.no_grad():
             # the accuracy rule: LUTHAM against the fp32 VQ head it compresses, the fp16 dense head
             # against the fp32 dense head, on the same inputs
-            err = {"eager dense fp16": rel_err(dense["eager dense fp16"][0](inputs[0]), kan(inputs[0]))}
+            exact = kan(inputs[0])
+            err = {v: rel_err(dense[v][0](inputs[0]), exact) for v in dense if v.startswith("dense fp16")}
             ref = decoded(inputs[0])
             # the rule's other side for LUTHAM: the dense fp16 head of the same (VQ-decoded) weights
             same = rel_err(DenseKAN(decoded, torch.float16).eval()(inputs[0]), ref)
@@ -197,12 +231,14 @@ def bench_head(name, kan, vq, real=None, rows_list=ROWS, modes=DENSE_MODES, torc
                     own = sum(t.numel() * t.element_size() for t in weights.state_dict().values())
                     peak = torch.cuda.max_memory_allocated() - base + own
                     read = moved if vname == "torch VQ reference" else edges * 15 * (4 if "fp32" in vname else 2)
+                    if "sparse-basis" in vname:  # per row and input 5 of the 14 weight rows (base, 13 coefficients)
+                        read = min(rows * edges * 5, edges * 14) * 2
             row = {"head": name, "rows": rows, "variant": vname, "us": us, "gbps": read / us / 1e3, "peak_bytes": peak,
                    "l2_window": luts[vname].plan.l2_persisting if vname in luts else None}
             if vname in luts:
                 row |= {"device_bytes": device_bytes, "dense_fp16_err_same_weights": same, "precision": luts[vname].precision,
                         "slab_from": luts[vname].slab_from}
-            if vname.startswith("compiled"):
+            if "compiled" in vname:
                 row |= {"graph_breaks": breaks, "compile_s": dense[vname][2]}
             if vname in err:
                 row["rel_err_vs_fp32"] = err[vname]
@@ -210,7 +246,7 @@ def bench_head(name, kan, vq, real=None, rows_list=ROWS, modes=DENSE_MODES, torc
             e = f"  err {err[vname]:.1e}" if vname in err else ""
             e += f" (dense fp16 of these weights {same:.1e})" if vname in luts else ""
             print(f"{name:7s} rows {rows:5d} {vname:48s} {us:10.1f} µs{e}", flush=True)
-        best = min((r for r in out if r["rows"] == rows and r["head"] == name and "dense fp16" in r["variant"]),
+        best = min((r for r in out if r["rows"] == rows and r["head"] == name and r["variant"].startswith("dense fp16")),
                    key=lambda r: r["us"])
         for r in out:
             if r["rows"] == rows and r["head"] == name:

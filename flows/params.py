@@ -129,8 +129,12 @@ class PipelineParams(_Params):
                      description="each run writes runs/<run name>/ here; the newest is copied to the folder itself")
     lutham: bool = Field(True, title="LUTHAM", description="compile and validate the LUTHAM kernel (needs a GPU worker)")
     lutham_k: K | None = Field(None, title="LUTHAM codebook size",
-                               description="one of the codebook sizes; empty = the best-mAP VQ variant at least "
-                                           "2x smaller than dense")
+                               description="one of the codebook sizes; empty = the best-mAP encoded head (of the "
+                                           "width below) at least 2x smaller than dense")
+    lutham_side_dtype: SideDtype = Field("fp16", title="LUTHAM side-data width",
+                                         description="the encoded head LUTHAM runs: one of the side-data widths")
+    lutham_finetuned: bool = Field(False, title="LUTHAM runs the fine-tuned head",
+                                   description="the fine-tuned encoded head of that width (it must be fine-tuned)")
 
 
 def _study_base() -> PipelineParams:

@@ -105,8 +105,8 @@ def train_flow(dataset_version: str, params: TrainParams = TrainParams(), store:
 
 
 def train_stages(loc, plan: TrainPlan, dataset_version: str, out: str) -> TrainOutputs:
-    """The train plan's stages; with ``out``, the head checkpoints there and the evaluation's COCO
-    files are exported there."""
+    """The train plan's stages; the head checkpoints into ``out`` and the evaluation's COCO files
+    are exported there."""
     backbone, feats = feature_stages(loc, plan, dataset_version)
     trained = _run(head.train, loc, plan.head, feats["train"].version, dataset_version,
                    checkpoint=str(Path(out) / "checkpoints" / "head.safetensors"))
@@ -203,7 +203,8 @@ def sharekan_pipeline(params: PipelineParams = PipelineParams()) -> RunReport:
     comp = compress_flow(tr.head.version, feats["test"], ds.version, params.compress, params.store, feats.get("ood"))
     lut = None
     if plan.lutham is not None:
-        variant = plan.lutham if plan.lutham.k is not None else runtime_variant(comp.rows())
+        want = plan.lutham
+        variant = want if want.k is not None else runtime_variant(comp.rows(), dtype=want.dtype, finetuned=want.finetuned)
         get_run_logger().info(f"LUTHAM runs {variant.name}")
         built = compile_flow(tr.head.version, comp.encoded[variant].version, feats["test"], ds.version, params.store)
         lut = _lutham_report(variant, built)

@@ -130,10 +130,15 @@ def plan_pipeline(params: PipelineParams) -> PipelinePlan:
         if params.lutham_k is not None and params.lutham_k not in compress.codebooks:
             problems.append(f"lutham_k: {params.lutham_k} is not among the codebook sizes fitted "
                             f"({sorted(compress.codebooks)})")
-        if "fp16" not in params.compress.side_dtypes:
-            problems.append(f"compress.side_dtypes {list(params.compress.side_dtypes)}: LUTHAM runs the fp16 "
-                            "encoding; add fp16 or set lutham to false")
-        lutham = Variant("vq", k=params.lutham_k, dtype="fp16")
+        width, tuned = params.lutham_side_dtype, params.lutham_finetuned
+        if width not in params.compress.side_dtypes:
+            problems.append(f"lutham_side_dtype: {width} is not among compress.side_dtypes "
+                            f"{list(params.compress.side_dtypes)}; add it or set lutham to false")
+        elif tuned and not any(f.side_dtype == width for f in compress.finetunes):
+            problems.append(f"lutham_finetuned: no fine-tuned {width} head is planned (compress.finetune_side_dtypes "
+                            f"{list(params.compress.finetune_side_dtypes)}, finetune_epochs "
+                            f"{params.compress.finetune_epochs})")
+        lutham = Variant("vq", k=params.lutham_k, dtype=width, finetuned=tuned)
     if problems:
         raise PlanError("; ".join(problems))
     d = params.data

@@ -113,6 +113,9 @@ class LuthamReport(_Model):
     map50_lutham: float | None = None
     timings_us: list[dict] = []
     plan_summary: str = ""
+    arena_bytes: int | None = None
+    edge_bytes: float | None = None
+    dense_fp32_peak_bytes: int | None = None
 
 
 class RunReport(_Model):

@@ -55,6 +55,10 @@ def lutham_lines(lut: LuthamReport) -> list[str]:
               f"{'every output element written' if lut.all_written else 'SOME OUTPUTS UNWRITTEN'}; "
               f"detector mAP@0.5 with LUTHAM {lut.map50_lutham:.4f} vs torch VQ reference "
               f"{lut.map50_reference:.4f}.", "", f"Plan: {lut.plan_summary}.", ""]
+    if lut.arena_bytes and lut.dense_fp32_peak_bytes:
+        lines += [f"Memory: {lut.edge_bytes:.2f} B an edge (records), arena {lut.arena_bytes:,} B against eager dense "
+                  f"fp32's {lut.dense_fp32_peak_bytes:,} B on one image's rows "
+                  f"({lut.dense_fp32_peak_bytes / lut.arena_bytes:.1f}x less).", ""]
     timings = lut.timings_us
     if timings:
         names = [k for k in ("dense fp32", "dense fp16", "torch VQ", "LUTHAM") if k in timings[0]]

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bspline import bases, cox_de_boor, grid_bytes, uniform_grid_params
+from .bspline import bases, cox_de_boor, cubic_active, grid_bytes, scatter_active, uniform_grid_params
 from .checks import check_choice
 from .kan import KAN, KANLinear
 from .quant import quantize
@@ -144,21 +144,36 @@ class Int8KAN(nn.Module):
 
 class DenseKAN(nn.Module):
     """A :class:`KAN`'s forward, fused for inference: ``y = [silu(x), bases(x)] @ W.T`` per layer with
-    ``W [out, in·(C+1)]`` in ``dtype`` (fp16 by default; fp32 accumulate in the GEMM)."""
+    ``W [out, in·(C+1)]`` in ``dtype`` (fp16 by default; fp32 accumulate in the GEMM). Bases by the
+    Cox–de Boor recursion, or with ``closed_form`` (cubic splines on uniform grids) from the
+    closed-form cubic of each input's interval (``bspline.cubic_active``), fewer and simpler ops."""
 
-    def __init__(self, model: KAN, dtype: torch.dtype = torch.float16):
+    def __init__(self, model: KAN, dtype: torch.dtype = torch.float16, closed_form: bool = False):
         super().__init__()
-        self.dtype, self.orders = dtype, []
+        self.dtype, self.orders, self.closed_form = dtype, [], closed_form
         for n, lay in enumerate(model.layers):
             fused = torch.cat([lay.base_weight.detach().unsqueeze(-1), lay.scaled_spline_weight().detach()], dim=-1)
             self.register_buffer(f"w{n}", fused.reshape(lay.out_features, -1).to(dtype).contiguous())
             self.register_buffer(f"grid{n}", lay.grid.detach().float().clone())
+            if closed_form:
+                uniform = lay.uniform_params()
+                if lay.spline_order != 3 or uniform is None:
+                    raise ValueError(f"closed-form bases need cubic splines on a uniform grid (layer {n})")
+                self.register_buffer(f"t0{n}", uniform[0].detach().float().clone())
+                self.register_buffer(f"h{n}", uniform[1].detach().float().clone())
             self.orders.append(lay.spline_order)
+
+    def _bases(self, n: int, h: torch.Tensor) -> torch.Tensor:
+        grid = getattr(self, f"grid{n}")
+        if not self.closed_form:
+            return cox_de_boor(h, grid, self.orders[n])
+        first, w = cubic_active(h, getattr(self, f"t0{n}"), getattr(self, f"h{n}"), grid.shape[1])
+        return scatter_active(first, w, grid.shape[1] - 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         h = x.reshape(-1, x.shape[-1]).float()
-        for n, order in enumerate(self.orders):
-            feats = torch.cat([F.silu(h).unsqueeze(-1), cox_de_boor(h, getattr(self, f"grid{n}"), order)], dim=-1)
+        for n in range(len(self.orders)):
+            feats = torch.cat([F.silu(h).unsqueeze(-1), self._bases(n, h)], dim=-1)
             h = F.linear(feats.reshape(h.shape[0], -1).to(self.dtype), getattr(self, f"w{n}")).float()
         return h.reshape(*lead, h.shape[-1])

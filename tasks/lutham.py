@@ -92,7 +92,17 @@ def lutham(run: Run, spec: LuthamSpec, head_version: str, encoded_version: str, 
     dense = head.kan.cuda().eval()
     timings = compare({"dense fp32": dense, "dense fp16": copy.deepcopy(dense).half(), "torch VQ": vq.cuda(),
                        "LUTHAM": lut}, lut.in_features, rows=(1, per_image, 8 * per_image))
+    edges = sum(lay.in_features * lay.out_features for lay in vq.layers)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    with torch.no_grad():  # eager dense fp32 on one image's rows: its weights and what its forward allocates
+        dense(real[:per_image].cuda())
+    dense_peak = torch.cuda.max_memory_allocated() - base + sum(t.numel() * t.element_size()
+                                                                 for t in dense.state_dict().values())
     summary = {"arch": spec.arch, "device": torch.cuda.get_device_name(), "validated": True,
+               "arena_bytes": lut.plan.total, "edge_bytes": lut.plan.by_component["edges"] / edges,
+               "dense_fp32_peak_bytes": dense_peak,
                "max_rel_error": check["max_rel_error"], "all_written": check["all_written"],
                "cases": check["cases"], "map50_reference": maps["map50_reference"],
                "map50_lutham": maps["map50_lutham"], "timings_us": timings, "variant": enc.meta["variant"],

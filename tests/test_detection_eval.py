@@ -82,23 +82,28 @@ def test_coco_json_rescored_by_pycocotools_matches_torchmetrics(tmp_path):
 
 
 def _row(variant, map50, compression):
-    from sharekan.detection.compare import Variant
+    from sharekan.detection.compare import Variant, VariantRow
 
     v = Variant("vq", k=int(variant.split()[1][2:]), dtype=variant.split()[2]) if variant.startswith("VQ") \
         else Variant("dense")
     assert v.name == variant
-    return {"variant": v.name, **v.to_dict(), "map50": map50, "compression": compression}
+    return VariantRow(v, map50=map50, delta_map50=0.0, storage_bytes=1, compression=compression, runtime_bytes_1img=1,
+                      runtime_bytes_8img=1, components={})
 
 
-def test_runtime_k_prefers_the_best_map_among_variants_that_compress():
-    from sharekan.detection.compare import runtime_k
+def test_the_runtime_variant_is_the_best_map_among_fp16_variants_that_compress():
+    from dataclasses import replace
+
+    from sharekan.detection.compare import Variant, runtime_variant
 
     rows = [_row("dense fp32", 0.41, 1.0), _row("VQ K=256 fp16", 0.40, 8.0), _row("VQ K=256 int8", 0.43, 10.0),
             _row("VQ K=4096 fp16", 0.409, 4.0), _row("VQ K=65536 fp16", 0.41, 1.0)]
-    assert runtime_k(rows) == 4096          # K=65,536 has the best mAP but does not compress 2x
-    assert runtime_k(rows, min_compression=1.0) == 65536
-    rows[1]["map50"] = 0.409                # a tie goes to the smaller codebook
-    assert runtime_k(rows) == 256
-    assert runtime_k([_row("VQ K=4096 fp16", 0.4, 1.2), _row("VQ K=65536 fp16", 0.41, 1.0)]) == 4096
+    assert runtime_variant(rows) == Variant("vq", k=4096, dtype="fp16")  # K=65,536: best mAP, does not compress 2x
+    assert runtime_variant(rows, min_compression=1.0).k == 65536
+    rows[1] = replace(rows[1], map50=0.409)  # a tie goes to the smaller codebook
+    assert runtime_variant(rows).k == 256
+    assert runtime_variant([_row("VQ K=4096 fp16", 0.4, 1.2), _row("VQ K=65536 fp16", 0.41, 1.0)]).k == 4096
     with pytest.raises(ValueError, match="fp16"):
-        runtime_k([_row("dense fp32", 0.41, 1.0)])
+        runtime_variant([_row("dense fp32", 0.41, 1.0)])
+    row = rows[3]  # a row crosses JSON flat and comes back equal
+    assert type(row).from_dict(row.to_dict()) == row

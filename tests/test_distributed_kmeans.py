@@ -16,9 +16,15 @@ from sharekan.clustering import InMemory, kmeans
 from sharekan.kmeans_steps import assign_stats, init_centroids, lloyd
 from storage.shards import put_rows
 from storage.store import ArtifactStore
-from tasks.kmeans import RayShards, ShardError, check_shard_memory, distributed_kmeans
+from tasks.kmeans import RayShards, ShardError, check_shard_memory
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def distributed_kmeans(location, version, name, k, backend="auto", **kw):
+    """The library's k-means loop over the Ray shard actors, as the codebook stage runs it."""
+    with RayShards(location, version, name, backend) as source:
+        return kmeans(source, k, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -199,10 +205,12 @@ def test_unreadable_shard_is_named(shapes):
 
 CLUSTER_SCRIPT = textwrap.dedent("""
     import sys
+    from sharekan.clustering import kmeans
     from tasks.cluster import connect
-    from tasks.kmeans import distributed_kmeans
+    from tasks.kmeans import RayShards
     connect(address=sys.argv[1])
-    cb, hist = distributed_kmeans(sys.argv[2], sys.argv[3], "shapes", 8, niter=5, progress=False)
+    with RayShards(sys.argv[2], sys.argv[3], "shapes") as source:
+        cb, hist = kmeans(source, 8, niter=5, progress=False)
     print("centroids", cb.shape[0], len(hist))
 """)
 

@@ -377,7 +377,7 @@ def test_detector_map_with_lutham_equals_the_reference(tmp_path):
     from sharekan.kmeans_steps import assign_stats, init_centroids, lloyd
     from sharekan.lutham.module import LuthamKAN
     from sharekan.lutham.validate import detector_map
-    from sharekan.vq_kan import compress_kan, edge_shapes
+    from sharekan.vq_kan import edge_shapes, encode_kan
 
     generate_voc(tmp_path, n_train=48, n_test=24, seed=0)
     body, info = build_backbone("resnet18", "layer3", seed=0)
@@ -394,7 +394,7 @@ def test_detector_map_with_lutham_equals_the_reference(tmp_path):
     head = head.eval()
     shapes = torch.cat(edge_shapes(head.kan)).numpy()  # k-means in numpy/torch: no faiss on GPU workers
     cb, _ = lloyd(lambda c: assign_stats(shapes, c)[:3] + (0,), init_centroids(shapes, 256, 0), niter=10)
-    vq = compress_kan(head.kan, 256, codebooks=[torch.from_numpy(cb)] * len(head.kan.layers)).eval()
+    vq = encode_kan(head.kan, [torch.from_numpy(cb)] * len(head.kan.layers)).eval()
     lut = LuthamKAN(vq, max_rows=512)
     samples, feats = split["val"]
     maps = detector_map(head, vq, lut, feats, samples, size)

@@ -26,28 +26,27 @@ def gpu_run(prefect_api, tmp_path_factory):
 def test_compile_flow_stores_the_validated_binary_and_plan(gpu_run):
     from sharekan.lutham.compile import load_cubin
     from sharekan.lutham.module import LuthamKAN
-    from sharekan.vq_kan import compress_kan
     from storage.store import ArtifactStore
-    from tasks.head import load_head
+    from tasks.compress import load_encoded
 
     tmp, params, report = gpu_run
-    lut = report["lutham"]
-    assert report["stages"]["lutham"]["created"] and lut["version"].startswith("lutham-")
-    assert lut["validated"] and lut["all_written"] and lut["max_rel_error"] <= 1e-3, lut
-    assert {c["inputs"] for c in lut["cases"]} == {"inside", "outside", "real"}
-    assert abs(lut["map50_lutham"] - lut["map50_reference"]) <= 0.001
-    assert [t["rows"] for t in lut["timings_us"]] == [1, 16, 128]  # 1 row, one 64-px image, 8 images
-    assert all(t["LUTHAM"] > 0 and t["dense fp16"] > 0 for t in lut["timings_us"])
+    lut = report.lutham
+    assert lut.stage.created and lut.stage.version.startswith("lutham-")
+    assert lut.validated and lut.all_written and lut.max_rel_error <= 1e-3, lut
+    assert {c["inputs"] for c in lut.cases} == {"inside", "outside", "real"}
+    assert abs(lut.map50_lutham - lut.map50_reference) <= 0.001
+    assert [t["rows"] for t in lut.timings_us] == [1, 16, 128]  # 1 row, one 64-px image, 8 images
+    assert all(t["LUTHAM"] > 0 and t["dense fp16"] > 0 for t in lut.timings_us)
+    assert lut.edge_bytes >= 8 and 0 < lut.arena_bytes and lut.dense_fp32_peak_bytes > 0  # 8-byte records (v12)
 
     store = ArtifactStore(params.store, create=False)
-    art = store.get(lut["version"])
-    arch = lut["arch"]
-    assert art.meta["plan"]["total_bytes"] > 0 and art.meta["plan"]["codebook_size"] == lut["codebook_k"]
-    head_v, codebook_v = art.inputs[0], art.inputs[1]
-    assert head_v == report["stages"]["head"]["version"]
-    head = load_head(store.get(head_v))
-    cb = torch.from_numpy(store.get(codebook_v).array("codebook")[...])
-    vq = compress_kan(head.kan, len(cb), codebooks=[cb] * len(head.kan.layers)).eval().cuda()
+    art = store.get(lut.stage.version)
+    arch = lut.arch
+    assert art.meta["plan"]["total_bytes"] > 0 and art.meta["plan"]["codebook_size"] == lut.k
+    head_v, encoded_v = art.inputs[0], art.inputs[1]
+    assert head_v == report.stages["head"].version
+    assert encoded_v == report.stages[f"encoded K={lut.k} fp16"].version  # the stored encoded head, not a re-encoding
+    vq = load_encoded(store, encoded_v).kan.cuda()
     module = load_cubin(art.array(f"cubin_{arch}")[...].tobytes())  # the stored binary, loaded as a user would
     stored = LuthamKAN(vq, max_rows=64, module=module)
     x = torch.randn(3, 7, stored.in_features, device="cuda")
@@ -61,8 +60,8 @@ def test_compile_flow_stores_the_validated_binary_and_plan(gpu_run):
 def test_report_shows_the_validation_and_timings(gpu_run):
     tmp, params, report = gpu_run
     md = (tmp / "detection" / "report.md").read_text()
-    assert f"## LUTHAM (codebook K={report['lutham']['codebook_k']})" in md
-    assert "**validated** on" in md and "skipped: no GPU worker" not in md
+    assert f"## LUTHAM ({report.lutham.variant})" in md
+    assert "**validated** on" in md and "skipped: no GPU worker" not in md and " B an edge (records), arena " in md
     assert "| rows | dense fp32 | dense fp16 | torch VQ | LUTHAM | LUTHAM vs eager dense fp16 |" in md
 
 
@@ -70,10 +69,33 @@ def test_compile_flow_alone_reuses_the_stored_version(gpu_run):
     from flows.pipeline import compile_flow
 
     tmp, params, report = gpu_run
-    s = report["stages"]
-    again = compile_flow(s["head"]["version"], report["codebooks"][str(report["lutham"]["codebook_k"])],
-                         s["features_test"]["version"], s["dataset"]["version"], params.store)
-    assert not again["created"] and again["version"] == report["lutham"]["version"]
+    s = report.stages
+    again = compile_flow(s["head"].version, s[f"encoded K={report.lutham.k} fp16"].version,
+                         s["features_test"].version, s["dataset"].version, params.store)
+    assert not again.created and again.version == report.lutham.stage.version
+
+
+def test_an_exported_fine_tuned_int4_head_runs_under_lutham_as_stored(gpu_run, tmp_path):
+    """`sharekan export` → `LuthamKAN.from_file` on the GPU computes what the stored head computes."""
+    import subprocess
+    import sys
+
+    import sharekan
+    from sharekan.lutham.module import LuthamKAN
+
+    tmp, params, report = gpu_run
+    version = report.stages["finetune K=256 int4"].version
+    out = tmp_path / "head.safetensors"
+    done = subprocess.run([sys.executable, "-m", "cli.main", "export", version, "--out", str(out), "--store",
+                           params.store], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lut = LuthamKAN.from_file(out, max_rows=512)
+    ref = sharekan.load(out, device="cuda").kan
+    for rows in (1, 37, 300):
+        x = torch.randn(rows, lut.in_features, device="cuda") * 2
+        with torch.no_grad():
+            want = ref(x)
+        assert float((lut(x) - want).abs().max() / want.abs().max()) <= 1e-3, rows
 
 
 def test_a_wrong_kernel_result_fails_the_stage_naming_the_case(gpu_run, monkeypatch):
@@ -94,12 +116,11 @@ def test_a_wrong_kernel_result_fails_the_stage_naming_the_case(gpu_run, monkeypa
         return y
 
     monkeypatch.setattr(runtime.LuthamHead, "forward", wrong)
-    s = report["stages"]
+    s = report.stages
     with pytest.raises(ValidationFailed) as err:
-        compile_and_validate(params.store, s["head"]["version"],
-                             report["codebooks"][str(report["lutham"]["codebook_k"])],
-                             s["features_test"]["version"], s["dataset"]["version"], max_rows=1024)
+        compile_and_validate(params.store, s["head"].version, s[f"encoded K={report.lutham.k} fp16"].version,
+                             s["features_test"].version, s["dataset"].version, max_rows=1024)
     msg = str(err.value)
     assert "case rows=17 inputs=inside: max relative error" in msg
     assert "case rows=9 inputs=inside: 1 output elements never written" in msg and "nothing stored" in msg
-    assert [a.version for a in ArtifactStore(params.store, create=False).ls("lutham")] == [report["lutham"]["version"]]
+    assert [a.version for a in ArtifactStore(params.store, create=False).ls("lutham")] == [report.lutham.stage.version]

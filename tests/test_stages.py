@@ -62,7 +62,7 @@ CODES = """
 import json
 from tasks import compress, data, head, lutham
 stages = (data.dataset, data.features, head.train, head.evaluate, compress.splines, compress.codebook,
-          compress.assignment, compress.compression, lutham.lutham)
+          compress.assignment, compress.encode, compress.finetune, compress.compression, lutham.lutham)
 print(json.dumps({f.stage.name: f.stage.code for f in stages}))
 """
 
@@ -84,7 +84,7 @@ def test_an_edit_changes_the_code_version_of_the_stages_it_touches_only(tmp_path
     assert len(set(before.values())) == len(before)  # every stage hashes its own code
 
     src = (copy / "compress.py").read_text()
-    marker = '    head = load_head(run.store.get(head_version))\n    books ='
+    marker = '    head = load_head(run.store.get(head_version))\n    variants ='
     assert marker in src
     (copy / "compress.py").write_text(src.replace(marker, "    # an edit\n" + marker))
     after = _codes(copy)
@@ -94,7 +94,8 @@ def test_an_edit_changes_the_code_version_of_the_stages_it_touches_only(tmp_path
     marker = "def load_head(art: Artifact) -> KANDetectionHead:\n"
     (copy / "head.py").write_text(src.replace(marker, marker + "    # an edit\n"))
     again = _codes(copy)
-    assert {n for n in after if after[n] != again[n]} == {"evaluation", "splines", "compression", "lutham"}
+    assert {n for n in after if after[n] != again[n]} == {"evaluation", "splines", "encoded", "finetune", "compression",
+                                                          "lutham"}
 
 
 def test_importing_the_flows_starts_nothing_and_changes_no_environment(tmp_path):

@@ -80,14 +80,16 @@ class VariantRow:
         return cls(variant, **{f.name: d[f.name] for f in fields(cls) if f.name != "variant"})
 
 
-def runtime_variant(rows: list[VariantRow], min_compression: float = 2.0) -> Variant:
-    """The encoded head to run (LUTHAM): the best-mAP post-training VQ variant with fp16 side data
-    among those ≥ ``min_compression``× smaller than dense (ties: the smaller K), else the most
-    compressed one. The largest K is not the default: at K near the edge count the codebook is as
-    big as the splines it replaces (K = 65,536 on a 67k-edge head compresses 1.0×)."""
-    vq = [r for r in rows if r.variant.kind == "vq" and r.variant.dtype == "fp16" and not r.variant.finetuned]
+def runtime_variant(rows: list[VariantRow], min_compression: float = 2.0, dtype: str = "fp16",
+                    finetuned: bool = False) -> Variant:
+    """The encoded head to run (LUTHAM): the best-mAP VQ variant with ``dtype`` side data
+    (fine-tuned or not) among those ≥ ``min_compression``× smaller than dense (ties: the smaller K),
+    else the most compressed one. The largest K is not the default: at K near the edge count the
+    codebook is as big as the splines it replaces (K = 65,536 on a 67k-edge head compresses 1.0×)."""
+    vq = [r for r in rows if r.variant.kind == "vq" and r.variant.dtype == dtype and r.variant.finetuned == finetuned]
     if not vq:
-        raise ValueError("no post-training VQ variant with fp16 side data among the compression rows")
+        raise ValueError(f"no {'fine-tuned' if finetuned else 'post-training'} VQ variant with {dtype} side data "
+                         "among the compression rows")
     small = [r for r in vq if r.compression >= min_compression]
     if small:
         return min(small, key=lambda r: (-r.map50, r.variant.k)).variant
