@@ -114,8 +114,9 @@ def run(data, n_train, n_test, epochs, seed, ks, kmeans_mode, kmeans_backend, st
                f"torchmetrics COCO-style AP50 {report.torchmetrics_map50:.4f}")
     click.echo(format_table(table_rows(report.variants), variant_columns(report.variants)))
     click.echo("\nartifact versions:")
+    width = max(map(len, report.stages))
     for name, s in report.stages.items():
-        click.echo(f"  {name:18s} {s.version or '-':44s} {s.state:8s} {s.seconds:7.1f}s")
+        click.echo(f"  {name:{width}s} {s.version or '-':30s} {s.state:8s} {s.seconds:7.1f}s")
     if report.skipped_samples:
         click.echo(f"\nskipped {len(report.skipped_samples)} bad samples (all listed in report.md), "
                    f"e.g. {report.skipped_samples[0]}")

@@ -219,7 +219,7 @@ def _lutham_report(variant: Variant, built: StageResult | None) -> LuthamReport:
     if built is None:
         return LuthamReport(**head, stage=StageSummary(stage="lutham", version=None, created=False, seconds=0.0,
                                                        skipped=lutham.NO_GPU))
-    summary = {k: v for k, v in built.meta["summary"].items() if k in LuthamReport.model_fields}
+    summary = {k: v for k, v in built.meta["summary"].items() if k in LuthamReport.model_fields and k not in head}
     return LuthamReport(**head, stage=StageSummary.of(built), **summary)
 
 

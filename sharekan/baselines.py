@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .bspline import bases, cox_de_boor, cubic_active, grid_bytes, scatter_active, uniform_grid_params
+from .bspline import bases, cardinal_cubic, cox_de_boor, grid_bytes, uniform_grid_params
 from .checks import check_choice
 from .kan import KAN, KANLinear
 from .quant import quantize
@@ -145,8 +145,9 @@ class Int8KAN(nn.Module):
 class DenseKAN(nn.Module):
     """A :class:`KAN`'s forward, fused for inference: ``y = [silu(x), bases(x)] @ W.T`` per layer with
     ``W [out, in·(C+1)]`` in ``dtype`` (fp16 by default; fp32 accumulate in the GEMM). Bases by the
-    Cox–de Boor recursion, or with ``closed_form`` (cubic splines on uniform grids) from the
-    closed-form cubic of each input's interval (``bspline.cubic_active``), fewer and simpler ops."""
+    Cox–de Boor recursion, or with ``closed_form`` (cubic splines on uniform grids) as the cardinal
+    cubic B-spline of each basis, elementwise (``bspline.cardinal_cubic``: one fused kernel under
+    ``torch.compile``)."""
 
     def __init__(self, model: KAN, dtype: torch.dtype = torch.float16, closed_form: bool = False):
         super().__init__()
@@ -167,8 +168,7 @@ class DenseKAN(nn.Module):
         grid = getattr(self, f"grid{n}")
         if not self.closed_form:
             return cox_de_boor(h, grid, self.orders[n])
-        first, w = cubic_active(h, getattr(self, f"t0{n}"), getattr(self, f"h{n}"), grid.shape[1])
-        return scatter_active(first, w, grid.shape[1] - 4)
+        return cardinal_cubic(h, getattr(self, f"t0{n}"), getattr(self, f"h{n}"), grid.shape[1] - 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]

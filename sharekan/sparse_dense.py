@@ -20,9 +20,9 @@ from torch import nn
 
 from .kan import KAN
 
-__all__ = ["SparseBasisKAN", "sparse_basis_layer"]
+__all__ = ["SparseBasisKAN", "sparse_basis_layer", "BLOCK_I", "BLOCK_O", "PROGRAMS_PER_SM", "NUM_WARPS"]
 
-_BLOCK_I, _BLOCK_O = 16, 128
+BLOCK_I, BLOCK_O, PROGRAMS_PER_SM, NUM_WARPS = 16, 128, 8, 4  # launch shape (bench/sparse_dense.py tunes it)
 
 
 def _kernel():
@@ -78,10 +78,11 @@ _KERNEL = None
 
 
 class _Layer(nn.Module):
-    def __init__(self, weight: torch.Tensor, t0: torch.Tensor, h: torch.Tensor, n_knots: int):
+    def __init__(self, weight: torch.Tensor, t0: torch.Tensor, h: torch.Tensor, n_knots: int, shape: dict):
         super().__init__()
         self.in_features, self.n_rows, self.out_features = weight.shape
-        self.n_knots = n_knots
+        self.n_knots, self.shape = n_knots, {"block_i": BLOCK_I, "block_o": BLOCK_O,
+                                             "programs_per_sm": PROGRAMS_PER_SM, "num_warps": NUM_WARPS, **shape}
         self.register_buffer("weight", weight)
         self.register_buffer("t0", t0)
         self.register_buffer("h", h)
@@ -93,34 +94,37 @@ class _Layer(nn.Module):
         x = x.contiguous().float()
         rows = x.shape[0]
         y = torch.zeros(rows, self.out_features, dtype=torch.float32, device=x.device)
-        o_tiles = -(-self.out_features // _BLOCK_O)
-        # enough programs to fill the GPU at one row: split the inputs into ~8 programs an SM
+        bi, bo = self.shape["block_i"], self.shape["block_o"]
+        o_tiles = -(-self.out_features // bo)
+        # enough programs to fill the GPU at one row: split the inputs over ``programs_per_sm`` an SM
         sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 1  # CPU: the interpreter
-        splits = max(1, min(-(-self.in_features // _BLOCK_I), (8 * sms) // max(1, rows * o_tiles)))
-        per = -(-self.in_features // (splits * _BLOCK_I)) * _BLOCK_I
+        splits = max(1, min(-(-self.in_features // bi), (self.shape["programs_per_sm"] * sms) // max(1, rows * o_tiles)))
+        per = -(-self.in_features // (splits * bi)) * bi
         splits = -(-self.in_features // per)
         _KERNEL[(rows, o_tiles, splits)](x, self.weight, self.t0, self.h, y, self.in_features, self.out_features,
-                                         self.n_knots, self.n_rows - 1, per, BLOCK_I=_BLOCK_I, BLOCK_O=_BLOCK_O)
+                                         self.n_knots, self.n_rows - 1, per, BLOCK_I=bi, BLOCK_O=bo,
+                                         num_warps=self.shape["num_warps"])
         return y
 
 
-def sparse_basis_layer(layer, dtype: torch.dtype = torch.float16) -> _Layer:
-    """One cubic KAN layer on a uniform grid as ``W [in, C + 1, out]`` (see the module)."""
+def sparse_basis_layer(layer, dtype: torch.dtype = torch.float16, **shape) -> _Layer:
+    """One cubic KAN layer on a uniform grid as ``W [in, C + 1, out]`` (see the module); ``shape``
+    overrides the launch shape (``block_i``, ``block_o``, ``programs_per_sm``, ``num_warps``)."""
     uniform = layer.uniform_params()
     if layer.spline_order != 3 or uniform is None:
         raise ValueError("the sparse-basis kernel needs cubic splines on a uniform grid")
     fused = torch.cat([layer.base_weight.detach().unsqueeze(-1), layer.scaled_spline_weight().detach()], dim=-1)
     weight = fused.permute(1, 2, 0).to(dtype).contiguous()  # [in, C + 1, out]
     t0, h = (t.detach().float().contiguous() for t in uniform)
-    return _Layer(weight, t0, h, layer.grid.shape[1])
+    return _Layer(weight, t0, h, layer.grid.shape[1], shape)
 
 
 class SparseBasisKAN(nn.Module):
     """A dense :class:`~sharekan.kan.KAN` run by the sparse-basis kernel, layer after layer."""
 
-    def __init__(self, model: KAN, dtype: torch.dtype = torch.float16):
+    def __init__(self, model: KAN, dtype: torch.dtype = torch.float16, **shape):
         super().__init__()
-        self.layers = nn.ModuleList(sparse_basis_layer(lay, dtype) for lay in model.layers)
+        self.layers = nn.ModuleList(sparse_basis_layer(lay, dtype, **shape) for lay in model.layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]

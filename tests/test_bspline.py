@@ -84,3 +84,19 @@ def test_a_uniform_grid_is_stored_as_two_numbers_and_comes_back_bit_for_bit(grid
     bent = grid.clone()
     bent[:, 5] += 0.01  # not uniform: stored whole
     assert compact_grid(bent) is None and grid_bytes(bent) == bent.numel() * 4
+
+
+@pytest.mark.parametrize("grid_size", [3, 10])
+def test_the_elementwise_cardinal_form_equals_the_closed_form_bases(grid_size):
+    """``cardinal_cubic`` (no gather or scatter: what the compiled dense baseline fuses) gives the same
+    bases as the interval-based closed form, inside the grid, on its knots and outside it."""
+    from sharekan.bspline import bases, cardinal_cubic
+    from sharekan.kan import KANLinear
+
+    layer = KANLinear(6, 2, grid_size=grid_size)
+    t0, h = layer.uniform_params()
+    x = torch.cat([torch.tensor([-50.0, 50.0]), torch.linspace(-2.5, 2.5, 401), layer.grid[0]]).reshape(-1, 1).repeat(1, 6)
+    want = bases(x, layer.grid, 3, (t0, h))
+    got = cardinal_cubic(x, t0, h, layer.grid.shape[1] - 4)
+    assert got.shape == want.shape and float((got - want).abs().max()) < 5e-6
+    assert float(got[:2].abs().max()) == 0.0  # beyond every knot, either side: no basis
