@@ -30,7 +30,7 @@ from sharekan.kan import KAN  # noqa: E402
 from sharekan.sparse_dense import SparseBasisKAN  # noqa: E402
 from sharekan.table import format_table  # noqa: E402
 
-SHAPES = {"block_i": (16, 32, 64), "block_o": (64, 128, 256), "programs_per_sm": (8, 16), "num_warps": (4, 8)}
+SHAPES = {"block_i": (16, 32, 64), "block_o": (64, 128, 256), "programs_per_sm": (8, 16, 32), "num_warps": (4, 8)}
 
 
 def main(argv=None):
