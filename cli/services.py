@@ -129,6 +129,9 @@ def starting_prefect_server(port: int | None = None, home: str | None = None, ti
     port = port or free_port()
     _claim(port, "a Prefect server")
     env = prefect_env()
+    # the UI asks its own API, wherever it listens (Prefect's default is port 4200 on 127.0.0.1)
+    ui_host = socket.getfqdn() if host in ("0.0.0.0", "::") else host
+    env["PREFECT_UI_API_URL"] = f"http://{ui_host}:{port}/api"
     if home:
         env["PREFECT_HOME"] = home
     if database:

@@ -4,6 +4,7 @@ it (one that dies while booting is reported with its log), a second server refus
 use, `sharekan server` stops everything on SIGTERM, and a local run never attaches to a cluster
 it did not ask for."""
 
+import json
 import os
 import re
 import shutil
@@ -13,6 +14,7 @@ import sys
 import tempfile
 import textwrap
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -66,6 +68,9 @@ def test_a_temporary_prefect_server_listens_on_loopback_and_dies_with_its_parent
                               stdout=subprocess.PIPE, text=True)
     url = parent.stdout.readline().strip()
     port = int(url.split(":")[2].split("/")[0])
+    assert port != 4200
+    with urllib.request.urlopen(url.removesuffix("/api") + "/ui-settings", timeout=10) as r:
+        assert json.loads(r.read())["api_url"] == url  # the UI talks to this server's API, not to :4200
     server = [p for p in psutil.Process(parent.pid).children(recursive=True)]
     listening = {c.laddr.ip for p in server for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN}
     assert listening == {"127.0.0.1"}, listening
