@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 
 from sharekan.codebook_size import default_ks
 from sharekan.detection.compare import Variant
+from storage.store import location_problem
 from tasks.specs import (AssignmentSpec, CodebookSpec, CompressionSpec, EncodeSpec, EvaluationSpec, FeaturesSpec,
                          FinetuneSpec, HeadSpec, PretrainSpec, SplinesSpec)
 
@@ -123,6 +124,8 @@ def plan_pipeline(params: PipelineParams) -> PipelinePlan:
         problems.append(f"data.root: {params.data.root} has no VOCdevkit folder")
     if Path(params.out).exists() and not Path(params.out).is_dir():
         problems.append(f"out: {params.out} is a file, not a folder")
+    if (store := location_problem(params.store)) is not None:
+        problems.append(f"store: {store}")
     edges = head_edges(t)
     compress = plan_compress(params.compress, edges, problems)
     lutham = None

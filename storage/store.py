@@ -34,6 +34,7 @@ import gc
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,7 +47,7 @@ import zarr.errors
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
 __all__ = ["S3Location", "StoreError", "CorruptArtifact", "CommitConflict", "VersionNotFound", "Artifact", "ArtifactStore", "version_id",
-           "open_artifact_group", "parse_location", "code_version"]
+           "open_artifact_group", "parse_location", "location_problem", "code_version"]
 
 # Icechunk's I/O runs on native (tokio) threads that call back into Python; session objects left in
 # reference cycles until interpreter finalisation let such a thread re-enter a finalising interpreter,
@@ -162,11 +163,8 @@ class ArtifactStore:
                 access_key_id=location.access_key_id, secret_access_key=location.secret_access_key)
         else:
             path = Path(location).resolve()
-            if path.exists() and not path.is_dir():
-                raise StoreError(f"artifact store {path} is a file, not a store folder")
-            if path.is_dir() and any(path.iterdir()) and not (path / "repo").exists() \
-                    and not (path / "refs").exists():
-                raise StoreError(f"{path} is not an artifact store (no Icechunk repository there)")
+            if (problem := _folder_problem(path)) is not None:
+                raise StoreError(problem)
             if not create and not path.is_dir():
                 raise StoreError(f"artifact store {path} does not exist")
             path.mkdir(parents=True, exist_ok=True)
@@ -373,7 +371,9 @@ class ArtifactStore:
     def tag(self, version: str, name: str) -> str:
         """Tag the snapshot in which ``version`` became complete (its commit's metadata says so; a
         sharded artifact's first commit, which only creates its arrays, says ``complete: False``);
-        returns the snapshot id."""
+        returns the snapshot id. A name is letters, digits, ``.``, ``_`` and ``-``, not ``.`` or ``..``."""
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", name) or name in (".", ".."):
+            raise ValueError(f"tag name {name!r}: use letters, digits, '.', '_' and '-' (not '.' or '..')")
         self.get(version)
         for snap in self.history():
             if snap.metadata.get("version") == version and snap.metadata.get("complete", True):
@@ -422,6 +422,34 @@ def open_artifact_group(session, version: str) -> zarr.Group:
     """The artifact's group inside a (forked) session, for workers of :meth:`ArtifactStore.put_sharded`."""
     return zarr.open_group(session.store, mode="a")[version]
 
+
+
+def _folder_problem(path: Path) -> str | None:
+    if path.exists() and not path.is_dir():
+        return f"artifact store {path} is a file, not a store folder"
+    if path.is_dir() and any(path.iterdir()) and not (path / "repo").exists() and not (path / "refs").exists():
+        return f"{path} is not an artifact store (no Icechunk repository there)"
+    return None
+
+
+def location_problem(text: str | None) -> str | None:
+    """Why the store at ``text`` (as :func:`parse_location` reads it) cannot be used, found without
+    opening or creating anything; ``None`` when it can. Object storage is checked for its form only."""
+    try:
+        loc = parse_location(text)
+    except ValueError as e:
+        return str(e)
+    if isinstance(loc, S3Location):
+        return None
+    path = Path(loc).resolve()
+    if (problem := _folder_problem(path)) is not None:
+        return problem
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        return f"cannot create artifact store {path}: {existing} is a file"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"artifact store {path}: {existing} is not writable"
+    return None
 
 
 def parse_location(text: str | None = None) -> str | S3Location:

@@ -200,6 +200,22 @@ def test_mistyped_inputs_are_refused_naming_the_field(tmp_path, args, match):
     assert not (tmp_path / "s").exists() and "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("store,match", [
+    ("a-file", r"store: artifact store .*a-file is a file, not a store folder"),
+    ("a-folder", r"store: .*a-folder is not an artifact store \(no Icechunk repository there\)"),
+    ("a-file/below", r"store: cannot create artifact store .*below: .*a-file is a file"),
+    ("s3:///prefix", r"store: store location 's3:///prefix' names no bucket"),
+])
+def test_a_store_that_cannot_work_is_refused_before_anything_starts(tmp_path, store, match):
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "a-folder").mkdir()
+    (tmp_path / "a-folder" / "notes.txt").write_text("mine")
+    location = store if store.startswith("s3:") else str(tmp_path / store)
+    result = CliRunner().invoke(cli, ["run", "--store", location, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and re.search(match, result.output), result.output
+    assert "Traceback" not in result.output and (tmp_path / "a-folder" / "notes.txt").read_text() == "mine"
+
+
 def test_params_file_and_out_file_are_checked(tmp_path):
     bad = tmp_path / "p.json"
     bad.write_text('{"train": ')

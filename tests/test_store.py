@@ -74,6 +74,10 @@ def test_tag_gc_and_time_travel(store):
     junk, _ = store.put("head", {"n": 2}, [keep.version], "c", {"w": np.zeros(2)})
     snap = store.tag(child.version, "release")
     assert store.tags() == {"release": snap}
+    for bad in ("", ".", "..", "two\nlines", "a/b", "with space"):  # a tag that gc could not see protects nothing
+        with pytest.raises(ValueError, match="tag name"):
+            store.tag(child.version, bad)
+    assert store.tags() == {"release": snap}
     summary = store.gc()
     assert summary["deleted_versions"] == [junk.version]
     assert store.has(child.version) and store.has(keep.version) and not store.has(junk.version)
