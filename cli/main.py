@@ -1,7 +1,7 @@
 """The ``sharekan`` command line: ``run`` (the pipeline), ``server`` (local Prefect server, work
 pool, worker and Ray head), ``study pareto | shared`` (the study flows), ``deploy``
 (deployments/prefect.yaml), ``export`` (a compressed head as one file) and ``artifacts ls | show |
-lineage | tag | gc``."""
+lineage | verify | tag | gc``."""
 
 from __future__ import annotations
 
@@ -377,6 +377,25 @@ def lineage(location: str, version: str) -> None:
         for child in node["inputs"]:
             walk(child, depth + 1)
     walk(store.lineage(version), 0)
+
+
+@artifacts.command()
+@click.argument("versions", nargs=-1)
+@_pass_store
+def verify(location: str, versions: tuple[str, ...]) -> None:
+    """Read every chunk of VERSIONS (default: every version) and name each corrupt array; exit 1 if any."""
+    store = _store(location)
+    for v in versions:
+        _get(store, v)
+    found = store.verify(list(versions) or None)
+    for version, problems in found.items():
+        click.echo(f"{'CORRUPT' if problems else 'ok':7s} {version}")
+        for p in problems:
+            click.echo(f"        {p}")
+    bad = [v for v, p in found.items() if p]
+    if bad:
+        raise click.ClickException(f"{len(bad)} of {len(found)} versions have corrupt arrays: {', '.join(bad)}")
+    click.echo(f"all {len(found)} versions intact")
 
 
 @artifacts.command()

@@ -236,6 +236,20 @@ class ArtifactStore:
                if root[v].attrs.get("complete") and (stage is None or root[v].attrs.get("stage") == stage)]
         return sorted(out, key=lambda a: a.created)
 
+    def verify(self, versions: list[str] | None = None) -> dict[str, list[str]]:
+        """Read every chunk of every array of ``versions`` (default: every complete version);
+        ``{version: [problem, ...]}`` with one line per corrupt array (empty: intact)."""
+        out = {}
+        for version in versions or [a.version for a in self.ls()]:
+            art, problems = self.get(version), []
+            for name in sorted(art.group.array_keys()):
+                try:
+                    art.array(name)[...]
+                except CorruptArtifact as e:
+                    problems.append(str(e))
+            out[version] = problems
+        return out
+
     def lineage(self, version: str) -> dict:
         """``{"version", "stage", "inputs": [lineage of each input]}``, recursively."""
         a = self.get(version)

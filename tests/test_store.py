@@ -293,6 +293,13 @@ def test_corrupt_bytes_are_named_on_read_never_returned(tmp_path, cut):
         ArtifactStore(path).get(a.version).array("coefficients")[...]
     with pytest.raises(CorruptArtifact):
         ArtifactStore(path).get(a.version).arrays()
+    intact, _ = ArtifactStore(path).put("head", {"n": 1}, [], "c", {"w": np.ones(3, np.float32)})
+    verify = CliRunner().invoke(cli, ["artifacts", "--store", str(path), "verify"])  # reads every chunk: names it
+    assert verify.exit_code == 1 and f"CORRUPT {a.version}" in verify.output, verify.output
+    assert f"artifact {a.version} array 'coefficients': stored bytes are corrupt" in verify.output
+    assert f"ok      {intact.version}" in verify.output and "1 of 2 versions have corrupt arrays" in verify.output
+    alone = CliRunner().invoke(cli, ["artifacts", "--store", str(path), "verify", intact.version])
+    assert alone.exit_code == 0 and "all 1 versions intact" in alone.output
 
 
 def test_corrupt_shards_are_named_on_read(tmp_path):
