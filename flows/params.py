@@ -46,8 +46,8 @@ class DataParams(_Params):
 class TrainParams(EvaluationSpec, HeadSpec, BackboneSpec, _Params):
     """The frozen backbone and the KAN detection head trained on its features.
 
-    ``backbone="auto"``: ResNet-50 (the paper's) when weights are given or in torchvision's cache,
-    else a ResNet-18 pretrained on the training split by the ``backbone`` stage."""
+    Backbone "auto": ResNet-50 (the paper's) when weights are given or in torchvision's cache, else a
+    ResNet-18 pretrained on the training split by the backbone stage."""
 
     backbone: Literal["auto", *BACKBONES] = Field(
         "auto", title="backbone", description="frozen torchvision ResNet; auto = resnet50 with weights given or "
@@ -142,8 +142,8 @@ def _study_base() -> PipelineParams:
 
 
 class ParetoParams(_Params):
-    """The K×G sweep: every (grid size, seed) pair is one pipeline run of ``base`` with that G and seed
-    (head, k-means and fine-tuning seeds); the data and the frozen backbone stay those of ``base``'s
+    """The K×G sweep: every (grid size, seed) pair is one pipeline run of the base parameters with that G
+    and seed (head, k-means and fine-tuning seeds); the data and the frozen backbone stay those of the base's
     seed, so the spread is the compression's, not the features'."""
 
     base: PipelineParams = Field(default_factory=_study_base, title="pipeline parameters",

@@ -119,7 +119,8 @@ def feature_stages(loc, plan: TrainPlan, dataset_version: str) -> tuple[StageRes
     """The backbone (pretrained when the plan says so) and the features of every planned split."""
     backbone = _run(data.pretrain, loc, plan.pretrain, dataset_version) if plan.pretrain else None
     inputs = [backbone.version] if backbone else []
-    feats = {split: _submit(data.features, loc, spec, dataset_version, *inputs) for split, spec in plan.features.items()}
+    feats = {split: _submit(data.features, loc, spec, dataset_version, *inputs)
+             for split, spec in plan.features.items()}
     feats = {split: _logged(f.result()) for split, f in feats.items()}
     if not feats["train"].meta["backbone"]["pretrained"]:
         get_run_logger().warning("backbone has RANDOM INITIALISATION (no weights given or cached, pretraining off)")
@@ -204,7 +205,8 @@ def sharekan_pipeline(params: PipelineParams = PipelineParams()) -> RunReport:
     lut = None
     if plan.lutham is not None:
         want = plan.lutham
-        variant = want if want.k is not None else runtime_variant(comp.rows(), dtype=want.dtype, finetuned=want.finetuned)
+        variant = want if want.k is not None else runtime_variant(comp.rows(), dtype=want.dtype,
+                                                                  finetuned=want.finetuned)
         get_run_logger().info(f"LUTHAM runs {variant.name}")
         built = compile_flow(tr.head.version, comp.encoded[variant].version, feats["test"], ds.version, params.store)
         lut = _lutham_report(variant, built)
