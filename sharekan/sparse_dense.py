@@ -22,7 +22,7 @@ from .kan import KAN
 
 __all__ = ["SparseBasisKAN", "sparse_basis_layer", "BLOCK_I", "BLOCK_O", "PROGRAMS_PER_SM", "NUM_WARPS"]
 
-BLOCK_I, BLOCK_O, PROGRAMS_PER_SM, NUM_WARPS = 16, 128, 8, 4  # launch shape (bench/sparse_dense.py tunes it)
+BLOCK_I, BLOCK_O, PROGRAMS_PER_SM, NUM_WARPS = 64, 64, 16, 4  # launch shape: bench/sparse_dense.py
 
 
 def _kernel():

@@ -239,8 +239,11 @@ def test_invalid_parameters_are_refused_before_anything_runs(prefect_api, tmp_pa
         sharekan_pipeline({"train": {"hidden": 8}, "compress": {"ks": [256, 4096]}, "store": str(tmp_path / "s")})
     with pytest.raises(PlanError, match=r"finetune_side_dtypes \['int4'\] are not among"):
         sharekan_pipeline({"compress": {"side_dtypes": ["fp16", "int8"]}, "store": str(tmp_path / "s")})
-    with pytest.raises(PlanError, match=r"side_dtypes \['int8'\]: LUTHAM runs the fp16 encoding"):
+    with pytest.raises(PlanError, match=r"lutham_side_dtype: fp16 is not among compress.side_dtypes \['int8'\]"):
         sharekan_pipeline({"compress": {"side_dtypes": ["int8"], "finetune_side_dtypes": ["int8"]},
+                           "store": str(tmp_path / "s")})
+    with pytest.raises(PlanError, match=r"lutham_finetuned: no fine-tuned int4 head is planned"):
+        sharekan_pipeline({"compress": {"finetune_epochs": 0}, "lutham_side_dtype": "int4", "lutham_finetuned": True,
                            "store": str(tmp_path / "s")})
     with pytest.raises(PlanError, match="data.root: .* has no VOCdevkit folder"):
         sharekan_pipeline({"data": {"root": str(tmp_path)}, "store": str(tmp_path / "s")})
