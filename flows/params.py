@@ -157,9 +157,8 @@ class ParetoParams(_Params):
     side_dtypes: list[SideDtype] = Field(["int8", "int4"], min_length=1, title="side-data widths")
     finetune: bool = Field(True, title="fine-tuned variants", description="also fine-tune every VQ variant")
     parallel: int = Field(1, ge=1, le=64, title="runs at once",
-                          description="pipeline runs in flight together (their stages share the Ray cluster); "
-                                      "keep 1 on a cluster with fewer CPUs than runs × k-means shards: two "
-                                      "k-means fits each holding part of their shard actors wait on each other")
+                          description="pipeline runs in flight together (their stages share the Ray cluster; "
+                                      "k-means fits queue for it)")
     out: str = Field("artifacts/pareto", title="report folder")
 
 

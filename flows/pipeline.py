@@ -160,12 +160,14 @@ def compress_stages(loc, plan: CompressPlan, head_version: str, train_features: 
     fit the codebooks on these heads' shapes instead of this head's (a codebook shared by heads)."""
     spl = _run(compress.splines, loc, plan.splines, head_version)
     backend = plan.kmeans_backend
-    # one k-means at a time: its shard actors must all be placed at once, and two half-placed
-    # fits on a small cluster would wait on each other's CPUs for ever
-    books = {k: _run(compress.codebook, loc, spec, *(splines_versions or [spl.version]), backend=backend)
+    # every K's fit at once: each fit's shard actors are placed together (a placement group), so
+    # fits queue for the cluster's CPUs instead of waiting on each other
+    books = {k: _submit(compress.codebook, loc, spec, *(splines_versions or [spl.version]), backend=backend)
              for k, spec in plan.codebooks.items()}
-    assigned = {k: _run(compress.assignment, loc, spec, books[k].version, spl.version, backend=backend)
+    books = {k: _logged(f.result()) for k, f in books.items()}
+    assigned = {k: _submit(compress.assignment, loc, spec, books[k].version, spl.version, backend=backend)
                 for k, spec in plan.assignments.items()}
+    assigned = {k: _logged(f.result()) for k, f in assigned.items()}
     encoded = {e: _submit(compress.encode, loc, e, head_version, books[e.k].version, assigned[e.k].version)
                for e in plan.encodings}
     encoded = {e: _logged(f.result()) for e, f in encoded.items()}

@@ -16,6 +16,8 @@ import time
 
 import numpy as np
 import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from sharekan.clustering import InMemory, fine_centroids, sample_rows
 from sharekan.kmeans_steps import check_backend, init_centroids
@@ -117,6 +119,22 @@ def check_shard_memory(shard_bytes: list[int], node_bytes: float, what: str) -> 
                              f"{node_bytes / 2**30:.2f} GiB of memory; re-shard with fewer rows per shard")
 
 
+def _placed(share: dict, n: int, what: str):
+    """A placement group of ``n`` bundles of ``share``, once Ray has reserved all of them: a fit's
+    actors are placed together or not at all, so concurrent fits queue instead of each holding part
+    of its actors and waiting on the others for ever. One bundle a node (STRICT_SPREAD) where
+    enough nodes can hold one, PACK otherwise."""
+    bundle = {"CPU": share["num_cpus"]} | ({"GPU": share["num_gpus"]} if "num_gpus" in share else {})
+    able = [nd for nd in ray.nodes() if nd.get("Alive")
+            and all(nd["Resources"].get(r, 0) >= amount for r, amount in bundle.items())]
+    group = placement_group([bundle] * n, strategy="STRICT_SPREAD" if 1 < n <= len(able) else "PACK")
+    ready, _ = ray.wait([group.ready()], timeout=5)
+    if not ready:
+        print(f"k-means over {what}: waiting for {n} × {bundle} (held by other work) ...", flush=True)
+        ray.get(group.ready())
+    return group
+
+
 class RayShards:
     """One restartable actor per shard of ``version/name`` (or of several artifacts' ``name``,
     pooled, e.g. the spline shapes of many heads): a ``sharekan.clustering.Source``; use as a
@@ -124,7 +142,8 @@ class RayShards:
 
     ``backend``: "auto" assigns on GPUs when the cluster has any (each actor then claims an equal
     share of them) and on CPUs otherwise; "cpu", "cuda" or "faiss-gpu" force one (a GPU backend on
-    a cluster without GPUs is refused before any actor starts). :attr:`backend` is what ran."""
+    a cluster without GPUs is refused before any actor starts). The actors are placed together, in
+    one placement group (:func:`_placed`). :attr:`backend` is what ran."""
 
     def __init__(self, location, version: str | list[str], name: str, backend: str = "auto"):
         check_backend(backend)
@@ -153,7 +172,10 @@ class RayShards:
         share = {"num_cpus": min(1.0, resources.get("CPU", 1.0) / n)}
         if backend != "cpu":
             share["num_gpus"] = min(1.0, gpus / n)
-        self.actors = [ShardActor.options(**share).remote(location, v, name, i, backend) for v, i, _ in shards]
+        self.group = _placed(share, n, self.what)
+        self.actors = [ShardActor.options(**share, scheduling_strategy=PlacementGroupSchedulingStrategy(
+            self.group, placement_group_bundle_index=b)).remote(location, v, name, i, backend)
+            for b, (v, i, _) in enumerate(shards)]
         try:
             self.sizes = self.gather([a.size.remote() for a in self.actors])
             self.backend = ",".join(sorted(set(self.gather([a.which_backend.remote() for a in self.actors]))))
@@ -171,6 +193,9 @@ class RayShards:
         for a in self.actors:  # free their CPU shares now, not when the handles are collected
             ray.kill(a)
         self.actors = []
+        if self.group is not None:
+            remove_placement_group(self.group)
+            self.group = None
 
     def gather(self, refs: list) -> list:
         """Results in shard order; a failure names its shard."""

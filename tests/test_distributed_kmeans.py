@@ -105,6 +105,34 @@ def test_deterministic_across_runs(shapes):
     assert np.array_equal(a, b) and [h["objective"] for h in ha] == [h["objective"] for h in hb]
 
 
+def test_concurrent_fits_queue_for_their_actors_instead_of_deadlocking(shapes):
+    """Two fits at once on the 2-CPU cluster, each needing all of it (4 shard actors × 0.5 CPU):
+    placed one after the other, whole, both finish with the codebook a fit alone gives. (Placed
+    actor by actor, each fit could hold half its actors and wait on the other's for ever.)"""
+    import ray
+
+    path, version, _ = shapes
+    assert ray.cluster_resources()["CPU"] == 2
+    alone, _ = distributed_kmeans(path, version, "shapes", 20, seed=7, niter=5, progress=False)
+    results = [None, None]
+
+    def fit(i):
+        results[i] = distributed_kmeans(path, version, "shapes", 20, seed=7, niter=5, progress=False)[0]
+    threads = [threading.Thread(target=fit, args=(i,), daemon=True) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=240)
+    assert not any(t.is_alive() for t in threads), "two concurrent fits waited on each other"
+    assert all(np.array_equal(r, alone) for r in results)
+    from ray.util import placement_group_table
+
+    deadline = time.time() + 30  # every placement group released (Ray removes them asynchronously)
+    while any(g["state"] != "REMOVED" for g in placement_group_table().values()) and time.time() < deadline:
+        time.sleep(0.5)
+    assert all(g["state"] == "REMOVED" for g in placement_group_table().values())
+
+
 def test_minibatch_mode_lowers_the_objective_and_is_deterministic(shapes):
     path, version, pts = shapes
     init = init_centroids(pts, 12, seed=2)
