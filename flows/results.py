@@ -91,10 +91,6 @@ class ReportRow(_Model):
             d.update(map50_ood=ood.map50, delta_map50_ood=ood.delta_map50)
         return cls(**d)
 
-    @property
-    def key(self) -> Variant:
-        return Variant(self.kind, k=self.k, dtype=self.dtype, sparsity=self.sparsity, finetuned=self.finetuned)
-
 
 class LuthamReport(_Model):
     """The LUTHAM stage: the encoded head it ran, and its validation and timings (or why skipped)."""

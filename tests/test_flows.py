@@ -33,6 +33,10 @@ def test_report_and_exports(run):
     tmp, params, report, _ = run
     out = tmp / "detection"
     saved = json.loads((out / "report.json").read_text())
+    from flows.results import RunReport
+
+    again = RunReport.model_validate_json((out / "report.json").read_text())  # typed both ways, K keys ints
+    assert again == report and set(again.codebooks) == {16, 256}
     assert 0.0 <= saved["map50"] <= 1.0
     names = [r["variant"] for r in saved["variants"]]
     tuned = [f"VQ K={k} {dt} fine-tuned" for k in (16, 256) for dt in ("int8", "int4")]
