@@ -116,9 +116,13 @@ def shared_codebook(params: SharedParams = SharedParams()) -> dict:
     splines = {s: _submit(compress.splines, loc, plan.compress.splines, heads[s]) for s in seeds}
     shared_books = [_logged(splines[s].result()).version for s in params.head_seeds]
     table = plan.compress.model_copy(update={"compression": CompressionSpec(sparsities=())})
-    outs = {(s, which): compress_stages(loc, table, heads[s], train, ds.version, {"test": test},
-                                        shared_books if which == "shared" else None)
-            for s in seeds for which in ("shared", "own")}
+    def compressed(s: int, which: str):
+        return compress_stages(loc, table, heads[s], train, ds.version, {"test": test},
+                               shared_books if which == "shared" else None)
+
+    jobs = [(s, which) for s in seeds for which in ("shared", "own")]
+    first = compressed(*jobs[0])  # fits the shared codebook once; then every head at once (fits queue)
+    outs = dict(zip(jobs, [first, *_in_threads(compressed, jobs[1:], len(jobs) - 1)]))
     result = _shared_result(params, {s: outs[s, "shared"].rows() for s in seeds},
                             {s: outs[s, "own"].rows() for s in seeds},
                             outs[seeds[0], "shared"].codebooks[params.k].version)
