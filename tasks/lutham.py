@@ -59,7 +59,7 @@ def compile_and_validate(loc, head_version: str, encoded_version: str, features_
 
 @stage("lutham", {"num_gpus": 1, "num_cpus": 1},
        uses=(load_head, load_split, load_encoded, sharekan.lutham.compile, sharekan.lutham.geometry, sharekan.lutham.l2, sharekan.lutham.module, sharekan.lutham.plan, sharekan.lutham.runtime,
-             sharekan.lutham.timing, sharekan.lutham.validate))
+             sharekan.lutham.packed, sharekan.lutham.packed_head, sharekan.lutham.timing, sharekan.lutham.validate))
 def lutham(run: Run, spec: LuthamSpec, head_version: str, encoded_version: str, features_version: str,
            dataset_version: str) -> StageResult:
     """Compile for this GPU, validate that very binary on the stored encoded head (at its K and
@@ -70,14 +70,17 @@ def lutham(run: Run, spec: LuthamSpec, head_version: str, encoded_version: str, 
     check raises one message per failing case and stores nothing."""
     from sharekan.lutham.compile import load_cubin, nvrtc_compile
     from sharekan.lutham.module import LuthamKAN
+    from sharekan.lutham.packed_head import packable
     from sharekan.lutham.timing import compare
     from sharekan.lutham.validate import detector_map, failures, validate
 
     head = load_head(run.store.get(head_version))
     enc = load_encoded(run.store, encoded_version)
     vq = enc.kan
-    cubin = nvrtc_compile(spec.arch)
-    lut = LuthamKAN(vq, max_rows=spec.max_rows, module=load_cubin(cubin))  # validate the binary that is stored
+    records = "v12" if packable(vq) else "packed"  # packed planes: the bytes the encoded head keeps
+    cubin = nvrtc_compile(spec.arch, "lutham" if records == "v12" else "packed")
+    lut = LuthamKAN(vq, max_rows=spec.max_rows, records=records,  # validate the binary that is stored
+                    module=load_cubin(cubin, "lutham" if records == "v12" else "packed"))
     samples = load_split(run.store, dataset_version, "test").samples
     feats_art = run.store.get(features_version)
     feats = torch.from_numpy(feats_art.array("feats")[...]).float()
@@ -100,7 +103,7 @@ def lutham(run: Run, spec: LuthamSpec, head_version: str, encoded_version: str, 
         dense(real[:per_image].cuda())
     dense_peak = torch.cuda.max_memory_allocated() - base + sum(t.numel() * t.element_size()
                                                                  for t in dense.state_dict().values())
-    summary = {"arch": spec.arch, "device": torch.cuda.get_device_name(), "validated": True,
+    summary = {"arch": spec.arch, "device": torch.cuda.get_device_name(), "validated": True, "records": records,
                "arena_bytes": lut.plan.total, "edge_bytes": lut.plan.by_component["edges"] / edges,
                "dense_fp32_peak_bytes": dense_peak,
                "max_rel_error": check["max_rel_error"], "all_written": check["all_written"],

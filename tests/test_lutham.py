@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sharekan.kan import KAN
-from sharekan.lutham.compile import KERNELS, nvrtc_compile
+from sharekan.lutham.compile import KERNELS, PACKED_KERNELS, nvrtc_compile
 from sharekan.lutham.plan import ALIGN, L2_BYTES, LayerSpec, plan_arena
 from sharekan.vq_kan import VQKAN, encode_layer
 
@@ -184,10 +184,11 @@ def test_the_kernels_refuse_to_compile_without_the_geometry(monkeypatch):
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-def test_every_kernel_compiles_with_nvrtc(arch):
-    cubin = nvrtc_compile(arch)
+@pytest.mark.parametrize("source,names", [("lutham", KERNELS), ("packed", PACKED_KERNELS)])
+def test_every_kernel_compiles_with_nvrtc(arch, source, names):
+    cubin = nvrtc_compile(arch, source)
     assert cubin[:4] == b"\x7fELF"
-    for name in KERNELS:
+    for name in names:
         assert name.encode() in cubin
 
 

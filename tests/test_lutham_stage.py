@@ -26,6 +26,7 @@ def gpu_run(prefect_api, tmp_path_factory):
 def test_compile_flow_stores_the_validated_binary_and_plan(gpu_run):
     from sharekan.lutham.compile import load_cubin
     from sharekan.lutham.module import LuthamKAN
+    from sharekan.lutham.packed import edge_bytes
     from storage.store import ArtifactStore
     from tasks.compress import load_encoded
 
@@ -37,7 +38,7 @@ def test_compile_flow_stores_the_validated_binary_and_plan(gpu_run):
     assert abs(lut.map50_lutham - lut.map50_reference) <= 0.001
     assert [t["rows"] for t in lut.timings_us] == [1, 16, 128]  # 1 row, one 64-px image, 8 images
     assert all(t["LUTHAM"] > 0 and t["dense fp16"] > 0 for t in lut.timings_us)
-    assert lut.edge_bytes >= 8 and 0 < lut.arena_bytes and lut.dense_fp32_peak_bytes > 0  # 8-byte records (v12)
+    assert 0 < lut.arena_bytes and lut.dense_fp32_peak_bytes > 0
 
     store = ArtifactStore(params.store, create=False)
     art = store.get(lut.stage.version)
@@ -47,8 +48,12 @@ def test_compile_flow_stores_the_validated_binary_and_plan(gpu_run):
     assert head_v == report.stages["head"].version
     assert encoded_v == report.stages[f"encoded K={lut.k} fp16"].version  # the stored encoded head, not a re-encoding
     vq = load_encoded(store, encoded_v).kan.cuda()
-    module = load_cubin(art.array(f"cubin_{arch}")[...].tobytes())  # the stored binary, loaded as a user would
-    stored = LuthamKAN(vq, max_rows=64, module=module)
+    padded = sum(lay.in_features * -(-lay.out_features // 8) * 8 for lay in vq.layers)  # outputs in groups of 8
+    assert lut.edge_bytes == edge_bytes(lut.k, "fp16") * padded / sum(lay.in_features * lay.out_features
+                                                                       for lay in vq.layers)
+    assert art.meta["summary"]["records"] == "packed"  # the bytes the encoded head keeps: 1 + 3 × 2 an edge
+    module = load_cubin(art.array(f"cubin_{arch}")[...].tobytes(), "packed")  # the stored binary, as a user loads it
+    stored = LuthamKAN(vq, max_rows=64, records="packed", module=module)
     x = torch.randn(3, 7, stored.in_features, device="cuda")
     with torch.no_grad():
         ref = vq(x)

@@ -1,5 +1,8 @@
 """Compiling the LUTHAM kernels: NVRTC straight (any machine, no GPU needed: CI's check) or a CuPy
-``RawModule`` for the GPU in hand. Returns the binary so it can be stored as an artifact."""
+``RawModule`` for the GPU in hand. Returns the binary so it can be stored as an artifact.
+
+Two sources share ``kernels/common.cuh``: ``lutham.cu`` (v12: 8-byte records, :data:`KERNELS`) and
+``packed.cu`` (v3: packed planes, :data:`PACKED_KERNELS`); ``source`` picks one by name."""
 
 from __future__ import annotations
 
@@ -8,23 +11,34 @@ import os
 import sys
 from pathlib import Path
 
-from .geometry import KERNELS, defines
+from .geometry import KERNELS, PACKED_KERNELS, defines
 
-__all__ = ["SOURCE", "KERNELS", "ARCHS", "source", "include_dirs", "nvrtc_compile", "load_module", "load_cubin",
-           "source_hash"]
+__all__ = ["SOURCES", "KERNELS", "PACKED_KERNELS", "ARCHS", "source", "include_dirs", "nvrtc_compile", "load_module",
+           "load_cubin", "source_hash"]
 
-SOURCE = Path(__file__).with_name("kernels") / "lutham.cu"
+_DIR = Path(__file__).with_name("kernels")
+SOURCES = {"lutham": _DIR / "lutham.cu", "packed": _DIR / "packed.cu"}
+NAMES = {"lutham": KERNELS, "packed": PACKED_KERNELS}
+HEADER = _DIR / "common.cuh"
 ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90")
 OPTIONS = ("-std=c++17", "--use_fast_math", *defines())
 
 
-def source() -> str:
-    return SOURCE.read_text()
+def _path(name: str) -> Path:
+    if name not in SOURCES:
+        raise ValueError(f"kernel source must be one of {sorted(SOURCES)}, got {name!r}")
+    return SOURCES[name]
+
+
+def source(name: str = "lutham") -> str:
+    return _path(name).read_text()
 
 
 def source_hash() -> str:
-    """What the binary is built from: the kernels' source and the compile options (tile constants)."""
-    return hashlib.sha256(SOURCE.read_bytes() + " ".join(OPTIONS).encode()).hexdigest()[:16]
+    """What the binaries are built from: every kernel source, the shared header and the compile
+    options (tile constants)."""
+    data = b"".join(p.read_bytes() for p in (*SOURCES.values(), HEADER)) + " ".join(OPTIONS).encode()
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 def include_dirs() -> list[str]:
@@ -42,8 +56,9 @@ def include_dirs() -> list[str]:
     return list(dict.fromkeys(str(r) for r in roots if (r / "cuda_fp16.h").is_file() and (r / "mma.h").is_file()))
 
 
-def nvrtc_compile(arch: str) -> bytes:
-    """The kernels compiled by NVRTC for ``arch`` (e.g. "sm_90"); a compile error raises with NVRTC's log."""
+def nvrtc_compile(arch: str, name: str = "lutham") -> bytes:
+    """The kernels of source ``name`` compiled by NVRTC for ``arch`` (e.g. "sm_90"); a compile error
+    raises with NVRTC's log."""
     from cupy_backends.cuda.libs import nvrtc
 
     if arch not in ARCHS:
@@ -51,28 +66,31 @@ def nvrtc_compile(arch: str) -> bytes:
     incs = include_dirs()
     if not incs:
         raise RuntimeError("no CUDA headers (cuda_fp16.h, mma.h) found: set CUDA_PATH")
-    prog = nvrtc.createProgram(source(), SOURCE.name, [], [])
+    path = _path(name)
+    prog = nvrtc.createProgram(source(name), path.name, [HEADER.read_bytes()], [HEADER.name.encode()])
     try:
         opts = [f"--gpu-architecture={arch}", *OPTIONS, *(f"-I{d}" for d in incs)]
         try:
             nvrtc.compileProgram(prog, opts)
         except nvrtc.NVRTCError as e:
-            raise RuntimeError(f"{SOURCE.name} does not compile for {arch}:\n{nvrtc.getProgramLog(prog)}") from e
+            raise RuntimeError(f"{path.name} does not compile for {arch}:\n{nvrtc.getProgramLog(prog)}") from e
         return nvrtc.getCUBIN(prog)
     finally:
         nvrtc.destroyProgram(prog)
 
 
-def load_module():
-    """A CuPy ``RawModule`` of the kernels for the current GPU (compiled by NVRTC, cached by CuPy)."""
+def load_module(name: str = "lutham"):
+    """A CuPy ``RawModule`` of source ``name``'s kernels for the current GPU (compiled by NVRTC, cached
+    by CuPy)."""
     import cupy
 
-    return cupy.RawModule(code=source(), options=(*OPTIONS, *(f"-I{d}" for d in include_dirs())),
+    return cupy.RawModule(code=source(name), options=(*OPTIONS, f"-I{_DIR}", *(f"-I{d}" for d in include_dirs())),
                           name_expressions=None)
 
 
-def load_cubin(cubin: bytes):
-    """A CuPy ``RawModule`` of a stored binary (from :func:`nvrtc_compile`), for the GPU in hand."""
+def load_cubin(cubin: bytes, name: str = "lutham"):
+    """A CuPy ``RawModule`` of a stored binary of source ``name`` (from :func:`nvrtc_compile`), for the
+    GPU in hand."""
     import tempfile
 
     import cupy
@@ -81,6 +99,6 @@ def load_cubin(cubin: bytes):
         f.write(cubin)
         f.flush()
         module = cupy.RawModule(path=f.name)
-        for name in KERNELS:  # load now, while the file exists
-            module.get_function(name)
+        for kernel in NAMES[name]:  # load now, while the file exists
+            module.get_function(kernel)
     return module

@@ -21,7 +21,8 @@ bases), 1 (``low``: fp16 weights and bases, the rounding of a dense fp16 head).
 from __future__ import annotations
 
 __all__ = ["TILE_O", "BASE_SLOT", "THREADS", "ROW1_UNROLL", "ROW1_MAX_CHUNK", "TC_TILES", "BASES_BYTES",
-           "PRECISIONS", "SLAB_FROM_ROWS", "SLAB_BYTES", "SLAB_IN", "SLAB_ROWS", "BLAS_BYTES", "KERNELS",
+           "PRECISIONS", "SLAB_FROM_ROWS", "SLAB_BYTES", "SLAB_IN", "SLAB_ROWS", "BLAS_BYTES", "LUT_FLOATS", "LUT_STEP", "LUT_MAX_K", "PACKED_NR", "PACKED_SLAB_FROM", "KERNELS",
+           "PACKED_KERNELS", "packed_launch",
            "defines", "launches", "products", "uses_slab", "fragment_bytes", "bases_scratch", "tc_slabs",
            "slab_slots", "slab_sections", "slab_workspace", "slab_launches"]
 
@@ -38,9 +39,18 @@ SLAB_BYTES = 64 << 20  # the slab workspace at most (weights and bases of one sl
 SLAB_IN = 32         # lutham_slab: inputs a block covers (16 outputs or SLAB_ROWS rows by these)
 SLAB_ROWS = 8        # lutham_slab: rows a bases block covers
 BLAS_BYTES = 8 << 20  # cuBLAS's own workspace, in the arena (set, so the GEMMs allocate nothing: graphs)
+LUT_FLOATS = 8192    # packed_lut: lookup-table entries a block holds (32 KB of shared memory)
+LUT_STEP = 8         # packed_*: inputs a phase covers at most
+LUT_MAX_K = 1024     # packed heads with larger codebooks gather codebook windows instead of tables
+PACKED_NR = (1, 4, 8)  # rows a packed_lut / packed_gather block covers
+PACKED_SLAB_FROM = 64  # rows from which packed heads run as cuBLAS slabs
+_PACKED_WARPS_PER_SM = 32  # packed_lut / packed_gather: warps in flight to aim for
 KERNELS = ("lutham_row1", *(f"lutham_bases_p{p}" for p in (3, 2, 1)),
            *(f"lutham_tc{n}p{p}" for p in (3, 2, 1) for n in TC_TILES),
            *(f"lutham_slab_p{p}" for p in (3, 2, 1)))
+PACKED_KERNELS = (*(f"packed_lut_i{i}_s{s}_r{r}" for i in (1, 2) for s in (4, 8, 16) for r in PACKED_NR),
+                  *(f"packed_gather_i2_s{s}_r{r}" for s in (4, 8, 16) for r in PACKED_NR),
+                  *(f"packed_slab_i{i}_s{s}_p{p}" for i in (1, 2) for s in (4, 8, 16) for p in (1, 2, 3)))
 _WARPS_PER_SM = 48   # lutham_row1: warps in flight to aim for
 _TC_WARPS_PER_SM = 16  # lutham_tc: warps in flight to aim for (2 blocks of 8 at 128 registers)
 _MIN_SPLIT = 16      # inputs a split holds at least
@@ -51,7 +61,8 @@ def defines() -> list[str]:
     """The ``-D`` options that give the kernels their tile constants."""
     return [f"-D{k}={v}" for k, v in (("TILE_O", TILE_O), ("BASE_SLOT", BASE_SLOT), ("ROW1_UNROLL", ROW1_UNROLL),
                                       ("ROW1_MAX_CHUNK", ROW1_MAX_CHUNK), ("SLAB_IN", SLAB_IN),
-                                      ("SLAB_ROWS", SLAB_ROWS))]
+                                      ("SLAB_ROWS", SLAB_ROWS), ("LUT_FLOATS", LUT_FLOATS),
+                                      ("LUT_STEP", LUT_STEP))]
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -187,3 +198,18 @@ def launches(rows: int, in_f: int, out_f: int, n_sm: int, p: int = 3):
         out.append((f"lutham_tc{nt}{suffix}", r0, r, chunk, (bx, by, _cdiv(in_f, chunk)), (warps * 32,)))
         r0 += r
     return out
+
+
+def packed_launch(rows: int, in_f: int, out_f: int, n_sm: int) -> tuple[int, int, tuple[int, int, int], tuple[int]]:
+    """``(rows a block, chunk, grid, block)`` of the ``packed_lut`` / ``packed_gather`` launch of one
+    layer: a thread per group of 8 outputs (blockIdx.x), chunks of inputs (y: added into the output
+    where there are several), blocks of 1, 4 or 8 rows (z)."""
+    if rows < 1:
+        raise ValueError(f"rows must be ≥ 1, got {rows}")
+    nr = next(r for r in PACKED_NR if r >= rows) if rows <= PACKED_NR[-1] else PACKED_NR[-1]
+    groups = _cdiv(out_f, 8)
+    threads = min(THREADS, _cdiv(groups, 32) * 32)
+    gx, gz = _cdiv(groups, threads), _cdiv(rows, nr)
+    chunk = _splits(in_f, gx * gz * threads // 32, _PACKED_WARPS_PER_SM * n_sm)
+    return nr, chunk, (gx, _cdiv(in_f, chunk), gz), (threads,)
+

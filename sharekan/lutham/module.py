@@ -1,7 +1,9 @@
 """LUTHAM as a drop-in ``torch.nn.Module``: use it wherever a ``KAN`` or ``VQKAN`` is used.
 
-``LuthamKAN(vq_kan, max_rows)`` copies the compressed head into its GPU arena once
-(:class:`~sharekan.lutham.runtime.LuthamHead`); ``forward`` takes ``[..., in_features]`` on any
+``LuthamKAN(vq_kan, max_rows)`` copies the compressed head into its GPU arena once — as packed
+planes (:class:`~sharekan.lutham.packed_head.PackedHead`, LUTHAM v3: the bytes storage keeps) where
+its side data is int4, int8 or fp16 at one width, else as v12's 8-byte records
+(:class:`~sharekan.lutham.runtime.LuthamHead`); ``records`` forces one. ``forward`` takes ``[..., in_features]`` on any
 device, runs the kernels on the GPU in chunks of ``max_rows`` rows and returns
 ``[..., out_features]`` on the input's device and dtype, like ``VQKAN.forward``.
 ``LuthamKAN.from_file(path)`` runs a head that ``sharekan export`` wrote.
@@ -12,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .packed_head import PackedHead, packable
 from .runtime import LuthamHead
 
 __all__ = ["LuthamKAN"]
@@ -20,9 +23,14 @@ __all__ = ["LuthamKAN"]
 class LuthamKAN(nn.Module):
     """A VQ-compressed KAN (one shared codebook) run by the LUTHAM kernels."""
 
-    def __init__(self, model, max_rows: int = 4096, **runtime_kw):
+    def __init__(self, model, max_rows: int = 4096, records: str = "auto", **runtime_kw):
         super().__init__()
-        self.lut = LuthamHead(model, max_rows=max_rows, **runtime_kw)
+        if records not in ("auto", "packed", "v12"):
+            raise ValueError(f"records must be 'auto', 'packed' or 'v12', got {records!r}")
+        if records == "auto":
+            records = "v12" if packable(model) else "packed"
+        self.records = records
+        self.lut = (PackedHead if records == "packed" else LuthamHead)(model, max_rows=max_rows, **runtime_kw)
         self.in_features = self.lut.plan.layers[0].in_features
         self.out_features = self.lut.plan.layers[-1].out_features
 
@@ -49,4 +57,4 @@ class LuthamKAN(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"codebook={self.lut.plan.codebook_size}, max_rows={self.lut.plan.max_rows}")
+                f"codebook={self.lut.plan.codebook_size}, max_rows={self.lut.plan.max_rows}, records={self.records}")

@@ -22,11 +22,12 @@ from dataclasses import asdict, dataclass, field
 
 from .geometry import TILE_O
 
-__all__ = ["ALIGN", "L2_BYTES", "LayerSpec", "Block", "Plan", "n_windows", "window_slot", "plan_arena"]
+__all__ = ["ALIGN", "L2_BYTES", "LayerSpec", "Block", "Plan", "n_windows", "window_slot", "plan_arena", "plan_packed"]
 
 ALIGN = 256  # bytes: cudaMalloc's alignment, enough for 128-bit loads and wmma tiles
 L2_BYTES = {"A100": 40 << 20, "H100": 50 << 20, "H200": 60 << 20, "Jetson Orin": 4 << 20}
 RESIDENCY = ("codebook", "t0", "h", "scales", "edges", "activations", "bases", "workspace")
+PLANES = ("idx", "gain", "bias", "base")  # a packed layer's edge planes (``packed.PackedLayer``)
 HOT = 4  # the codebook and the constants: reused by every edge on every call
 MAX_COEF = 15  # the tensor-core path packs C coefficients + the base weight into 16 slots
 
@@ -100,6 +101,43 @@ def plan_arena(layers: list[LayerSpec], codebook_size: int, max_rows: int, works
     """Lay out the arena for a head of ``layers`` sharing one ``codebook_size``-entry codebook, with
     ``bases`` bytes of B-fragment scratch for the tensor-core kernels and ``workspace`` bytes for the
     slab path (0: none)."""
+    n_coef = _check(layers, codebook_size, max_rows)
+    specs: list[tuple[str, str, tuple[int, ...], str, int]] = [
+        ("codebook", "codebook", (codebook_size, n_windows(n_coef), 4), "float32", 4)]
+    for n, lay in enumerate(layers):
+        tiles = -(-lay.out_features // TILE_O)
+        specs += [(f"L{n}.t0", "t0", (lay.in_features,), "float32", 4),
+                  (f"L{n}.h", "h", (lay.in_features,), "float32", 4),
+                  (f"L{n}.edges", "edges", (tiles, lay.in_features, TILE_O, 4), "uint16", 2),
+                  (f"L{n}.scales", "scales", (3, lay.out_features), "float32", 4)]
+    return _layout(specs, layers, codebook_size, n_coef, max_rows, workspace, bases)
+
+
+def plan_packed(layers: list[LayerSpec], codebook_size: int, side_bytes: int, max_rows: int, windows: bool,
+                workspace: int = 0) -> Plan:
+    """Lay out the arena for a head run from packed planes (LUTHAM v3, ``packed.PackedLayer``): the
+    codebook coefficient-major ``[C, K_pad]`` (and as 4-coefficient windows where ``windows``: heads
+    whose codebook is too large for lookup tables), per layer the knot constants, the per-output
+    scales ``[3, out_pad]`` and the four edge planes — the index plane at 1 byte an edge where
+    ``K ≤ 256`` (2 otherwise), each side plane at ``side_bytes`` bytes a group of 8 outputs — then the
+    activations and the slab ``workspace`` (0: none)."""
+    n_coef = _check(layers, codebook_size, max_rows)
+    specs: list[tuple[str, str, tuple[int, ...], str, int]] = [
+        ("codebook", "codebook", (n_coef, -(-codebook_size // 32) * 32), "float32", 4)]
+    if windows:
+        specs.append(("windows", "codebook", (codebook_size, n_windows(n_coef), 4), "float32", 4))
+    for n, lay in enumerate(layers):
+        groups = -(-lay.out_features // 8)
+        specs += [(f"L{n}.t0", "t0", (lay.in_features,), "float32", 4),
+                  (f"L{n}.h", "h", (lay.in_features,), "float32", 4),
+                  (f"L{n}.scales", "scales", (3, groups * 8), "float32", 4),
+                  (f"L{n}.idx", "edges", (lay.in_features, groups * 8 * (1 if codebook_size <= 256 else 2)), "uint8", 1),
+                  *((f"L{n}.{q}", "edges", (lay.in_features, groups * side_bytes), "uint8", 1) for q in PLANES[1:])]
+    return _layout(specs, layers, codebook_size, n_coef, max_rows, workspace, 0)
+
+
+def _check(layers: list[LayerSpec], codebook_size: int, max_rows: int) -> int:
+    """The head's coefficients per edge, after checking that the layers chain and fit LUTHAM."""
     if not layers:
         raise ValueError("a head needs at least one layer")
     if max_rows < 1:
@@ -114,14 +152,12 @@ def plan_arena(layers: list[LayerSpec], codebook_size: int, max_rows: int, works
         raise ValueError("every layer must have the same number of spline coefficients (one codebook)")
     if n_coef > MAX_COEF:
         raise ValueError(f"{n_coef} coefficients per edge exceed LUTHAM's {MAX_COEF} (grid size ≤ 12)")
-    specs: list[tuple[str, str, tuple[int, ...], str, int]] = [
-        ("codebook", "codebook", (codebook_size, n_windows(n_coef), 4), "float32", 4)]
-    for n, lay in enumerate(layers):
-        tiles = -(-lay.out_features // TILE_O)
-        specs += [(f"L{n}.t0", "t0", (lay.in_features,), "float32", 4),
-                  (f"L{n}.h", "h", (lay.in_features,), "float32", 4),
-                  (f"L{n}.edges", "edges", (tiles, lay.in_features, TILE_O, 4), "uint16", 2),
-                  (f"L{n}.scales", "scales", (3, lay.out_features), "float32", 4)]
+    return n_coef
+
+
+def _layout(specs, layers: list[LayerSpec], codebook_size: int, n_coef: int, max_rows: int, workspace: int,
+            bases: int) -> Plan:
+    """``specs`` plus the activations, scratch and workspace, placed hot first at aligned offsets."""
     specs += [(f"act{n}", "activations", (max_rows, w), "float32", 4)
               for n, w in enumerate([layers[0].in_features] + [lay.out_features for lay in layers])]
     if bases:

@@ -57,72 +57,25 @@ def edge_records(indices: np.ndarray, gain: np.ndarray, bias: np.ndarray, base: 
     return np.ascontiguousarray(rec.reshape(tiles, TILE_O, in_f, 4).transpose(0, 2, 1, 3))
 
 
-class LuthamHead:
-    """A VQ-compressed KAN head in one GPU arena, for batches of up to ``max_rows`` rows.
+class ArenaHead:
+    """What every LUTHAM head shares: the planned arena on its own stream, its blocks as views, one
+    host copy and one CUDA graph launch a call (``_launch(rows)`` is the format's kernels)."""
 
-    ``precision`` (a key of ``geometry.PRECISIONS``) sets the tensor-core operands: ``"high"``
-    (default) weights and bases as fp16 hi + lo parts (near fp32), ``"medium"`` single fp16 bases,
-    ``"low"`` fp16 weights and bases (a dense fp16 head's rounding). ``slab_from`` overrides the
-    row count from which layers run as cuBLAS slabs (``None``: ``geometry.SLAB_FROM_ROWS``),
-    ``slab_bytes`` bounds their workspace, and ``bases_bytes`` the tensor-core kernels' B-fragment
-    scratch (at least 8 inputs' worth)."""
+    plan: Plan
 
-    def __init__(self, model, max_rows: int, persist_l2: bool = True, use_graphs: bool = True,
-                 precision: str = "high", slab_from: int | None = None, slab_bytes: int = SLAB_BYTES,
-                 bases_bytes: int = BASES_BYTES, module=None):
+    def _allocate(self, plan: Plan, use_graphs: bool) -> None:
         import cupy as cp
 
-        layers = list(model.layers)
-        cb = layers[0].codebook
-        if any(lay.codebook is not cb and not torch.equal(lay.codebook, cb) for lay in layers):
-            raise ValueError("LUTHAM runs heads with one shared codebook (scope='head')")
-        self.precision, self.products, self.slab_from = precision, products(precision), slab_from
-        n_coef = layers[0].n_coef
-        workspace = 0
-        if uses_slab(max_rows, self.products, slab_from):
-            workspace = BLAS_BYTES + slab_workspace([(lay.in_features, lay.out_features) for lay in layers], max_rows,
-                                                    self.products, n_coef, slab_bytes)
-        bases = bases_scratch([lay.in_features for lay in layers], max_rows, self.products, slab_from, bases_bytes)
-        shared = 0
-        if workspace and bases:  # a call runs slabs or tensor cores: the B fragments use the workspace's start
-            workspace, shared, bases = max(workspace, bases + BLAS_BYTES), bases, 0
-        self.plan: Plan = plan_arena([LayerSpec(lay.in_features, lay.out_features, lay.grid.shape[1])
-                                      for lay in layers], cb.shape[0], max_rows, workspace, bases)
+        self.plan = plan
         self.stream = cp.cuda.Stream(non_blocking=True)
-        self.arena = cp.zeros(self.plan.total, dtype=cp.uint8)
+        self.arena = cp.zeros(plan.total, dtype=cp.uint8)
         self._views = {b.name: self.arena[b.offset:b.offset + b.nbytes].view(cp.dtype(b.dtype)).reshape(b.shape)
-                       for b in self.plan.blocks}
+                       for b in plan.blocks}
         self._outputs: dict[int, object] = {}
-        self._put("codebook", codebook_windows(cb.detach().float().cpu().numpy(), n_coef))
-        for n, lay in enumerate(layers):
-            grid = lay.grid.detach().float().cpu()
-            pair = compact_grid(grid)
-            if pair is None:
-                raise ValueError(f"layer {n}: LUTHAM needs uniform knots per input (lo + j·h); this grid is not")
-            self._put(f"L{n}.t0", grid[:, 0].numpy())
-            self._put(f"L{n}.h", pair[1].expand(lay.in_features).numpy())
-            vals, scales = [], []
-            for q in ("gain", "bias", "base"):
-                data, scale = lay.stored_values(q), getattr(lay, q + "_scale")  # int8/int4 rows keep their scale
-                vals.append(data.detach().float().cpu().numpy())
-                scales.append(np.ones(lay.out_features, np.float32) if scale is None
-                              else scale.detach().float().cpu().numpy().reshape(-1))
-            self._put(f"L{n}.edges", edge_records(lay.indices.cpu().numpy().astype(np.uint16), *vals))
-            self._put(f"L{n}.scales", np.stack(scales))
-        self.module = module or load_module()
-        self.kernels = {k: self.module.get_function(k) for k in KERNELS}
         self._sms = cp.cuda.Device().attributes["MultiProcessorCount"]
         self._graphs: dict[int, object] = {}
         self.use_graphs, self.graph_error = use_graphs, None
         self._blas = None
-        self._frags = self.view("bases") if bases else None
-        if workspace:
-            ws = self.view("workspace")
-            self._blas = Blas(self.stream.ptr, ws.data.ptr + ws.nbytes - BLAS_BYTES, BLAS_BYTES)
-            if shared:
-                self._frags = ws[:shared].view(cp.uint32)
-        if persist_l2:
-            self.plan.l2_persisting = persist(self.arena, self.plan.hot_bytes(), self.plan.total, self.stream)
 
     def view(self, name: str):
         """The arena block ``name`` as a CuPy array of its planned shape and dtype."""
@@ -193,6 +146,82 @@ class LuthamHead:
 
     __call__ = forward
 
+    def _slabs(self, rows: int, lay: LayerSpec, kernel, yout, before: tuple, after: tuple) -> None:
+        """One layer as slabs of inputs: each expanded into the workspace by ``kernel(*before, i0,
+        n_pad, slots, *after, W, Bm, wblocks)``, then y (+)= bases · weightsᵀ over its pairs of hi/lo
+        sections (``geometry.slab_sections``), in a fixed order."""
+        p, n_coef, ws = self.products, self.plan.n_coef, self.view("workspace")[:-BLAS_BYTES]
+        i_f, o_f, slots = lay.in_features, lay.out_features, slab_slots(n_coef)
+        sw, sb = slab_sections(p)
+        pairs = ((0, 0), (0, 1), (1, 0))[:p]  # (bases section, weights section): hi·hi, hi·lo (, lo·hi)
+        for k, (i0, n_pad, wblocks, grid, b_off) in enumerate(slab_launches(rows, i_f, o_f, p, n_coef, ws.nbytes)):
+            w, b, sec = ws[:b_off], ws[b_off:], n_pad * slots
+            kernel(grid, (256,), (*before, np.int32(i0), np.int32(n_pad), np.int32(slots), *after, w, b,
+                                  np.int32(wblocks)))
+            for j, (bs, wsec) in enumerate(pairs):
+                self._blas.gemm_nt(rows, o_f, sec, b.data.ptr + 2 * bs * sec, w.data.ptr + 2 * wsec * sec,
+                                   yout.data.ptr, k > 0 or j > 0, lda=sb * sec, ldb=sw * sec)
+
+
+class LuthamHead(ArenaHead):
+    """A VQ-compressed KAN head in one GPU arena, for batches of up to ``max_rows`` rows.
+
+    ``precision`` (a key of ``geometry.PRECISIONS``) sets the tensor-core operands: ``"high"``
+    (default) weights and bases as fp16 hi + lo parts (near fp32), ``"medium"`` single fp16 bases,
+    ``"low"`` fp16 weights and bases (a dense fp16 head's rounding). ``slab_from`` overrides the
+    row count from which layers run as cuBLAS slabs (``None``: ``geometry.SLAB_FROM_ROWS``),
+    ``slab_bytes`` bounds their workspace, and ``bases_bytes`` the tensor-core kernels' B-fragment
+    scratch (at least 8 inputs' worth)."""
+
+    def __init__(self, model, max_rows: int, persist_l2: bool = True, use_graphs: bool = True,
+                 precision: str = "high", slab_from: int | None = None, slab_bytes: int = SLAB_BYTES,
+                 bases_bytes: int = BASES_BYTES, module=None):
+        import cupy as cp
+
+        layers = list(model.layers)
+        cb = layers[0].codebook
+        if any(lay.codebook is not cb and not torch.equal(lay.codebook, cb) for lay in layers):
+            raise ValueError("LUTHAM runs heads with one shared codebook (scope='head')")
+        self.precision, self.products, self.slab_from = precision, products(precision), slab_from
+        n_coef = layers[0].n_coef
+        workspace = 0
+        if uses_slab(max_rows, self.products, slab_from):
+            workspace = BLAS_BYTES + slab_workspace([(lay.in_features, lay.out_features) for lay in layers], max_rows,
+                                                    self.products, n_coef, slab_bytes)
+        bases = bases_scratch([lay.in_features for lay in layers], max_rows, self.products, slab_from, bases_bytes)
+        shared = 0
+        if workspace and bases:  # a call runs slabs or tensor cores: the B fragments use the workspace's start
+            workspace, shared, bases = max(workspace, bases + BLAS_BYTES), bases, 0
+        plan = plan_arena([LayerSpec(lay.in_features, lay.out_features, lay.grid.shape[1])
+                                      for lay in layers], cb.shape[0], max_rows, workspace, bases)
+        self._allocate(plan, use_graphs)
+        self._put("codebook", codebook_windows(cb.detach().float().cpu().numpy(), n_coef))
+        for n, lay in enumerate(layers):
+            grid = lay.grid.detach().float().cpu()
+            pair = compact_grid(grid)
+            if pair is None:
+                raise ValueError(f"layer {n}: LUTHAM needs uniform knots per input (lo + j·h); this grid is not")
+            self._put(f"L{n}.t0", grid[:, 0].numpy())
+            self._put(f"L{n}.h", pair[1].expand(lay.in_features).numpy())
+            vals, scales = [], []
+            for q in ("gain", "bias", "base"):
+                data, scale = lay.stored_values(q), getattr(lay, q + "_scale")  # int8/int4 rows keep their scale
+                vals.append(data.detach().float().cpu().numpy())
+                scales.append(np.ones(lay.out_features, np.float32) if scale is None
+                              else scale.detach().float().cpu().numpy().reshape(-1))
+            self._put(f"L{n}.edges", edge_records(lay.indices.cpu().numpy().astype(np.uint16), *vals))
+            self._put(f"L{n}.scales", np.stack(scales))
+        self.module = module or load_module()
+        self.kernels = {k: self.module.get_function(k) for k in KERNELS}
+        self._frags = self.view("bases") if bases else None
+        if workspace:
+            ws = self.view("workspace")
+            self._blas = Blas(self.stream.ptr, ws.data.ptr + ws.nbytes - BLAS_BYTES, BLAS_BYTES)
+            if shared:
+                self._frags = ws[:shared].view(cp.uint32)
+        if persist_l2:
+            self.plan.l2_persisting = persist(self.arena, self.plan.hot_bytes(), self.plan.total, self.stream)
+
     def _launch(self, rows: int) -> None:
         import cupy as cp
 
@@ -204,7 +233,8 @@ class LuthamHead:
             knots = (self.view(f"L{n}.t0"), self.view(f"L{n}.h"), np.int32(lay.n_knots), np.int32(self.plan.n_coef))
             arrays = (cb, nwin, self.view(f"L{n}.edges"), self.view(f"L{n}.scales"))
             if uses_slab(rows, self.products, self.slab_from):
-                self._slabs(rows, lay, xin, yout, (*knots, *arrays))
+                self._slabs(rows, lay, self.kernels[f"lutham_slab_p{self.products}"], yout,
+                            (xin, np.int32(rows), np.int32(i_f), np.int32(o_f)), (*knots, *arrays))
             elif rows == 1:
                 (kernel, _, _, chunk, grid, block), = launches(1, i_f, o_f, self._sms)
                 if grid[2] > 1:  # split inputs add into the output
@@ -236,18 +266,3 @@ class LuthamHead:
                                                    np.int32(o_f), np.int32(i0), np.int32(n), np.int32(chunk), cb,
                                                    nwin, edges, scales, yout[r0:], np.int32(atomic)))
 
-    def _slabs(self, rows: int, lay: LayerSpec, xin, yout, consts) -> None:
-        """One layer as slabs of inputs: each expanded into the workspace, then y (+)= bases · weightsᵀ
-        over its pairs of hi/lo sections (``geometry.slab_sections``), in a fixed order."""
-        p, n_coef, ws = self.products, self.plan.n_coef, self.view("workspace")[:-BLAS_BYTES]
-        i_f, o_f, slots = lay.in_features, lay.out_features, slab_slots(n_coef)
-        sw, sb = slab_sections(p)
-        pairs = ((0, 0), (0, 1), (1, 0))[:p]  # (bases section, weights section): hi·hi, hi·lo (, lo·hi)
-        kernel = self.kernels[f"lutham_slab_p{p}"]
-        for k, (i0, n_pad, wblocks, grid, b_off) in enumerate(slab_launches(rows, i_f, o_f, p, n_coef, ws.nbytes)):
-            w, b, sec = ws[:b_off], ws[b_off:], n_pad * slots
-            kernel(grid, (256,), (xin, np.int32(rows), np.int32(i_f), np.int32(o_f), np.int32(i0), np.int32(n_pad),
-                                  np.int32(slots), *consts, w, b, np.int32(wblocks)))
-            for j, (bs, wsec) in enumerate(pairs):
-                self._blas.gemm_nt(rows, o_f, sec, b.data.ptr + 2 * bs * sec, w.data.ptr + 2 * wsec * sec,
-                                   yout.data.ptr, k > 0 or j > 0, lda=sb * sec, ldb=sw * sec)

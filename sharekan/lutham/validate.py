@@ -17,7 +17,7 @@ from .runtime import LuthamHead
 
 __all__ = ["ROWS", "check", "validate", "detector_map", "failures"]
 
-ROWS = (1, 2, 8, 9, 17, 49, 64, 65, 128, 129, 200, 300)  # every kernel path and its boundaries
+ROWS = (1, 2, 4, 5, 8, 9, 17, 49, 63, 64, 65, 128, 129, 200, 300)  # every kernel path and its boundaries
 
 
 def check(head: LuthamHead, model, x: torch.Tensor) -> dict:

@@ -18,7 +18,7 @@
 //   * large batches (lutham_slab_p<P>, then a cuBLAS GEMM the runtime issues): a slab of inputs is
 //     expanded into two dense fp16 operands in a bounded workspace -- the weights decoded as above
 //     and the rows' bases -- with the P products as sections along K.
-#include <cuda_fp16.h>
+#include "common.cuh"
 
 // Tile and launch constants come from sharekan/lutham/geometry.py as -D options (one source for the
 // kernels and the launches).
@@ -28,46 +28,6 @@
 #endif
 static_assert(TILE_O == 16 && BASE_SLOT == 15, "an output tile is the M = 16 of mma.m16n8k16, 16 slots its K");
 
-struct Basis {
-    float w[4];   // the 4 cubic bases starting at coefficient `first` (0 where that coefficient does not exist)
-    int first;    // -3 .. C - 1
-    float sum;    // sum of w: what a per-edge bias multiplies
-    float silu;
-};
-
-__device__ __forceinline__ Basis basis_of(float v, float t0, float h, int nk, int n_coef) {
-    Basis b;
-    b.w[0] = b.w[1] = b.w[2] = b.w[3] = 0.f;
-    b.first = -3;
-    b.silu = v / (1.f + __expf(-v));
-    const float u = (v - t0) / h;
-    if (u >= 0.f && u < (float)(nk - 1)) {  // inside the knots (a NaN input leaves only silu)
-        const float m = floorf(u), f = u - m, f2 = f * f, f3 = f2 * f, g = 1.f - f;
-        b.first = (int)m - 3;
-        const float c[4] = {g * g * g / 6.f, (3.f * f3 - 6.f * f2 + 4.f) / 6.f,
-                            (-3.f * f3 + 3.f * f2 + 3.f * f + 1.f) / 6.f, f3 / 6.f};
-#pragma unroll
-        for (int j = 0; j < 4; ++j) b.w[j] = (b.first + j >= 0 && b.first + j < n_coef) ? c[j] : 0.f;
-    }
-    b.sum = b.w[0] + b.w[1] + b.w[2] + b.w[3];
-    return b;
-}
-
-// where window p (its coefficients c[p-3 .. p]) sits in a codeword: the aligned windows 3, 7, 11, 15
-// first, then the others in order (plan.window_slot, the host side, is the same function)
-__device__ __forceinline__ int window_slot(int p) {
-    return (p < 16 && (p & 3) == 3) ? (p >> 2) : 4 + p - min((p + 1) >> 2, 4);
-}
-
-__device__ __forceinline__ float lo_half(unsigned v) { return __half2float(__ushort_as_half((unsigned short)(v & 0xffffu))); }
-__device__ __forceinline__ float hi_half(unsigned v) { return __half2float(__ushort_as_half((unsigned short)(v >> 16))); }
-
-__device__ __forceinline__ void put(float* y, int r, int o, int rows, int out_f, float v, bool atomic) {
-    if (r < rows && o < out_f) {
-        if (atomic) atomicAdd(y + (long)r * out_f + o, v);
-        else y[(long)r * out_f + o] = v;
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // One row. Block: warps over 16-output tiles, one input chunk (blockIdx.z) whose bases are staged
@@ -137,18 +97,6 @@ __device__ __forceinline__ void mma16816(float* d, const unsigned* a, unsigned b
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-__device__ __forceinline__ unsigned pack(float a, float b) {
-    __half2 h = __floats2half2_rn(a, b);
-    return *reinterpret_cast<unsigned*>(&h);
-}
-
-// fp16 hi + lo parts of (a, b): hi + lo carries ~22 bits of each
-__device__ __forceinline__ void pack_split(float a, float b, unsigned& hi, unsigned& lo) {
-    const __half2 h = __floats2half2_rn(a, b);
-    const float2 f = __half22float2(h);
-    hi = *reinterpret_cast<const unsigned*>(&h);
-    lo = pack(a - f.x, b - f.y);
-}
 
 // the weights of slots 4q .. 4q+3 of one edge from its record and codeword window q (fp32), as
 // fp16 hi/lo pairs: (slots 4q, 4q+1) and (4q+2, 4q+3). Slots C .. 14 keep gain*0 + bias unmasked:
@@ -329,123 +277,57 @@ TC(1, 2, 2) TC(2, 2, 2) TC(4, 2, 2) TC(8, 2, 2) TC(16, 2, 1)
 TC(1, 1, 2) TC(2, 1, 2) TC(4, 1, 2) TC(8, 1, 2) TC(16, 1, 1)
 
 // ---------------------------------------------------------------------------------------------
-// Large batches: the inputs [i0, i0 + n_pad) of one layer as the fp16 operands of the GEMMs the
-// runtime issues to cuBLAS next (y [rows][out] (+)= Bm . W^T over pairs of sections, fp32 accumulate):
-//   W  [out_f][SW][n_pad][slots]: each edge's slots gain*c_s + bias (s < C), base weight (s = C), 0;
-//   Bm [rows][SB][n_pad][slots]:  each row's bases of each input (4 non-zero), SiLU (s = C), 0.
-// Sections are hi (, lo): W = [hi | lo] from 2 products, Bm = [hi | lo] at 3 (hi.hi + lo.hi + hi.lo),
-// single sections otherwise. Inputs past in_f are zero. Blocks [0, wblocks) decode weights: the 16
+// Large batches (lutham_slab_p<P>): common.cuh's slab_expand with this format's weights -- the 16
 // outputs of one tile x SLAB_IN inputs, four lanes an edge (lane q of the four decodes slots 4q ..
 // 4q+3 from its 16 bytes of the codeword, so a warp instruction reads 8 whole codewords: one L2
-// request an edge), all of a thread's records and then all its codeword quarters in flight at once;
-// the others build bases: SLAB_ROWS rows x SLAB_IN inputs, a thread per (row, input) zeroing its
-// slots in shared memory and placing its 4 bases and SiLU there (x read coalesced). Both stage the
-// fp16 values of every section in shared memory, then a warp a line writes the line's run of
-// SLAB_IN x slots values with 16-byte stores (n_pad is a multiple of 8, slots even: every run is
-// whole 16-byte words).
-static_assert(SLAB_IN % 16 == 0 && SLAB_IN * SLAB_ROWS == 256 && SLAB_ROWS <= 16, "slab block shape");
-constexpr int SLAB_LINE = SLAB_IN * 16 + 16;  // halves a staged line spans at most: padded by 16, so the lanes of a
-                                              // weight block's warp (8 lines) write 2, not 8, words a bank
-constexpr int SLAB_STAGE = 16 * SLAB_LINE;    // halves of one staged section (16 lines)
-
-// values (a, b) at `at` of the hi section and, with lo, their rounding residues in the lo section
-__device__ __forceinline__ void stage_pair(__half* st, int at, float a, float b, bool lo) {
-    if (!lo) {
-        *reinterpret_cast<unsigned*>(st + at) = pack(a, b);
-        return;
-    }
-    unsigned h, l;
-    pack_split(a, b, h, l);
-    *reinterpret_cast<unsigned*>(st + at) = h;
-    *reinterpret_cast<unsigned*>(st + SLAB_STAGE + at) = l;
-}
-
-// value v at `at` of the hi section and, with lo, its rounding residue in the lo section
-__device__ __forceinline__ void stage_one(__half* st, int at, float v, bool lo) {
-    const __half h = __float2half_rn(v);
-    st[at] = h;
-    if (lo) st[SLAB_STAGE + at] = __float2half_rn(v - __half2float(h));
-}
-
-template <int P>
-__device__ __forceinline__ void slab(const float* __restrict__ x, int rows, int in_f, int out_f, int i0, int n_pad,
-                                     int slots, const float* __restrict__ t0, const float* __restrict__ hh, int nk,
-                                     int n_coef, const float4* __restrict__ cb, int nwin,
-                                     const uint2* __restrict__ edges, const float* __restrict__ scales,
-                                     __half* __restrict__ W, __half* __restrict__ Bm, int wblocks) {
-    __shared__ __align__(16) __half st[2 * SLAB_STAGE];  // the hi section, then the lo section
-    constexpr int SW = P == 1 ? 1 : 2, SB = P == 3 ? 2 : 1;  // sections of W and Bm (hi, lo)
-    const long sec = (long)n_pad * slots;
-    const int ib = (n_pad + SLAB_IN - 1) / SLAB_IN, line = SLAB_IN * slots + 16;  // halves a staged line spans
-    const bool weights = (int)blockIdx.x < wblocks;
-    const int b = weights ? blockIdx.x : blockIdx.x - wblocks, ii0 = (b % ib) * SLAB_IN;
-    const int n_in = min(SLAB_IN, n_pad - ii0), words = n_in * slots / 8;  // 16-byte words a line writes
-    int lines, sections;
-    __half* dst;
-    if (weights) {
-        constexpr int PASSES = TILE_O * SLAB_IN / 64;  // 256 threads, four an edge
-        const int tile = b / ib, q = threadIdx.x & 3, ol = (threadIdx.x >> 2) & 15;
-        const int o = min(tile * TILE_O + ol, out_f - 1);
-        lines = min(TILE_O, out_f - tile * TILE_O), sections = SW;
-        dst = W + (long)tile * TILE_O * SW * sec + (long)ii0 * slots;
-        uint2 rec[PASSES];
-        float4 c[PASSES];
-#pragma unroll
-        for (int u = 0; u < PASSES; ++u) {  // edge (input il, output ol): records [tile][in][16]
-            const int il = (threadIdx.x >> 6) + 4 * u, i = i0 + ii0 + il;
-            rec[u] = il < n_in && i < in_f ? __ldg(edges + ((long)tile * in_f + i) * TILE_O + ol)
-                                           : make_uint2(0u, 0u);  // a zero record decodes to zero weights
-        }
-#pragma unroll
-        for (int u = 0; u < PASSES; ++u) c[u] = __ldg(cb + (long)(rec[u].x & 0xffffu) * nwin + q);
-        const float gs = scales[o], bs = scales[out_f + o], wsc = scales[2 * out_f + o];
-#pragma unroll
-        for (int u = 0; u < PASSES; ++u) {
-            const float g = gs * hi_half(rec[u].x), bb = bs * lo_half(rec[u].y), ws = wsc * hi_half(rec[u].y);
-            const float cc[4] = {c[u].x, c[u].y, c[u].z, c[u].w};
-            float v[4];
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const int s = 4 * q + j;
-                v[j] = s < n_coef ? fmaf(g, cc[j], bb) : (s == n_coef ? ws : 0.f);
-            }
-            const int at = ol * line + ((threadIdx.x >> 6) + 4 * u) * slots + 4 * q;
-#pragma unroll
-            for (int j = 0; j < 4; j += 2)
-                if (4 * q + j < slots) stage_pair(st, at + j, v[j], v[j + 1], SW == 2);
-        }
-    } else {
-        const int r0 = (b / ib) * SLAB_ROWS, il = threadIdx.x % SLAB_IN, rl = threadIdx.x / SLAB_IN;
-        const int i = i0 + ii0 + il, at = rl * line + il * slots;
-        lines = min(SLAB_ROWS, rows - r0), sections = SB;
-        dst = Bm + (long)r0 * SB * sec + (long)ii0 * slots;
-#pragma unroll
-        for (int s = 0; s < 16; s += 2)
-            if (s < slots) stage_pair(st, at + s, 0.f, 0.f, SB == 2);
-        if (rl < lines && il < n_in && i < in_f) {
-            const Basis bs = basis_of(x[(long)(r0 + rl) * in_f + i], t0[i], hh[i], nk, n_coef);
-#pragma unroll
-            for (int j = 0; j < 4; ++j)
-                if (bs.first + j >= 0 && bs.first + j < n_coef) stage_one(st, at + bs.first + j, bs.w[j], SB == 2);
-            stage_one(st, at + n_coef, bs.silu, SB == 2);
-        }
-    }
-    __syncthreads();
-    const long g = sections * sec / 8;  // a line's 16-byte words in global memory: section 0 hi, 1 lo
-    for (int sl = threadIdx.x >> 5; sl < sections * lines; sl += blockDim.x >> 5) {  // a warp a line
-        const int sn = sl >= lines, l = sl - sn * lines;
-        const uint4* from = reinterpret_cast<const uint4*>(st + sn * SLAB_STAGE + l * line);
-        uint4* to = reinterpret_cast<uint4*>(dst + sn * sec) + l * g;
-        for (int w = threadIdx.x & 31; w < words; w += 32) to[w] = from[w];
-    }
-}
-
+// request an edge), all of a thread's records and then all its codeword quarters in flight at once.
 #define SLAB(P)                                                                                                  \
     extern "C" __global__ void __launch_bounds__(256, 4) lutham_slab_p##P(                                        \
         const float* __restrict__ x, int rows, int in_f, int out_f, int i0, int n_pad, int slots,                  \
         const float* __restrict__ t0, const float* __restrict__ hh, int nk, int n_coef,                            \
         const float4* __restrict__ cb, int nwin, const uint2* __restrict__ edges, const float* __restrict__ scales, \
         __half* __restrict__ W, __half* __restrict__ Bm, int wblocks) {                                           \
-        slab<P>(x, rows, in_f, out_f, i0, n_pad, slots, t0, hh, nk, n_coef, cb, nwin, edges, scales, W, Bm, wblocks); \
+        slab_expand<P>(x, rows, in_f, out_f, i0, n_pad, slots, t0, hh, nk, n_coef, W, Bm, wblocks,                        \
+                       [&](__half* st, int tile, int ii0, int n_in, int line) {                                    \
+                           v12_weights<P>(st, tile, ii0, n_in, line, in_f, out_f, i0, slots, n_coef, cb, nwin,     \
+                                          edges, scales);                                                          \
+                       });                                                                                         \
     }
+
+template <int P>
+__device__ __forceinline__ void v12_weights(__half* st, int tile, int ii0, int n_in, int line, int in_f, int out_f,
+                                            int i0, int slots, int n_coef, const float4* __restrict__ cb, int nwin,
+                                            const uint2* __restrict__ edges, const float* __restrict__ scales) {
+    constexpr int SW = P == 1 ? 1 : 2;
+    constexpr int PASSES = TILE_O * SLAB_IN / 64;  // 256 threads, four an edge
+    const int q = threadIdx.x & 3, ol = (threadIdx.x >> 2) & 15;
+    const int o = min(tile * TILE_O + ol, out_f - 1);
+    uint2 rec[PASSES];
+    float4 c[PASSES];
+#pragma unroll
+    for (int u = 0; u < PASSES; ++u) {  // edge (input il, output ol): records [tile][in][16]
+        const int il = (threadIdx.x >> 6) + 4 * u, i = i0 + ii0 + il;
+        rec[u] = il < n_in && i < in_f ? __ldg(edges + ((long)tile * in_f + i) * TILE_O + ol)
+                                       : make_uint2(0u, 0u);  // a zero record decodes to zero weights
+    }
+#pragma unroll
+    for (int u = 0; u < PASSES; ++u) c[u] = __ldg(cb + (long)(rec[u].x & 0xffffu) * nwin + q);
+    const float gs = scales[o], bs = scales[out_f + o], wsc = scales[2 * out_f + o];
+#pragma unroll
+    for (int u = 0; u < PASSES; ++u) {
+        const float g = gs * hi_half(rec[u].x), bb = bs * lo_half(rec[u].y), ws = wsc * hi_half(rec[u].y);
+        const float cc[4] = {c[u].x, c[u].y, c[u].z, c[u].w};
+        float v[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int s = 4 * q + j;
+            v[j] = s < n_coef ? fmaf(g, cc[j], bb) : (s == n_coef ? ws : 0.f);
+        }
+        const int at = ol * line + ((threadIdx.x >> 6) + 4 * u) * slots + 4 * q;
+#pragma unroll
+        for (int j = 0; j < 4; j += 2)
+            if (4 * q + j < slots) stage_pair(st, at + j, v[j], v[j + 1], SW == 2);
+    }
+}
+
 SLAB(1) SLAB(2) SLAB(3)

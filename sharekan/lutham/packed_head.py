@@ -1,0 +1,114 @@
+"""Running a compressed head from packed planes (LUTHAM v3): the arena holds what storage keeps.
+
+:class:`PackedHead` packs each layer of a :class:`~sharekan.vq_kan.VQKAN` as it was stored
+(:func:`~sharekan.lutham.packed.pack_layer`: uint8 indices where K ≤ 256, int4/int8/fp16 side data
+with the storage's per-output scales) into the planned arena (:func:`~sharekan.lutham.plan.plan_packed`)
+and runs each layer as one launch below ``slab_from`` rows — ``packed_lut_*`` (per-input lookup
+tables in shared memory, K ≤ ``geometry.LUT_MAX_K``) or ``packed_gather_*`` (codebook windows from
+L2) — preceded by a memset of the output where inputs are split over blocks (fp32 atomics), and from
+``slab_from`` rows as slabs expanded from the planes by ``packed_slab_*`` and multiplied by cuBLAS
+(fixed order: deterministic). The launches for a row count are one CUDA graph.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .blas import Blas
+from .compile import load_module
+from .geometry import (BLAS_BYTES, LUT_MAX_K, PACKED_KERNELS, PACKED_SLAB_FROM, SLAB_BYTES, packed_launch, products,
+                       slab_workspace)
+from .l2 import persist
+from .packed import SIDE_BYTES, codebook_major, pack_layer
+from .plan import LayerSpec, plan_packed
+from .runtime import ArenaHead, codebook_windows
+
+__all__ = ["PackedHead", "packable"]
+
+
+def packable(model) -> str | None:
+    """Why ``model`` cannot run from packed planes (``None``: it can)."""
+    layers = list(model.layers)
+    cb = layers[0].codebook
+    if any(lay.codebook is not cb and not torch.equal(lay.codebook, cb) for lay in layers):
+        return "LUTHAM runs heads with one shared codebook (scope='head')"
+    widths = {getattr(lay, q + "_dtype") for lay in layers for q in ("gain", "bias", "base")}
+    if len(widths) != 1 or not widths <= set(SIDE_BYTES):
+        return (f"packed records hold gain, bias and base weight at one width of {sorted(SIDE_BYTES)}; "
+                f"this head stores {sorted(widths)}")
+    return None
+
+
+class PackedHead(ArenaHead):
+    """A VQ-compressed KAN head in one GPU arena of packed planes, for batches of up to ``max_rows``
+    rows. ``precision`` and ``slab_bytes`` are the slab path's (as :class:`~sharekan.lutham.runtime.LuthamHead`);
+    ``slab_from`` the row count from which it is taken (``None``: ``geometry.PACKED_SLAB_FROM``)."""
+
+    def __init__(self, model, max_rows: int, persist_l2: bool = True, use_graphs: bool = True,
+                 precision: str = "high", slab_from: int | None = None, slab_bytes: int = SLAB_BYTES,
+                 module=None):
+        why = packable(model)
+        if why:
+            raise ValueError(why)
+        layers = list(model.layers)
+        cb = layers[0].codebook
+        self.packed = [pack_layer(lay) for lay in layers]
+        self.k, self.side_dtype = cb.shape[0], self.packed[0].side_dtype
+        self.ib, self.sb = (1 if self.k <= 256 else 2), {"int4": 4, "int8": 8, "fp16": 16}[self.side_dtype]
+        self.windows = self.k > LUT_MAX_K
+        self.precision, self.products = precision, products(precision)
+        self.slab_from = max(2, PACKED_SLAB_FROM if slab_from is None else slab_from)
+        specs = [LayerSpec(lay.in_features, lay.out_features, lay.grid.shape[1]) for lay in layers]
+        workspace = 0
+        if max_rows >= self.slab_from:
+            workspace = BLAS_BYTES + slab_workspace([(s.in_features, s.out_features) for s in specs], max_rows,
+                                                    self.products, layers[0].n_coef, slab_bytes)
+        self._allocate(plan_packed(specs, self.k, SIDE_BYTES[self.side_dtype], max_rows, self.windows, workspace),
+                       use_graphs)
+        self._put("codebook", codebook_major(cb))
+        if self.windows:
+            self._put("windows", codebook_windows(cb.detach().float().cpu().numpy(), layers[0].n_coef))
+        for n, p in enumerate(self.packed):
+            self._put(f"L{n}.t0", p.t0)
+            self._put(f"L{n}.h", p.h)
+            self._put(f"L{n}.scales", p.scales)
+            for q, plane in p.planes().items():
+                self._put(f"L{n}.{q}", plane.view(np.uint8).reshape(p.in_features, -1))
+        self.module = module or load_module("packed")
+        self.kernels = {k: self.module.get_function(k) for k in PACKED_KERNELS}
+        if workspace:
+            ws = self.view("workspace")
+            self._blas = Blas(self.stream.ptr, ws.data.ptr + ws.nbytes - BLAS_BYTES, BLAS_BYTES)
+        if persist_l2:
+            self.plan.l2_persisting = persist(self.arena, self.plan.hot_bytes(), self.plan.total, self.stream)
+
+    @property
+    def edge_bytes(self) -> float:
+        """Bytes the arena's edge planes take an edge (padded outputs included)."""
+        return self.plan.by_component["edges"] / sum(s.in_features * s.out_features for s in self.plan.layers)
+
+    def _launch(self, rows: int) -> None:
+        import cupy as cp
+
+        cb = self.view("codebook")
+        cbw = self.view("windows") if self.windows else cb
+        for n, lay in enumerate(self.plan.layers):
+            xin, yout = self.view(f"act{n}"), self.view(f"act{n + 1}")
+            i_f, o_f, groups = lay.in_features, lay.out_features, self.packed[n].groups
+            knots = (self.view(f"L{n}.t0"), self.view(f"L{n}.h"), np.int32(lay.n_knots), np.int32(self.plan.n_coef))
+            planes = tuple(self.view(f"L{n}.{q}") for q in ("idx", "gain", "bias", "base"))
+            scales, widths = self.view(f"L{n}.scales"), f"i{self.ib}_s{self.sb}"
+            if rows >= self.slab_from:
+                self._slabs(rows, lay, self.kernels[f"packed_slab_{widths}_p{self.products}"], yout,
+                            (xin, np.int32(rows), np.int32(i_f), np.int32(o_f), np.int32(groups)),
+                            (*knots, cb, np.int32(cb.shape[1]), *planes, scales))
+                continue
+            nr, chunk, grid, block = packed_launch(rows, i_f, o_f, self._sms)
+            if grid[1] > 1:  # split inputs add into the output
+                cp.cuda.runtime.memsetAsync(yout.data.ptr, 0, rows * o_f * 4, self.stream.ptr)
+            mode = "gather" if self.windows else "lut"
+            self.kernels[f"packed_{mode}_{widths}_r{nr}"](
+                grid, block, (xin, np.int32(rows), np.int32(i_f), np.int32(o_f), np.int32(groups), np.int32(chunk),
+                              *knots, cb, np.int32(self.k), np.int32(cb.shape[1]), cbw,
+                              np.int32(cbw.shape[1] if self.windows else 0), *planes, scales, yout))

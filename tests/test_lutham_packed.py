@@ -1,0 +1,121 @@
+"""LUTHAM v3's packed planes: the format round-trips what storage keeps (every width, odd sizes, K at
+256 / 257 / 65,536), its CPU reference equals the stored head's forward, the arena and launch geometry
+add up, and — on a CUDA machine — the packed kernels against the stored head on every path."""
+
+import numpy as np
+import pytest
+import torch
+
+from sharekan.kan import KAN
+from sharekan.lutham.geometry import PACKED_NR, packed_launch
+from sharekan.lutham.packed import edge_bytes, pack_layer, reference_forward, unpack_layer
+from sharekan.lutham.plan import LayerSpec, plan_packed
+from sharekan.vq_kan import VQKAN, encode_layer
+
+from .conftest import randomize
+
+WIDTHS = ("int4", "int8", "fp16")
+
+
+def packed_vq(sizes, k, side, device="cpu", seed=0):
+    torch.manual_seed(seed)
+    model = randomize(KAN(sizes)).to(device)
+    shapes = torch.nn.functional.normalize(torch.randn(k, 13, device=device), dim=1)
+    return VQKAN([encode_layer(layer, shapes, side) for layer in model.layers]).eval()
+
+
+@pytest.mark.parametrize("k", [256, 257, 65_536])
+@pytest.mark.parametrize("side", WIDTHS)
+def test_packed_planes_round_trip_the_stored_layer(k, side):
+    layer = packed_vq([13, 21], k, side).layers[0]  # 21 outputs: a partial group of 8
+    p = pack_layer(layer)
+    assert p.idx.dtype == (np.uint8 if k <= 256 else np.uint16) and p.idx.shape == (13, 3, 8)
+    back = unpack_layer(p)
+    assert np.array_equal(back["indices"], layer.indices.numpy().astype(np.int64))
+    for q in ("gain", "bias", "base"):
+        assert np.array_equal(back[q], layer.stored_values(q).numpy())  # the stored values, bit for bit
+        scale = getattr(layer, q + "_scale")
+        want = np.ones(21, np.float32) if scale is None else scale.numpy().ravel()
+        np.testing.assert_allclose(back[q + "_scale"], want, rtol=1e-6)
+    assert p.record_bytes == 13 * 24 * edge_bytes(k, side)
+    assert edge_bytes(256, "int4") == 2.5 and edge_bytes(256, "int8") == 4 and edge_bytes(65_536, "fp16") == 8
+
+
+@pytest.mark.parametrize("k", [256, 257])
+@pytest.mark.parametrize("side", WIDTHS)
+def test_the_packed_reference_equals_the_stored_heads_forward(k, side):
+    vq = packed_vq([17, 9, 5], k, side, seed=1)
+    x = torch.cat([torch.rand(4, 17) * 2 - 1, (torch.rand(3, 17) * 2 - 1) * 6])  # inside and outside the grid
+    with torch.no_grad():
+        ref = vq(x)
+        h = x
+        for layer in vq.layers:
+            h = reference_forward(pack_layer(layer), layer.codebook, h)
+    assert float((h - ref).abs().max() / ref.abs().max()) < 1e-5
+
+
+def test_packing_refuses_mixed_widths_and_names_them():
+    model = randomize(KAN([6, 4]))
+    shapes = torch.nn.functional.normalize(torch.randn(16, 13), dim=1)
+    layer = encode_layer(model.layers[0], shapes, "int4", base_dtype="fp32")
+    with pytest.raises(ValueError, match="gain as int4, bias as int4, base as fp32"):
+        pack_layer(layer)
+
+
+def test_packed_plan_holds_two_and_a_half_bytes_an_edge_at_k256_int4():
+    layers = [LayerSpec(12_544, 1024, 17), LayerSpec(1024, 1024, 17)]
+    plan = plan_packed(layers, 256, 4, max_rows=1, windows=False)
+    edges = 12_544 * 1024 + 1024 * 1024
+    assert plan.by_component["edges"] == 2.5 * edges
+    assert plan.block("codebook").shape == (13, 256) and "windows" not in {b.name for b in plan.blocks}
+    assert plan.total < 36 << 20  # the arena the issue's memory targets rest on (≈ 35 MB)
+    wide = plan_packed(layers, 65_536, 16, max_rows=1, windows=True)
+    assert wide.by_component["edges"] == 8 * edges and wide.block("windows").shape == (65_536, 16, 4)
+    blocks = sorted(plan.blocks, key=lambda b: b.offset)
+    assert all(a.offset + a.nbytes <= b.offset for a, b in zip(blocks, blocks[1:]))
+
+
+@pytest.mark.parametrize("rows", [1, 2, 4, 5, 8, 9, 49, 63])
+@pytest.mark.parametrize("in_f,out_f", [(12_544, 1024), (256, 64), (64, 24), (5, 3)])
+def test_packed_launch_covers_every_row_output_and_input(rows, in_f, out_f):
+    nr, chunk, grid, block = packed_launch(rows, in_f, out_f, n_sm=132)
+    assert nr in PACKED_NR and (rows == 1) == (nr == 1)
+    assert grid[0] * block[0] * 8 >= out_f and block[0] % 32 == 0 and block[0] <= 256
+    assert grid[2] * nr >= rows and (grid[2] - 1) * nr < rows
+    assert chunk % 8 == 0 and grid[1] * chunk >= in_f and (grid[1] - 1) * chunk < in_f
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("k", [256, 257, 2048])  # uint8 tables, uint16 tables, codebook windows
+@pytest.mark.parametrize("side", WIDTHS)
+def test_packed_kernels_match_the_stored_head_on_every_path(k, side):
+    """Every row count boundary (1, 4- and 8-row blocks, the slab path from 64 rows), split and
+    unsplit inputs, partial groups (70 and 24 outputs), inputs inside and outside the grid, poisoned
+    outputs: fp32 everywhere below the slabs, fp16 hi/lo products on them."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    from sharekan.lutham.module import LuthamKAN
+    from sharekan.lutham.validate import validate
+
+    for sizes in ([300, 70, 24], [1024, 24]):
+        vq = packed_vq(sizes, k, side, device="cuda", seed=2)
+        head = LuthamKAN(vq, max_rows=300)
+        assert head.records == "packed"
+        report = validate(head, vq)
+        assert report["all_written"], report
+        assert report["max_rel_error"] < 2e-4, [c for c in report["cases"] if c["max_rel_error"] >= 2e-4]
+
+
+@pytest.mark.gpu
+def test_the_packed_head_holds_what_storage_keeps():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    from sharekan.lutham.packed_head import PackedHead
+
+    vq = packed_vq([512, 64, 24], 256, "int4", device="cuda")
+    head = PackedHead(vq, max_rows=8)
+    assert head.edge_bytes == 2.5 and "workspace" not in head.plan.by_component
+    x = torch.randn(8, 512, device="cuda")
+    with torch.no_grad():
+        ref = vq(x)
+    assert float((head.run_torch(x) - ref).abs().max() / ref.abs().max()) < 1e-5
