@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -141,10 +140,13 @@ def _run_flow(load_flow, params, out: str, address: str | None):
     ($PREFECT_API_URL, or a temporary server of this run's own); its result, or a one-line error.
     The flow is imported only once the API's address is in the environment: Prefect reads its
     settings when first imported, and would otherwise start a server of its own."""
-    from cli.services import prefect_env, starting_prefect_server
+    from cli.services import api_problem, api_watchdog, prefect_env, starting_prefect_server, temporary_home
     from tasks.cluster import connect
 
     api = os.environ.get("PREFECT_API_URL")
+    if api and (problem := api_problem(api)):
+        raise click.ClickException(f"cannot reach the Prefect API at {api} (PREFECT_API_URL): {problem}; start it "
+                                   "(`sharekan server`) or unset PREFECT_API_URL for a temporary one")
     try:
         Path(out).mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -152,9 +154,9 @@ def _run_flow(load_flow, params, out: str, address: str | None):
     with ExitStack() as services:
         # a temporary server of this run's own (its own database: concurrent runs never share one),
         # stopped on exit and by the kernel if this process is killed; Ray starts while it boots
+        home = None if api else services.enter_context(temporary_home())
         server = None if api else services.enter_context(starting_prefect_server(
-            home=services.enter_context(tempfile.TemporaryDirectory(prefix="sharekan-prefect-")),
-            log=Path(out) / "prefect-server.log", die_with_parent=True))
+            home=home, log=Path(out) / "prefect-server.log", die_with_parent=True))
         url = api or server.url
         os.environ.update({k: v for k, v in prefect_env(url).items() if k.startswith(("PREFECT_", "RAY_"))})
         try:
@@ -162,6 +164,7 @@ def _run_flow(load_flow, params, out: str, address: str | None):
             if server:
                 server.wait()
                 click.echo(f"Prefect API (temporary, for this run): {url}")
+            services.enter_context(api_watchdog(url, functools.partial(_lost_api, url, home)))
             click.echo(f"Ray: {address or 'local'} cluster, {resources.get('CPU', 0):.0f} CPUs, "
                        f"{resources.get('GPU', 0):.0f} GPUs")
             state = load_flow()(params, return_state=True)
@@ -211,6 +214,24 @@ def _cause(state) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
+def _lost_api(url: str, home: str | None, reason: str) -> None:
+    """The run's Prefect API stopped answering: say so in one line, stop this run's Ray cluster and
+    leave (exit 1). Every stage finished so far is in the store; a re-run resumes from it."""
+    import shutil
+
+    import ray
+
+    click.echo(f"Error: lost the Prefect API at {url} ({reason}); the stages finished so far are in the "
+               "store: start the API again (or unset PREFECT_API_URL for a temporary one) and re-run to resume",
+               err=True)
+    try:
+        ray.shutdown()  # a local cluster of this run's own stops with it
+    finally:
+        if home:
+            shutil.rmtree(home, ignore_errors=True)
+        os._exit(1)
+
+
 def _flush_logs() -> None:
     """Send buffered run logs to the API (before a temporary server stops) and leave Ray."""
     import ray
@@ -228,9 +249,12 @@ def _flush_logs() -> None:
                                  "(postgresql://USER:PASSWORD@HOST:5432/DB) [SQLite in ~/.prefect]")
 @click.option("--ray-port", default=6379, show_default=True, help="Ray head port")
 @click.option("--no-ray", is_flag=True, help="do not start a Ray head (flows then start a local one)")
-def server(port: int, host: str, database: str | None, ray_port: int, no_ray: bool) -> None:
+@click.option("--logs", "logs_dir", default=str(Path("~/.sharekan/logs")), show_default=True,
+              help="folder for the Prefect server's and worker's logs")
+def server(port: int, host: str, database: str | None, ray_port: int, no_ray: bool, logs_dir: str) -> None:
     """Start a Prefect server, the process work pool and a worker, and a Ray head (127.0.0.1; Ray
-    with token authentication). Ctrl-C or SIGTERM stops them all, and only them."""
+    with token authentication). Ctrl-C, SIGINT or SIGTERM stops them all, and only them; so does
+    the server or the worker dying (exit 1, naming which)."""
     from cli.services import POOL, PortInUse, database_url, ray_head, starting_prefect_server, worker
 
     if database:
@@ -239,13 +263,17 @@ def server(port: int, host: str, database: str | None, ray_port: int, no_ray: bo
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--database") from None
 
-    logs = Path("artifacts/logs")
-    logs.mkdir(parents=True, exist_ok=True)
+    logs = Path(logs_dir).expanduser()
+    try:
+        logs.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise click.BadParameter(f"cannot create {logs}: {e}", param_hint="--logs") from None
 
     def terminate(signum, frame):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGINT, terminate)  # also where it arrives ignored (started in a script's background)
     try:
         with ExitStack() as stack:
             started = stack.enter_context(starting_prefect_server(
@@ -253,7 +281,8 @@ def server(port: int, host: str, database: str | None, ray_port: int, no_ray: bo
             if not no_ray:  # the Ray head starts while the Prefect server boots
                 os.environ["SHAREKAN_RAY_ADDRESS"] = stack.enter_context(ray_head(ray_port))
             url = started.wait()
-            stack.enter_context(worker(url, log=logs / "prefect-worker.log"))
+            children = {"Prefect server": started.proc,
+                        "Prefect worker": stack.enter_context(worker(url, log=logs / "prefect-worker.log"))}
             click.echo(f"Prefect UI:  {url.removesuffix('/api')}\n"
                        f"API:         export PREFECT_API_URL={url}\n"
                        f"work pool:   {POOL} (process), worker log {logs / 'prefect-worker.log'}\n"
@@ -261,10 +290,15 @@ def server(port: int, host: str, database: str | None, ray_port: int, no_ray: bo
                        f"the token is in ~/.ray/auth_token)\n"
                        f"next:        sharekan deploy   (Ctrl-C stops everything)", )
             try:
-                while True:
-                    time.sleep(3600)
+                while not (dead := [f"the {name} exited with code {p.returncode}"
+                                    for name, p in children.items() if p.poll() is not None]):
+                    time.sleep(1)
             except KeyboardInterrupt:
                 click.echo("stopping ...")
+            else:
+                click.echo(f"{dead[0]}: stopping everything (its log is in {logs}) ...")
+                stack.close()
+                raise click.ClickException(f"{dead[0]}; stopped everything `sharekan server` started")
     except PortInUse as e:
         raise click.ClickException(str(e)) from None
     except KeyboardInterrupt:

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from contextlib import contextmanager
@@ -25,7 +26,8 @@ import psutil
 from tasks.cluster import SYSTEM_CONFIG, ensure_token
 
 __all__ = ["database_url", "free_port", "port_in_use", "prefect_env", "prefect_server", "starting_prefect_server",
-           "StartingServer", "worker", "ray_head", "bin_path", "POOL", "PortInUse"]
+           "StartingServer", "worker", "ray_head", "bin_path", "POOL", "PortInUse", "api_problem", "api_watchdog",
+           "temporary_home"]
 
 POOL = "sharekan-pool"
 
@@ -63,6 +65,63 @@ def prefect_env(api_url: str | None = None) -> dict[str, str]:
     if api_url:
         env["PREFECT_API_URL"] = api_url
     return env
+
+
+HOME_PREFIX = "sharekan-prefect-"  # a run's temporary Prefect home (its SQLite database)
+OWNER = "owner.pid"
+
+
+@contextmanager
+def temporary_home() -> Iterator[str]:
+    """A temporary ``PREFECT_HOME`` for one run, removed at its end. Homes that a run killed
+    before its end left behind (their ``owner.pid`` no longer alive) are removed first."""
+    for old in Path(tempfile.gettempdir()).glob(HOME_PREFIX + "*"):
+        try:
+            pid = int((old / OWNER).read_text())
+        except (OSError, ValueError):
+            continue  # not ours to judge (an older layout, or still being created)
+        if not psutil.pid_exists(pid):
+            shutil.rmtree(old, ignore_errors=True)
+    home = tempfile.mkdtemp(prefix=HOME_PREFIX)
+    (Path(home) / OWNER).write_text(str(os.getpid()))
+    try:
+        yield home
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def api_problem(url: str, timeout: float = 3) -> str | None:
+    """Why the Prefect API at ``url`` does not answer its health check (``None``: it does)."""
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=timeout) as r:
+            return None if r.status == 200 else f"health check answered HTTP {r.status}"
+    except OSError as e:
+        return str(getattr(e, "reason", e))
+
+
+@contextmanager
+def api_watchdog(url: str, on_lost, interval: float = 3, grace: float = 15) -> Iterator[None]:
+    """Check the API at ``url`` every ``interval`` seconds from a thread; once it has failed for
+    ``grace`` seconds, call ``on_lost(reason)`` (which ends the process: Prefect's own client would
+    retry for minutes and then end in a traceback)."""
+    stop = threading.Event()
+
+    def watch():
+        down_since = None
+        while not stop.wait(interval):
+            problem = api_problem(url)
+            if problem is None:
+                down_since = None
+            elif time.monotonic() - (down_since := down_since or time.monotonic()) >= grace:
+                on_lost(problem)
+                return
+
+    thread = threading.Thread(target=watch, name="prefect-api-watchdog", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
 
 
 def _die_with_parent() -> None:

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -122,6 +123,43 @@ def test_a_run_killed_at_a_stage_resumes_to_the_same_artifacts(tmp_path, corrupt
     assert _versions(out) == _versions(first)  # same inputs, same parameters: the same versions
     assert json.loads((tmp_path / "resumed" / "report.json").read_text())["variants"] == \
         json.loads((two_runs_at_once[0] / "a" / "report.json").read_text())["variants"]
+
+
+def test_a_lost_prefect_api_ends_the_run_within_30_s_with_one_error_line(tmp_path, corrupt_data):
+    store = tmp_path / "store"
+    proc = _start(tmp_path, "lost", corrupt_data, store, skip_bad=True)
+    deadline = time.time() + 300
+    while not ((store / "refs").is_dir() and ArtifactStore(store, create=False).ls("dataset")):
+        assert proc.poll() is None and time.time() < deadline, "the run ended before its dataset was stored"
+        time.sleep(0.5)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    server = next(p for p in children if "server" in p.cmdline() and "start" in p.cmdline())
+    os.killpg(server.pid, signal.SIGKILL)  # the API goes away mid-run
+    lost = time.time()
+    code, out = _finish(proc, timeout=120)
+    assert code == 1 and time.time() - lost <= 30, out[-3000:]
+    errors = [line for line in out.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and errors[0].startswith("Error: lost the Prefect API at http://127.0.0.1:"), out[-3000:]
+    _, alive = psutil.wait_procs(children, timeout=30)
+    for p in alive:
+        p.kill()
+    assert not alive, "processes of the run outlived it"
+    assert not any(ArtifactStore(store, create=False).verify().values())  # what was stored is whole
+    homes = [f for f in Path(tempfile.gettempdir()).glob("sharekan-prefect-*/owner.pid") if f.read_text() == str(proc.pid)]
+    assert not homes, "the run's temporary Prefect home outlived it"
+
+
+def test_an_unreachable_prefect_api_is_named_before_anything_starts(tmp_path, corrupt_data):
+    from cli.services import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/api"
+    cmd = [sys.executable, "-m", "cli.main", "run", "--data", str(corrupt_data), "--store", str(tmp_path / "store"),
+           "--out", str(tmp_path / "out"), "--params", json.dumps(TINY)]
+    out = subprocess.run(cmd, cwd=tmp_path, env={**_env(), "PREFECT_API_URL": url}, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 1 and out.stderr.strip().splitlines()[-1].startswith(
+        f"Error: cannot reach the Prefect API at {url} (PREFECT_API_URL): "), out.stderr[-2000:]
+    assert "Traceback" not in out.stderr and not (tmp_path / "store").exists()
 
 
 def test_a_worker_killed_mid_training_resumes_from_its_checkpoint(tmp_path):

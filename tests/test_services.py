@@ -1,8 +1,9 @@
 """Local services as an operator sees them: Ray's token authentication is on, a Ray head stops
 alone, a temporary Prefect server listens on 127.0.0.1 and dies with the process that started
 it (one that dies while booting is reported with its log), a second server refuses a port in
-use, `sharekan server` stops everything on SIGTERM, and a local run never attaches to a cluster
-it did not ask for."""
+use, `sharekan server` stops everything on SIGTERM, on SIGINT even when started in the background,
+and when its Prefect server dies, a killed run's temporary Prefect home is removed by the next run,
+and a local run never attaches to a cluster it did not ask for."""
 
 import json
 import os
@@ -107,26 +108,75 @@ def test_a_second_server_refuses_a_port_in_use(tmp_path):
     assert "Prefect UI" not in out.stdout
 
 
-def test_sharekan_server_stops_everything_on_sigterm(tmp_path):
-    port, ray_port = free_port(), free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "server", "--port", str(port), "--ray-port",
-                             str(ray_port)], cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+def _server(tmp_path, *args, ignore_sigint: bool = False) -> tuple[subprocess.Popen, list[str]]:
+    """`sharekan server` with its logs under ``tmp_path``, once it says it is ready (its output so far).
+    ``ignore_sigint``: started as a script's background job is (SIGINT ignored when it starts)."""
+    def background():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "server", "--logs", str(tmp_path / "logs"), *args],
+                            cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, preexec_fn=background if ignore_sigint else None)
     lines = []
     for line in proc.stdout:
         lines.append(line)
         if line.startswith("next:"):
             break
+    return proc, lines
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT in the background"])
+def test_sharekan_server_stops_everything_on_sigterm_and_sigint(tmp_path, how):
+    port, ray_port = free_port(), free_port()
+    proc, lines = _server(tmp_path, "--port", str(port), "--ray-port", str(ray_port),
+                          ignore_sigint=how != "SIGTERM")
     assert any(f"Ray head:    127.0.0.1:{ray_port}" in x for x in lines), "".join(lines)[-3000:]
     children = psutil.Process(proc.pid).children(recursive=True)
     assert port_in_use(port) and port_in_use(ray_port)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGTERM if how == "SIGTERM" else signal.SIGINT)
     assert proc.wait(timeout=120) == 0
     _, alive = psutil.wait_procs(children, timeout=30)
     for p in alive:
         p.kill()
     assert not port_in_use(port) and not port_in_use(ray_port)
     assert not alive, [p.info for p in alive]
+    assert (tmp_path / "logs" / "prefect-server.log").is_file() and not (tmp_path / "artifacts").exists()
+
+
+def test_sharekan_server_stops_everything_when_its_prefect_server_dies(tmp_path):
+    port = free_port()
+    proc, lines = _server(tmp_path, "--port", str(port), "--no-ray")
+    assert lines and lines[-1].startswith("next:"), "".join(lines)[-3000:]
+    children = psutil.Process(proc.pid).children(recursive=True)
+    prefect = next(p for p in children if "server" in p.cmdline() and "start" in p.cmdline())
+    os.killpg(prefect.pid, signal.SIGKILL)  # the server runs in a session of its own
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1, out
+    assert out.strip().splitlines()[-1] == ("Error: the Prefect server exited with code -9; stopped everything "
+                                            "`sharekan server` started")
+    _, alive = psutil.wait_procs(children, timeout=30)
+    for p in alive:
+        p.kill()
+    assert not alive, [p.info for p in alive]
+
+
+def test_a_temporary_prefect_home_left_by_a_killed_run_is_removed_by_the_next(tmp_path):
+    from cli.services import HOME_PREFIX, OWNER, temporary_home
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = Path(tempfile.mkdtemp(prefix=HOME_PREFIX))
+    (stale / OWNER).write_text(str(dead.pid))
+    live = Path(tempfile.mkdtemp(prefix=HOME_PREFIX))
+    (live / OWNER).write_text(str(os.getpid()))
+    try:
+        with temporary_home() as home:
+            assert (Path(home) / OWNER).read_text() == str(os.getpid())
+            assert not stale.exists() and live.is_dir()  # a live run's home is kept
+        assert not Path(home).exists()
+    finally:
+        shutil.rmtree(stale, ignore_errors=True)
+        shutil.rmtree(live, ignore_errors=True)
 
 
 def test_ray_heads_and_local_runs_keep_to_their_own_clusters():
