@@ -452,8 +452,12 @@ def tag(location: str, version: str, name: str) -> None:
 @click.option("--dry-run", is_flag=True, help="report what would be deleted")
 @_pass_store
 def gc(location: str, keep: tuple[str, ...], dry_run: bool) -> None:
-    """Delete versions that no tag or --keep needs, then unreachable data."""
-    summary = _store(location).gc(list(keep), dry_run=dry_run)
+    """Delete versions that no tag or --keep needs, then unreachable data (refused while a run
+    holds the store)."""
+    try:
+        summary = _store(location).gc(list(keep), dry_run=dry_run)
+    except StoreError as e:
+        raise click.ClickException(str(e)) from None
     verb = "would delete" if dry_run else "deleted"
     click.echo(f"{verb} {len(summary['deleted_versions'])} versions, kept {len(summary['kept'])}")
     for v in summary["deleted_versions"]:

@@ -12,6 +12,7 @@ a failed run resumes after its last committed stage.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from datetime import datetime, timezone
@@ -24,6 +25,7 @@ from prefect_ray.context import remote_options
 from sharekan.clustering import MODES
 from sharekan.detection.compare import Variant, runtime_variant
 from sharekan.detection.head import HeadConfig
+from storage.leases import hold
 from storage.store import ArtifactStore, parse_location
 from tasks import compress, data, head, lutham
 from tasks.retry import RETRIES, retry_transient
@@ -46,10 +48,18 @@ _TASKS = {fn: task(fn, name=fn.__name__, retries=RETRIES, retry_delay_seconds=2,
                      lutham.compile_and_validate)}
 
 
-def _submit(fn, *args, **kwargs):
+def _submit(fn, loc, *args, **kwargs):
+    """Submit stage ``fn`` against the store at ``loc``; the first stage a process submits to a
+    store takes the process's lease on it (``storage.leases``: gc leaves a live run's store alone)."""
+    _hold(loc)
     resources = fn.stage.resources if hasattr(fn, "stage") else fn.resources
     with remote_options(**clamped(resources)):
-        return _TASKS[fn].submit(*args, **kwargs)
+        return _TASKS[fn].submit(loc, *args, **kwargs)
+
+
+@functools.cache
+def _hold(loc) -> None:  # once a process and store
+    hold(ArtifactStore(loc))
 
 
 def _run(fn, *args, **kwargs) -> StageResult:

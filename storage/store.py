@@ -35,6 +35,7 @@ import hashlib
 import json
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,7 +47,9 @@ import zarr
 import zarr.errors
 from zarr.codecs import Crc32cCodec, ZstdCodec
 
-__all__ = ["S3Location", "StoreError", "CorruptArtifact", "CommitConflict", "VersionNotFound", "Artifact", "ArtifactStore", "version_id",
+from .leases import PREFIX as LEASE_PREFIX, STALE, is_lease, leases
+
+__all__ = ["S3Location", "StoreError", "StoreBusy", "CorruptArtifact", "CommitConflict", "VersionNotFound", "Artifact", "ArtifactStore", "version_id",
            "open_artifact_group", "parse_location", "location_problem", "code_version"]
 
 # Icechunk's I/O runs on native (tokio) threads that call back into Python; session objects left in
@@ -74,6 +77,10 @@ class CorruptArtifact(StoreError):
 
 class CommitConflict(StoreError):
     """A commit lost to a concurrent writer that changed the same arrays (worth a retry)."""
+
+
+class StoreBusy(StoreError):
+    """The store is in use by a live run (gc refuses)."""
 
 
 class VersionNotFound(KeyError):
@@ -386,8 +393,9 @@ class ArtifactStore:
         """Tag the snapshot in which ``version`` became complete (its commit's metadata says so; a
         sharded artifact's first commit, which only creates its arrays, says ``complete: False``);
         returns the snapshot id. A name is letters, digits, ``.``, ``_`` and ``-``, not ``.`` or ``..``."""
-        if not re.fullmatch(r"[A-Za-z0-9._-]+", name) or name in (".", ".."):
-            raise ValueError(f"tag name {name!r}: use letters, digits, '.', '_' and '-' (not '.' or '..')")
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", name) or name in (".", "..") or is_lease(name):
+            raise ValueError(f"tag name {name!r}: use letters, digits, '.', '_' and '-' (not '.' or '..', "
+                             f"nor starting {LEASE_PREFIX!r}: the runs' leases)")
         self.get(version)
         for snap in self.history():
             if snap.metadata.get("version") == version and snap.metadata.get("complete", True):
@@ -396,11 +404,24 @@ class ArtifactStore:
         raise StoreError(f"no commit of {version} found in the history of {self.location}")
 
     def tags(self) -> dict[str, str]:
-        return {t: self.repo.lookup_tag(t) for t in sorted(self.repo.list_tags())}
+        """The user's tags (not the runs' leases) and their snapshots."""
+        return {t: self.repo.lookup_tag(t) for t in sorted(self.repo.list_tags()) if not is_lease(t)}
 
     def gc(self, keep: list[str] | None = None, dry_run: bool = False) -> dict:
         """Delete versions that are not tagged, not in ``keep`` and no input of a kept version
-        (incomplete groups included), then expire old snapshots and delete unreachable chunks."""
+        (incomplete groups included), then expire old snapshots and delete unreachable chunks.
+        Refused (:class:`StoreBusy`) while a run holds a live lease on the store
+        (:mod:`storage.leases`); stale leases are removed."""
+        now = time.time()
+        held = leases(self.repo)
+        if live := [lease for lease in held if not lease.stale(now)]:
+            raise StoreBusy(f"gc: {len(live)} run(s) hold {self.location} — " +
+                            "; ".join(lease.describe(now) for lease in live) +
+                            f" — and may write or read any version; run gc once they end (a killed run's lease "
+                            f"lapses when its process is gone, or {STALE:.0f} s after its last renewal)")
+        if not dry_run:
+            for lease in held:
+                self.repo.delete_tag(lease.tag)
         keep_set: set[str] = set(keep or [])
         for snap in self.tags().values():
             root = self._root(snap)

@@ -125,13 +125,15 @@ def test_a_run_killed_at_a_stage_resumes_to_the_same_artifacts(tmp_path, corrupt
         json.loads((two_runs_at_once[0] / "a" / "report.json").read_text())["variants"]
 
 
-def test_a_lost_prefect_api_ends_the_run_within_30_s_with_one_error_line(tmp_path, corrupt_data):
+def test_a_lost_prefect_api_ends_the_run_within_30_s_with_one_error_line_and_gc_waits_for_runs(tmp_path, corrupt_data):
     store = tmp_path / "store"
     proc = _start(tmp_path, "lost", corrupt_data, store, skip_bad=True)
     deadline = time.time() + 300
     while not ((store / "refs").is_dir() and ArtifactStore(store, create=False).ls("dataset")):
         assert proc.poll() is None and time.time() < deadline, "the run ended before its dataset was stored"
         time.sleep(0.5)
+    busy = CliRunner().invoke(cli, ["artifacts", "gc", "--store", str(store)])  # the run holds the store
+    assert busy.exit_code == 1 and f"process {proc.pid} on" in busy.output, busy.output
     children = psutil.Process(proc.pid).children(recursive=True)
     server = next(p for p in children if "server" in p.cmdline() and "start" in p.cmdline())
     os.killpg(server.pid, signal.SIGKILL)  # the API goes away mid-run
@@ -147,6 +149,7 @@ def test_a_lost_prefect_api_ends_the_run_within_30_s_with_one_error_line(tmp_pat
     assert not any(ArtifactStore(store, create=False).verify().values())  # what was stored is whole
     homes = [f for f in Path(tempfile.gettempdir()).glob("sharekan-prefect-*/owner.pid") if f.read_text() == str(proc.pid)]
     assert not homes, "the run's temporary Prefect home outlived it"
+    assert CliRunner().invoke(cli, ["artifacts", "gc", "--store", str(store)]).exit_code == 0  # its lease lapsed
 
 
 def test_an_unreachable_prefect_api_is_named_before_anything_starts(tmp_path, corrupt_data):

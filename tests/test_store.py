@@ -313,3 +313,36 @@ def test_corrupt_shards_are_named_on_read(tmp_path):
     art = ArtifactStore(path).get(a.version)
     with pytest.raises(CorruptArtifact, match="array 'shapes'"):
         [read_shard(art, "shapes", i) for i in range(3)]
+
+
+def test_gc_refuses_while_a_run_holds_the_store_and_clears_a_killed_runs_lease(tmp_path):
+    from storage.leases import PREFIX
+    from storage.store import StoreBusy
+
+    store = ArtifactStore(tmp_path / "store")
+    d, _ = store.put("dataset", {"n": 1}, [], "c", {"x": np.ones(2)})
+    code = textwrap.dedent(f"""
+        import sys, time
+        from storage.leases import hold
+        from storage.store import ArtifactStore
+        hold(ArtifactStore({str(tmp_path / "store")!r}))
+        print("held", flush=True)
+        time.sleep(600)
+    """)
+    run = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    try:
+        assert run.stdout.readline().strip() == "held"
+        with pytest.raises(StoreBusy, match=rf"1 run\(s\) hold .* process {run.pid} on "):
+            store.gc()
+        assert store.has(d.version) and store.tags() == {}  # a lease is no user tag
+        with pytest.raises(ValueError, match="leases"):
+            store.tag(d.version, PREFIX + "mine")
+        result = CliRunner().invoke(cli, ["artifacts", "gc", "--store", str(tmp_path / "store")])
+        assert result.exit_code == 1 and f"process {run.pid}" in result.output
+    finally:
+        run.send_signal(signal.SIGKILL)  # killed: its lease stays behind, and lapses with its process
+        run.wait()
+    assert any(t.startswith(PREFIX) for t in store.repo.list_tags())
+    assert store.gc()["deleted_versions"] == [d.version]
+    assert not any(t.startswith(PREFIX) for t in store.repo.list_tags())
