@@ -77,18 +77,29 @@ def _param(name: str):
     return flow_run.parameters.get(name)
 
 
+def _named(described: str) -> str:
+    """A run name a user gave is kept; a generated one (Prefect's two-word slug, e.g.
+    ``crimson-lemur``) gets the run's parameters appended, so runs stay distinct and say what they ran."""
+    from prefect.runtime import flow_run
+
+    name = flow_run.name or ""
+    if name and not re.fullmatch(r"[a-z]+-[a-z]+", name):
+        return name
+    return f"{name} · {described}" if name else described
+
+
 def _pipeline_run_name() -> str:
     p = _param("params")
     p = PipelineParams.model_validate(p) if isinstance(p, dict) else (p or PipelineParams())
     source = Path(p.data.root).name if p.data.root else "synthetic"
     ks = ",".join(map(str, p.compress.ks)) if p.compress.ks else "default"
-    return f"pipeline {source} G={p.train.grid_size} K={ks} seed={p.train.seed}"
+    return _named(f"pipeline {source} G={p.train.grid_size} K={ks} seed={p.train.seed}")
 
 
 def _train_run_name() -> str:
     p = _param("params")
     p = TrainParams.model_validate(p) if isinstance(p, dict) else (p or TrainParams())
-    return f"train {p.backbone_name()} hidden={p.hidden} G={p.grid_size} epochs={p.epochs}"
+    return _named(f"train {p.backbone_name()} hidden={p.hidden} G={p.grid_size} epochs={p.epochs}")
 
 
 def _report_folder_name() -> str:

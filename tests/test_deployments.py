@@ -58,8 +58,8 @@ def test_deploy_trigger_and_inspect_through_the_api(server):
         bad = prefect(url, "deployment", "run", "sharekan-pipeline/pipeline", "--params",
                       json.dumps({"params": {"train": {"epochs": 0}}}), check=False)
         assert bad.returncode != 0 and "epochs" in (bad.stdout + bad.stderr)
-        started = prefect(url, "deployment", "run", "sharekan-pipeline/pipeline", "--params",
-                          json.dumps({"params": tiny(tmp, "deployed")})).stdout
+        started = prefect(url, "deployment", "run", "sharekan-pipeline/pipeline", "--flow-run-name", "baseline 3",
+                          "--params", json.dumps({"params": tiny(tmp, "deployed")})).stdout
         run_id = re.search(r"UUID: ([0-9a-f-]{36})", started).group(1)
 
         async def wait_and_read():
@@ -82,6 +82,7 @@ def test_deploy_trigger_and_inspect_through_the_api(server):
         with temporary_settings({PREFECT_API_URL: url}):
             fr, tasks, arts, deployments = run_coro_as_sync(wait_and_read())
     assert fr.state.is_completed(), (tmp / "worker.log").read_text()[-4000:]
+    assert fr.name == "baseline 3"  # the user's run name is kept
     assert fr.parameters["params"]["train"]["epochs"] == 1
     assert {t.name.split("-")[0] for t in tasks} >= {"dataset", "features", "train", "evaluate", "splines",
                                                    "codebook", "compression"}
