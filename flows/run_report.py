@@ -14,7 +14,7 @@ import base64
 import io
 from pathlib import Path
 
-from sharekan.table import format_table
+from sharekan.table import markdown_table
 from storage.store import ArtifactStore, parse_location
 
 from .results import LuthamReport, ReportRow, RunReport
@@ -22,10 +22,10 @@ from .results import LuthamReport, ReportRow, RunReport
 __all__ = ["publish", "markdown", "lutham_lines", "size_vs_map_png", "codebook_png", "human_rows",
            "variant_columns", "table_rows", "figure", "png"]
 
-_COLUMNS = [("variant", "variant", "s"), ("map50", "mAP@0.5", ".4f"), ("delta_map50", "Δ mAP", "+.4f"),
+_COLUMNS = [("variant", "variant", "s"), ("map50", "mAP@0.5", ".4f"), ("delta_map50", "Δ mAP (points)", "+.2f"),
             ("storage_bytes", "storage B", ",d"), ("compression", "ratio", ".1f"),
             ("runtime_bytes_1img", "runtime B 1 img", ",d")]
-_OOD = [("map50_ood", "mAP OOD", ".4f"), ("delta_map50_ood", "Δ OOD", "+.4f")]
+_OOD = [("map50_ood", "mAP OOD", ".4f"), ("delta_map50_ood", "Δ OOD (points)", "+.2f")]
 
 
 def variant_columns(rows: list[ReportRow]) -> list[tuple[str, str, str]]:
@@ -34,8 +34,10 @@ def variant_columns(rows: list[ReportRow]) -> list[tuple[str, str, str]]:
 
 
 def table_rows(rows: list[ReportRow]) -> list[dict]:
-    """The rows as ``sharekan.table.format_table`` takes them."""
-    return [r.model_dump() for r in rows]
+    """The rows as ``sharekan.table.format_table`` takes them, mAP changes in points (× 100) as
+    every table of a run shows them (``report.json`` keeps fractions)."""
+    points = ("delta_map50", "delta_map50_ood")
+    return [{k: 100 * v if k in points and v is not None else v for k, v in r.model_dump().items()} for r in rows]
 _FAMILIES = (("dense", "dense fp32", "k", "o"), ("int8", "int8 PTQ", "tab:purple", "s"),
              ("pruned", "magnitude pruning", "tab:red", "v"), ("VQ fp16", "VQ, fp16 gains", "tab:blue", "D"),
              ("VQ int8", "VQ, int8 gains", "tab:green", "^"),
@@ -170,8 +172,8 @@ def markdown(report: RunReport, images: dict[str, bytes], file_links: bool = Tru
     for name, s in report.stages.items():
         lines.append(f"| {name} | `{s.version}` | {s.state} | {s.seconds:.1f} |")
     if report.variants:
-        lines += ["", "## Compression (storage and runtime bytes measured)", "", "```",
-                  format_table(table_rows(report.variants), variant_columns(report.variants)), "```"]
+        lines += ["", "## Compression (storage and runtime bytes measured)", "",
+                  markdown_table(table_rows(report.variants), variant_columns(report.variants))]
     if report.skipped_samples:
         lines += ["", f"## Skipped samples ({len(report.skipped_samples)})", ""]
         lines += [f"- {m}" for m in report.skipped_samples]

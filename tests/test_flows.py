@@ -51,7 +51,8 @@ def test_report_and_exports(run):
         assert row["compression"] == pytest.approx(saved["variants"][0]["storage_bytes"] / row["storage_bytes"])
     assert all(r["vq_forward_rel_diff"] < 1e-4 for r in saved["compression"] if r["variant"].startswith("VQ"))
     assert all(0 <= r["map50_ood"] <= 1 and "delta_map50_ood" in r for r in saved["variants"])  # the shifted split
-    assert "Δ OOD" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "| Δ OOD (points) |" in md and "```" not in md.split("## Compression")[1].split("##")[0]  # a Markdown table
     assert list(saved["stages"]) == ["dataset", "backbone", "features_train", "features_test", "features_ood", "head",
                                      "evaluation", "splines",
                                      "codebook K=16", "assignment K=16", "codebook K=256", "assignment K=256",
