@@ -12,6 +12,7 @@ pass that writes every row's index, gain and bias back to the store, each actor 
 from __future__ import annotations
 
 import os
+import re
 import time
 
 import numpy as np
@@ -23,7 +24,7 @@ from sharekan.clustering import InMemory, fine_centroids, sample_rows
 from sharekan.kmeans_steps import check_backend, init_centroids
 from sharekan.vq import index_dtype
 from storage.shards import read_shard
-from storage.store import ArtifactStore, open_artifact_group, version_id
+from storage.store import ArtifactStore, CorruptArtifact, open_artifact_group, version_id
 
 __all__ = ["ShardActor", "RayShards", "ShardError", "check_shard_memory"]
 
@@ -51,6 +52,8 @@ class ShardActor:
         try:
             art = ArtifactStore(location, create=False).get(version)
             points = read_shard(art, name, index)
+        except CorruptArtifact as e:
+            raise ShardError(f"shard {index} of {version}/{name} in {location} is corrupt: {e}") from e
         except Exception as e:
             raise ShardError(f"cannot read shard {index} of {version}/{name} from {location}: {e}") from e
         self.src = InMemory(points, backend)
@@ -210,7 +213,9 @@ class RayShards:
                 cause = getattr(e, "cause", None)
                 if isinstance(cause, ShardError):
                     raise cause from e
-                raise ShardError(f"shard {i} of {self.what} failed: {e}") from e
+                # an actor whose creation failed dies: Ray's message carries its ShardError's text
+                said = re.findall(r"ShardError: (.+)", str(e))
+                raise ShardError(said[-1] if said else f"shard {i} of {self.what} failed: {e}") from e
         return out
 
     def step_seconds(self) -> np.ndarray:

@@ -231,6 +231,23 @@ def test_unreadable_shard_is_named(shapes):
         distributed_kmeans(path, "splines-missing", "shapes", 4, progress=False)
 
 
+def test_a_corrupt_shard_is_named_corrupt_in_the_last_line(shapes, tmp_path):
+    import shutil
+
+    path, version, _ = shapes
+    copy = tmp_path / "store"
+    shutil.copytree(path, copy)
+    chunks = sorted((copy / "chunks").iterdir(), key=lambda f: f.stat().st_size)
+    for f in chunks:  # flip bytes in the middle of every chunk: whichever shard is read first, it is corrupt
+        data = bytearray(f.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        f.write_bytes(bytes(data))
+    with pytest.raises(ShardError) as err:
+        distributed_kmeans(str(copy), version, "shapes", 4, progress=False)
+    last = str(err.value).strip().splitlines()[-1]
+    assert "is corrupt" in last and version in last, str(err.value)
+
+
 CLUSTER_SCRIPT = textwrap.dedent("""
     import sys
     from sharekan.clustering import kmeans
