@@ -19,8 +19,8 @@ __all__ = ["PARETO_COLUMNS", "SHARED_COLUMNS", "pareto_png", "publish_pareto", "
 
 PARETO_COLUMNS = [("variant", "variant", "s"), ("grid_size", "G", "d"), ("ratio", "ratio", ".1f"),
                   ("storage_bytes", "storage B", ",.0f"), ("map50_mean", "mAP@0.5", ".4f"),
-                  ("delta_map_mean", "Δ mAP mean", "+.4f"), ("delta_map_std", "± std", ".4f"),
-                  ("pareto", "front", "s")]
+                  ("delta_points", "Δ mAP (points)", "+.2f"), ("ci95_points", "95 % interval (points)", "s"),
+                  ("seeds_n", "seeds", "d"), ("pareto", "front", "s")]
 SHARED_COLUMNS = [("variant", "variant", "s"), ("heads", "heads", "d"), ("shared_bytes", "N heads B", ",d"),
                   ("dense_bytes", "N dense B", ",d"), ("ratio", "ratio", ".1f"), ("separate_ratio", "own books", ".1f"),
                   ("delta_map_mean", "Δ mAP shared", "+.4f"), ("delta_map_own_mean", "Δ mAP own", "+.4f"),
@@ -29,7 +29,7 @@ SHARED_COLUMNS = [("variant", "variant", "s"), ("heads", "heads", "d"), ("shared
 
 def pareto_png(rows: list[dict]) -> bytes:
     """Storage (log bytes) against seed-mean mAP@0.5, one line per (G, side-data width, fine-tuned)
-    over K, error bars the seed spread; dense heads as black markers, the front circled."""
+    over K, error bars the 95 % t-interval of the paired per-seed deltas; dense heads as black markers, the front circled."""
     plt, fig = figure(8.5, 5.2)
     ax = fig.add_subplot()
     colours = dict(zip(sorted({r["grid_size"] for r in rows}), ("tab:blue", "tab:orange", "tab:green", "tab:red",
@@ -48,7 +48,8 @@ def pareto_png(rows: list[dict]) -> bytes:
     for (g, bits, tuned), pts in sorted(lines.items()):
         pts = sorted(pts, key=lambda r: r["storage_bytes"])
         ax.errorbar([r["storage_bytes"] for r in pts], [r["map50_mean"] for r in pts],
-                    yerr=[r["delta_map_std"] for r in pts], color=colours.get(g, "grey"),
+                    yerr=[(r["delta_map_ci95"][1] - r["delta_map_ci95"][0]) / 2 if r.get("delta_map_ci95") else 0
+                          for r in pts], color=colours.get(g, "grey"),
                     linestyle="-" if tuned else ":", marker="s" if bits == 4 else "^", markersize=4, capsize=2,
                     linewidth=1.2, label=f"G={g}, int{bits}{', fine-tuned' if tuned else ''}")
     front = [r for r in rows if r.get("pareto")]
@@ -63,11 +64,18 @@ def pareto_png(rows: list[dict]) -> bytes:
     return png(plt, fig)
 
 
+def _points(row: dict) -> dict:
+    """A row's paired mAP change and its 95 % interval in points, for the tables."""
+    ci = row.get("delta_map_ci95")
+    return {"delta_points": 100 * row.get("delta_map_mean", 0.0), "seeds_n": len(row.get("seeds", [])),
+            "ci95_points": f"[{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]" if ci else "n < 2"}
+
+
 def _publish(name: str, result: dict, out: Path, columns: list, images: dict[str, bytes], extra: list[str]) -> None:
     """Write ``<name>.json``, ``<name>.md`` and ``images`` to ``out``; register the Markdown with Prefect."""
     from storage.files import atomic_write
 
-    rows = [{**r, "pareto": "*" if r.get("pareto") else ""} for r in result["rows"]]
+    rows = [{**r, "pareto": "*" if r.get("pareto") else "", **_points(r)} for r in result["rows"]]
     body = "\n".join([f"# SHARe-KAN study: {name}", "", "```", format_table(rows, columns), "```", *extra]) + "\n"
     files = {f"{name}.json": json.dumps(result, indent=2, default=str).encode(), **images}
     for fname, data in files.items():

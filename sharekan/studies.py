@@ -10,9 +10,30 @@ from __future__ import annotations
 
 import statistics
 
-__all__ = ["SIDE_BITS", "seed_averaged", "pareto_front", "shared_storage"]
+__all__ = ["SIDE_BITS", "REFERENCE", "t95", "interval95", "seed_averaged", "pareto_front", "shared_storage"]
 
 SIDE_BITS = {"fp32": 32, "fp16": 16, "int8": 8, "int4": 4}
+REFERENCE = "dense head of the same G and seed"  # what a study row's delta is paired against
+# two-sided 95 % quantiles of Student's t, by degrees of freedom 1 … 30 (then the normal's 1.960)
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def t95(df: int) -> float:
+    """The two-sided 95 % quantile of Student's t with ``df`` degrees of freedom."""
+    if df < 1:
+        raise ValueError(f"a t interval needs ≥ 1 degree of freedom (≥ 2 paired values), got {df}")
+    return _T95[df - 1] if df <= len(_T95) else 1.960
+
+
+def interval95(values: list[float]) -> list[float] | None:
+    """The 95 % t-interval ``[low, high]`` of the mean of ``values`` (paired per-seed deltas);
+    ``None`` for fewer than two values: one seed says nothing about spread."""
+    if len(values) < 2:
+        return None
+    half = t95(len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
+    mean = statistics.fmean(values)
+    return [mean - half, mean + half]
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -20,9 +41,11 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def seed_averaged(runs: list[tuple[int, int, list[dict]]]) -> list[dict]:
-    """``runs``: ``(grid_size, seed, rows)``; one row per (grid size, variant) with mean and spread
-    over the seeds of ``delta_map50`` (and ``map50``, the storage ratio, and out of distribution
-    where scored). Variants missing from a seed's run are averaged over the seeds that have them."""
+    """``runs``: ``(grid_size, seed, rows)``; one row per (grid size, variant) with mean, spread and
+    95 % t-interval over the seeds of ``delta_map50`` — each seed's delta paired against the dense
+    head of its own run (:data:`REFERENCE`), every paired value kept in ``per_seed`` — and the means
+    of ``map50`` and the storage ratio (and out of distribution where scored). Variants missing from
+    a seed's run are averaged over the seeds that have them."""
     groups: dict[tuple, list[tuple[int, dict]]] = {}
     for grid_size, seed, rows in runs:
         for r in rows:
@@ -38,9 +61,14 @@ def seed_averaged(runs: list[tuple[int, int, list[dict]]]) -> list[dict]:
                "ratio": statistics.fmean(r["compression"] for r in rows),
                "storage_bytes": statistics.fmean(r["storage_bytes"] for r in rows),
                "map50_mean": statistics.fmean(r["map50"] for r in rows),
-               "delta_map_mean": delta, "delta_map_std": delta_std, "seeds": sorted(s for s, _ in members)}
+               "delta_map_mean": delta, "delta_map_std": delta_std,
+               "delta_map_ci95": interval95([r["delta_map50"] for r in rows]), "reference": REFERENCE,
+               "per_seed": {s: r["delta_map50"] for s, r in members}, "seeds": sorted(s for s, _ in members)}
         if all("delta_map50_ood" in r for r in rows):
-            row["delta_map_ood_mean"], row["delta_map_ood_std"] = _mean_std([r["delta_map50_ood"] for r in rows])
+            ood = [r["delta_map50_ood"] for r in rows]
+            row["delta_map_ood_mean"], row["delta_map_ood_std"] = _mean_std(ood)
+            row["delta_map_ood_ci95"] = interval95(ood)
+            row["per_seed_ood"] = {s: r["delta_map50_ood"] for s, r in members}
         out.append(row)
     return out
 

@@ -1,9 +1,11 @@
 """Study aggregates: seed means with their spread, the Pareto front, shared-codebook totals (the
 study flows themselves run end to end in ``test_flows``)."""
 
+import statistics
+
 import pytest
 
-from sharekan.studies import pareto_front, seed_averaged, shared_storage
+from sharekan.studies import interval95, pareto_front, seed_averaged, shared_storage, t95
 
 
 def _row(kind, map50, delta, storage, k=None, dtype=None, finetuned=False, book=0):
@@ -22,6 +24,21 @@ def test_seed_averaging_groups_by_grid_and_variant_with_the_spread():
     assert vq["seeds"] == [0, 1] and vq["side_bits"] == 4 and vq["heads"] == 1
     assert vq["delta_map_mean"] == pytest.approx(-0.01) and vq["delta_map_std"] == pytest.approx(0.02 / 2 ** 0.5)
     assert rows[(5, "dense")]["delta_map_std"] == 0.0 and rows[(5, "dense")]["seeds"] == [0]
+    assert vq["per_seed"] == {0: -0.02, 1: 0.0} and vq["reference"] == "dense head of the same G and seed"
+    half = 12.706 * (0.02 / 2 ** 0.5) / 2 ** 0.5  # t(0.975, 1 df) · s / √n
+    assert vq["delta_map_ci95"] == pytest.approx([-0.01 - half, -0.01 + half])
+    assert rows[(5, "dense")]["delta_map_ci95"] is None  # one seed: no interval
+
+
+def test_the_95_percent_interval_uses_students_t():
+    assert t95(1) == 12.706 and t95(4) == 2.776 and t95(30) == 2.042 and t95(200) == 1.960
+    values = [-0.010, -0.012, -0.008, -0.011, -0.009]  # five paired deltas
+    low, high = interval95(values)
+    assert (low + high) / 2 == pytest.approx(-0.01) and high - low == pytest.approx(
+        2 * 2.776 * statistics.stdev(values) / 5 ** 0.5)
+    assert high < 0  # the interval says: a loss
+    with pytest.raises(ValueError, match="degree of freedom"):
+        t95(0)
 
 
 def test_pareto_front_keeps_only_undominated_rows():
