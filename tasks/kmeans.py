@@ -39,7 +39,9 @@ class ShardError(RuntimeError):
 class ShardActor:
     """Shard ``index`` of array ``name`` of artifact ``version`` as the library's in-memory source
     (``sharekan.clustering.InMemory``), assigning on ``backend`` (``sharekan.kmeans_steps.BACKENDS``,
-    or "auto": this worker's GPU if Ray gave it one), plus the shard's final write-back."""
+    or "auto": this worker's GPU if Ray gave it one), plus the shard's final write-back. An actor
+    given a fraction of a GPU caps torch's CUDA allocations at that fraction of its memory, so the
+    actors sharing a GPU fit on it together (the CUDA context, ~0.5 GB, comes on top)."""
 
     def __init__(self, location, version: str, name: str, index: int, backend: str = "cpu"):
         import faiss
@@ -48,6 +50,11 @@ class ShardActor:
         faiss.omp_set_num_threads(1)  # one core per actor: its CPU claim is ≤ 1
         torch.set_num_threads(1)
         self.where = (location, version, name, index)
+        self.gpu_memory_fraction = None
+        share = ray.get_runtime_context().get_assigned_resources().get("GPU", 0)
+        if 0 < share < 1 and backend != "cpu" and torch.cuda.is_available():
+            torch.cuda.set_per_process_memory_fraction(share)  # before the shard reaches the GPU
+            self.gpu_memory_fraction = share
         self.step_seconds: list[float] = []
         try:
             art = ArtifactStore(location, create=False).get(version)
@@ -104,6 +111,10 @@ class ShardActor:
 
     def which_backend(self) -> str:
         return self.src.backend
+
+    def memory_cap(self) -> float | None:
+        """The fraction of its GPU's memory torch may allocate here (``None``: no cap)."""
+        return self.gpu_memory_fraction
 
     def timings(self) -> list[float]:
         """Seconds of each :meth:`step` (its compute, without Ray's transport)."""

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sharekan.clustering import InMemory, kmeans
-from sharekan.kmeans_steps import assign_stats, faiss_gpus, init_centroids, pick_backend
+from sharekan.kmeans_steps import assign_stats, faiss_gpus, init_centroids, lloyd, pick_backend
 
 
 def mixture(n=20_000, k=40, seed=0):
@@ -56,15 +56,35 @@ def test_gpu_assignment_equals_the_cpu_path(backend):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("mode", ["full", "two-level"])
-def test_gpu_kmeans_equals_the_cpu_run_from_the_same_start(mode):
+def test_gpu_kmeans_keeps_its_guarantee_against_the_cpu_run_from_the_same_start(mode):
+    """What is guaranteed (README, "k-means on the GPU"): every assignment step equals the CPU's
+    except where a point's two best distances tie to fp32 rounding, with the objective to 1e-6; so
+    the runs' final objectives agree to 1e-5, and their codebooks are equal where no step met such
+    a near-tie (checked step by step for the full mode, whose steps can be replayed). A near-tie
+    resolved differently may move a few centroids (an H100 moved 3 of 64 in two-level mode)."""
     pts = mixture(seed=3)
     start = init_centroids(pts, 64, seed=2)
     kw = {"mode": mode, "seed": 2, "niter": 20} | ({"init": start} if mode == "full" else {})
     cpu, h_cpu = kmeans(InMemory(pts, "cpu"), 64, **kw)
     gpu, h_gpu = kmeans(InMemory(torch.from_numpy(pts).cuda(), "cuda"), 64, **kw)
-    assert np.allclose(gpu, cpu, atol=1e-5)
-    assert len(h_gpu) == len(h_cpu)
-    assert all(g["objective"] == pytest.approx(c["objective"], rel=1e-5) for g, c in zip(h_gpu, h_cpu))
+    assert h_gpu[-1]["objective"] == pytest.approx(h_cpu[-1]["objective"], rel=1e-5)
+    if mode != "full":
+        return
+    ties = []
+
+    def both(centroids):  # the CPU run's own steps (lloyd), each also assigned on the GPU
+        s_cpu, n_cpu, o_cpu, l_cpu = assign_stats(pts, centroids, "cpu")
+        _, _, o_gpu, l_gpu = assign_stats(pts, centroids, "cuda")
+        l_gpu = l_gpu.cpu().numpy()
+        _same_up_to_ties(pts, centroids, l_cpu, l_gpu)
+        assert o_gpu == pytest.approx(o_cpu, rel=1e-6)
+        ties.append(int((l_cpu != l_gpu).sum()))
+        return s_cpu, n_cpu, o_cpu, 0
+
+    replayed, _ = lloyd(both, start, niter=20, seed=2)
+    assert np.allclose(replayed, cpu, atol=1e-6)  # the replay is the CPU run
+    if not any(ties):
+        assert np.allclose(gpu, cpu, atol=1e-5)
 
 
 @pytest.mark.gpu
@@ -82,6 +102,8 @@ def test_shard_actors_on_the_gpu_give_the_cpu_codebook(tmp_path):
     try:
         with RayShards(tmp_path, art.version, "shapes", "auto") as shards:  # the cluster has a GPU: auto takes it
             assert shards.backend in ("cuda", "faiss-gpu")
+            # 4 shards share the GPU: each actor may allocate a quarter of its memory
+            assert ray.get([a.memory_cap.remote() for a in shards.actors]) == [0.25] * 4
             gpu, _ = kmeans(shards, 50, init=start, niter=15)
         with RayShards(tmp_path, art.version, "shapes", "cpu") as shards:
             cpu, _ = kmeans(shards, 50, init=start, niter=15)
