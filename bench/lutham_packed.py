@@ -1,8 +1,10 @@
 """Question: how fast and how small is LUTHAM v3 (packed planes) at the issue's operating points,
 against the best dense KAN measured in the same run?
 
-Heads: mid 4,096→1,024→256 and large 12,544→1,024→1,024 (random splines), and the trained head
-(``--trained``, from ``bench/export_trained.py``). Operating points: K = 256 int4, K = 256 int8,
+Heads: mid 4,096→1,024→256 and large 12,544→1,024→1,024 (random splines), the trained head
+(``--trained``, from ``bench/export_trained.py``) and, where no export is at hand, a head of its
+shape 1,024→64→24 with random splines (``trained-shape``: timings depend on shapes, K and width,
+not on the weights' values). Operating points: K = 256 int4, K = 256 int8,
 K = 4,096 int8, K = 65,536 fp16 (codebooks by the library's k-means, ``--kmeans-iters`` GPU
 iterations; side data quantized by ``quantize`` as the pipeline stores it). Rows: 1, 49, 392, 3,136.
 Dense variants (``bench/lutham_gpu.dense_variants``: eager fp32, ``DenseKAN`` and closed-form bases
@@ -32,13 +34,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lutham_gpu import SIZES, copy_bandwidth, dense_variants, rel_err, timed  # noqa: E402
+from lutham_gpu import SIZES as GPU_SIZES, copy_bandwidth, dense_variants, rel_err, timed  # noqa: E402
 from sharekan.clustering import fit_codebook  # noqa: E402
 from sharekan.kan import KAN  # noqa: E402
 from sharekan.lutham.packed_head import PackedHead  # noqa: E402
 from sharekan.table import format_table  # noqa: E402
 from sharekan.vq_kan import VQKAN, edge_shapes, encode_layer  # noqa: E402
 
+SIZES = {**GPU_SIZES, "trained-shape": [1024, 64, 24]}
 POINTS = ((256, "int4"), (256, "int8"), (4096, "int8"), (65_536, "fp16"))
 ROWS = (1, 49, 392, 3136)
 
@@ -152,7 +155,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--json", default="bench/results/lutham_packed.json")
     p.add_argument("--trained", help="exported trained head (bench/export_trained.py)")
-    p.add_argument("--heads", nargs="+", default=["trained", "mid", "large"])
+    p.add_argument("--heads", nargs="+", default=["trained", "trained-shape", "mid", "large"])
     p.add_argument("--rows", type=int, nargs="+", default=list(ROWS))
     p.add_argument("--kmeans-iters", type=int, default=2)
     p.add_argument("--modes", nargs="*", default=["max-autotune-no-cudagraphs"],

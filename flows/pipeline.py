@@ -28,6 +28,7 @@ from sharekan.detection.head import HeadConfig
 from storage.leases import hold
 from storage.store import ArtifactStore, parse_location
 from tasks import compress, data, head, lutham
+from tasks.cluster import alive_nodes
 from tasks.retry import RETRIES, retry_transient
 from tasks.runner import StageResult, clamped
 from tasks.specs import Mode
@@ -221,6 +222,7 @@ def sharekan_pipeline(params: PipelineParams = PipelineParams()) -> RunReport:
     """The whole pipeline on one set of parameters; writes ``report.json`` and Prefect artifacts."""
     t0 = time.perf_counter()
     plan = plan_pipeline(params)
+    nodes = alive_nodes()
     ds = dataset_stage(plan)
     tr = train_flow(ds.version, params.train, params.store, params.out)
     feats = {split: r.version for split, r in tr.features.items() if split != "train"}
@@ -234,6 +236,10 @@ def sharekan_pipeline(params: PipelineParams = PipelineParams()) -> RunReport:
         built = compile_flow(tr.head.version, comp.encoded[variant].version, feats["test"], ds.version, params.store)
         lut = _lutham_report(variant, built)
     report = _report(params, ds, tr, comp, lut, time.perf_counter() - t0, _report_folder_name())
+    if lost := sorted(nodes - alive_nodes()):
+        get_run_logger().warning(f"Ray node(s) {', '.join(lost)} died during the run; their stages were retried and "
+                                 "their k-means actors restarted on the nodes left")
+        report = report.model_copy(update={"lost_nodes": lost})
     run_dir = publish(report, Path(params.out))
     print(f"report: {run_dir / 'report.json'} (latest run also in {params.out})")
     return report

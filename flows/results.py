@@ -56,6 +56,7 @@ class StageSummary(_Model):
     created: bool
     seconds: float
     skipped: str | None = None
+    node: str = ""  # the Ray node it ran on
 
     @classmethod
     def of(cls, result: StageResult) -> StageSummary:
@@ -130,3 +131,4 @@ class RunReport(_Model):
     stages: dict[str, StageSummary]
     skipped_samples: list[str] = []
     lutham: LuthamReport | None = None
+    lost_nodes: list[str] = []  # Ray nodes alive at the start that died during the run

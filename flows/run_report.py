@@ -168,9 +168,13 @@ def markdown(report: RunReport, images: dict[str, bytes], file_links: bool = Tru
     lines = [f"# SHARe-KAN pipeline run {report.run_name}".rstrip(), "",
              f"Dense head: **`mAP@0.5` {report.map50:.4f}** ({report.metric}), "
              f"torchmetrics AP50 {report.torchmetrics_map50:.4f}; total {report.seconds:.1f} s.", "",
-             "## Stages", "", "| stage | version | new / reused | seconds |", "|---|---|---|---|"]
+             "## Stages", "", "| stage | version | new / reused | seconds | Ray node |", "|---|---|---|---|---|"]
     for name, s in report.stages.items():
-        lines.append(f"| {name} | `{s.version}` | {s.state} | {s.seconds:.1f} |")
+        lines.append(f"| {name} | `{s.version}` | {s.state} | {s.seconds:.1f} | {s.node or '-'} |")
+    if report.lost_nodes:
+        lines += ["", f"**Ray node(s) lost during the run: {', '.join(report.lost_nodes)}** — their stages were "
+                      "retried and their k-means actors restarted on the nodes left; the artifacts are the ones "
+                      "an undisturbed run stores (same versions)."]
     if report.variants:
         lines += ["", "## Compression (storage and runtime bytes measured)", "",
                   markdown_table(table_rows(report.variants), variant_columns(report.variants))]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import ray
 
-__all__ = ["connect", "worker_env", "init_kwargs", "ensure_token"]
+__all__ = ["connect", "worker_env", "init_kwargs", "ensure_token", "alive_nodes"]
 
 _FORWARD = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_SERVER_ANALYTICS_ENABLED", "SHAREKAN_STORE",
             "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
@@ -78,3 +78,11 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> dict:
             kwargs["runtime_env"]["env_vars"] = worker_env()
         ray.init(**kwargs)
     return ray.cluster_resources()
+
+
+def alive_nodes() -> set[str]:
+    """The Ray nodes alive now (:func:`~tasks.runner.node_name`'s short ids); empty outside Ray."""
+    if not ray.is_initialized():
+        return set()
+    return {n["NodeID"][:12] for n in ray.nodes() if n.get("Alive")}
+

@@ -65,7 +65,8 @@ def codebook(run: Run, spec: CodebookSpec, *splines_versions: str, backend: str 
     with RayShards(run.location, list(splines_versions), "shapes", backend) as shards:
         cb, history = kmeans(shards, spec.k, mode=spec.mode, seed=spec.seed, niter=spec.niter,
                              spherical=spec.spherical, progress=progress)
-    return run.put({"codebook": cb}, meta={"history": history, "k": spec.k, "backend": shards.backend})
+    return run.put({"codebook": cb}, meta={"history": history, "k": spec.k, "backend": shards.backend,
+                                           "shard_nodes": shards.nodes})
 
 
 @stage("assignment", {"num_cpus": 0}, uses=(ray_kmeans, sharekan.kmeans_steps, sharekan.vq))
@@ -75,7 +76,8 @@ def assignment(run: Run, spec: AssignmentSpec, codebook_version: str, splines_ve
     centroids = run.store.get(codebook_version).array("codebook")[...]
     with RayShards(run.location, splines_version, "shapes", backend) as shards:
         return run.result(*shards.write_assignment(run.store, *run.key, centroids,
-                                                   meta={"k": spec.k, "backend": shards.backend}))
+                                                   meta={"k": spec.k, "backend": shards.backend,
+                                                         "shard_nodes": shards.nodes}))
 
 
 def load_encoded(store, version: str) -> CompressedHead:

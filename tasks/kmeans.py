@@ -26,6 +26,8 @@ from sharekan.vq import index_dtype
 from storage.shards import read_shard
 from storage.store import ArtifactStore, CorruptArtifact, open_artifact_group, version_id
 
+from .runner import node_name
+
 __all__ = ["ShardActor", "RayShards", "ShardError", "check_shard_memory"]
 
 _RETRIES = 3  # restarts of a dying actor (a killed process) before the run fails naming the shard
@@ -112,6 +114,9 @@ class ShardActor:
     def which_backend(self) -> str:
         return self.src.backend
 
+    def node(self) -> str:
+        return node_name()
+
     def memory_cap(self) -> float | None:
         """The fraction of its GPU's memory torch may allocate here (``None``: no cap)."""
         return self.gpu_memory_fraction
@@ -136,12 +141,13 @@ def check_shard_memory(shard_bytes: list[int], node_bytes: float, what: str) -> 
 def _placed(share: dict, n: int, what: str):
     """A placement group of ``n`` bundles of ``share``, once Ray has reserved all of them: a fit's
     actors are placed together or not at all, so concurrent fits queue instead of each holding part
-    of its actors and waiting on the others for ever. One bundle a node (STRICT_SPREAD) where
-    enough nodes can hold one, PACK otherwise."""
+    of its actors and waiting on the others for ever. Spread over the nodes where they can hold a
+    bundle (SPREAD: best effort, so a fit whose node dies is re-placed on the nodes left), packed
+    otherwise."""
     bundle = {"CPU": share["num_cpus"]} | ({"GPU": share["num_gpus"]} if "num_gpus" in share else {})
     able = [nd for nd in ray.nodes() if nd.get("Alive")
             and all(nd["Resources"].get(r, 0) >= amount for r, amount in bundle.items())]
-    group = placement_group([bundle] * n, strategy="STRICT_SPREAD" if 1 < n <= len(able) else "PACK")
+    group = placement_group([bundle] * n, strategy="SPREAD" if 1 < n and len(able) > 1 else "PACK")
     ready, _ = ray.wait([group.ready()], timeout=5)
     if not ready:
         print(f"k-means over {what}: waiting for {n} × {bundle} (held by other work) ...", flush=True)
@@ -193,6 +199,7 @@ class RayShards:
         try:
             self.sizes = self.gather([a.size.remote() for a in self.actors])
             self.backend = ",".join(sorted(set(self.gather([a.which_backend.remote() for a in self.actors]))))
+            self.nodes = sorted(set(self.gather([a.node.remote() for a in self.actors])))  # where they were placed
         except BaseException:
             self.close()
             raise

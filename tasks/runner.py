@@ -26,22 +26,32 @@ from storage.store import Artifact, ArtifactStore, StoreError, code_version, ver
 
 from .retry import ray_options
 
-__all__ = ["StageResult", "Run", "Stage", "stage", "task", "submit", "clamped", "use_assigned_cpus"]
+__all__ = ["StageResult", "Run", "Stage", "stage", "task", "submit", "clamped", "use_assigned_cpus", "node_name"]
+
+
+def node_name() -> str:
+    """The Ray node this process runs on (its id's first 12 hex digits), or "driver" outside Ray."""
+    if ray.is_initialized():
+        return ray.get_runtime_context().get_node_id()[:12]
+    return "driver"
 
 
 @dataclass(frozen=True)
 class StageResult:
-    """What a stage returns: its artifact version, whether this call created it, the seconds it took
-    and the artifact's metadata (what later stages and the report need)."""
+    """What a stage returns: its artifact version, whether this call created it, the seconds it took,
+    the artifact's metadata (what later stages and the report need) and the node it ran on
+    (:func:`node_name`)."""
 
     stage: str
     version: str
     created: bool
     seconds: float
     meta: dict = field(default_factory=dict)
+    node: str = ""
 
     def summary(self) -> dict:
-        return {"stage": self.stage, "version": self.version, "created": self.created, "seconds": self.seconds}
+        return {"stage": self.stage, "version": self.version, "created": self.created, "seconds": self.seconds,
+                "node": self.node}
 
 
 class Run:
@@ -68,7 +78,8 @@ class Run:
     def result(self, art: Artifact, created: bool) -> StageResult:
         if art.version != self.version:
             raise RuntimeError(f"stage {self.stage.name} stored {art.version}, expected {self.version}")
-        return StageResult(self.stage.name, art.version, created, time.perf_counter() - self.started, dict(art.meta))
+        return StageResult(self.stage.name, art.version, created, time.perf_counter() - self.started, dict(art.meta),
+                           node_name())
 
     def put(self, arrays: dict, meta: dict | None = None) -> StageResult:
         """Store the artifact (arrays in memory) and return the stage's result."""
@@ -114,7 +125,7 @@ def stage(name: str, resources: dict, uses: tuple = ()):
             version = st.version(spec, list(inputs))
             if store is not None and store.has(version):
                 art = store.get(version)
-                return StageResult(name, version, False, time.perf_counter() - t0, dict(art.meta))
+                return StageResult(name, version, False, time.perf_counter() - t0, dict(art.meta), node_name())
             use_assigned_cpus()
             run = Run(st, location, store, spec.model_dump(mode="json"), list(inputs), version)
             return fn(run, spec, *inputs, **options)
