@@ -48,7 +48,8 @@ ROWS = (1, 49, 392, 3136)
 SIZES = {"mid": [4096, 1024, 256], "large": [12_544, 1024, 1024]}  # the synthetic heads
 
 
-def random_head(sizes, k, iters):
+def random_kan(sizes) -> KAN:
+    """A dense KAN of ``sizes`` with random splines (seed 0), on the GPU."""
     torch.manual_seed(0)
     kan = KAN(sizes, grid_size=10).cuda()
     with torch.no_grad():
@@ -56,6 +57,11 @@ def random_head(sizes, k, iters):
             lay.spline_weight.normal_(0, 0.5)
             lay.base_weight.normal_(0, 1 / lay.in_features ** 0.5)
             lay.spline_scaler.uniform_(0.5, 1.5)
+    return kan
+
+
+def random_head(sizes, k, iters):
+    kan = random_kan(sizes)
     shapes = torch.cat(edge_shapes(kan))
     cb = fit_codebook(shapes, k, niter=iters, backend="cuda").cuda()  # the library's k-means, assigned on the GPU
     return kan, VQKAN([encode_layer(lay, cb, "fp16") for lay in kan.layers]).eval()
@@ -153,6 +159,20 @@ def rel_err(y, ref) -> float:
     return float((y.float() - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
 
 
+def built(head_cls, vq, rows: int, **kw):
+    """A LUTHAM head of ``head_cls`` planned for ``rows`` rows, and the device bytes its
+    construction and first call took."""
+    import cupy as cp
+
+    cp.get_default_memory_pool().free_all_blocks()
+    torch.cuda.synchronize()
+    free = cp.cuda.runtime.memGetInfo()[0]
+    head = head_cls(vq, max_rows=rows, **kw)
+    head.forward(torch.zeros(rows, head.plan.layers[0].in_features, device="cuda"))
+    head.stream.synchronize()
+    return head, free - cp.cuda.runtime.memGetInfo()[0]
+
+
 LABELS = {"high": "LUTHAM", "medium": "LUTHAM fp16 bases", "low": "LUTHAM fp16"}
 
 
@@ -160,16 +180,8 @@ def lutham_variants(vq, rows: int, paths: bool, slab_mb=(), precisions=tuple(PRE
     """LUTHAM heads planned for ``rows`` rows: each precision on its default path; with ``paths``
     the other path too; per ``slab_mb`` budget, slab variants with that workspace bound. Values:
     (head, device bytes its construction and first call took)."""
-    import cupy as cp
-
     def made(**kw):
-        cp.get_default_memory_pool().free_all_blocks()
-        torch.cuda.synchronize()
-        free = cp.cuda.runtime.memGetInfo()[0]
-        lut = LuthamHead(vq, max_rows=rows, **kw)
-        lut.forward(torch.zeros(rows, lut.plan.layers[0].in_features, device="cuda"))
-        lut.stream.synchronize()
-        return lut, free - cp.cuda.runtime.memGetInfo()[0]
+        return built(LuthamHead, vq, rows, **kw)
 
     out = {}
     for prec, label in LABELS.items():
@@ -221,7 +233,7 @@ def bench_head(name, kan, vq, real=None, rows_list=ROWS, modes=DENSE_MODES, torc
             base = torch.cuda.memory_allocated()
             with torch.no_grad():
                 if vname in luts:
-                    us = _timed_cupy(luts[vname], inputs)
+                    us = timed_cupy(luts[vname], inputs)
                     peak, read = luts[vname].plan.total, moved
                     device_bytes = made[vname][1]
                 else:
@@ -256,15 +268,21 @@ def bench_head(name, kan, vq, real=None, rows_list=ROWS, modes=DENSE_MODES, torc
     return out, check, plan
 
 
-def _timed_cupy(lut, inputs, reps=50):
+def timed_cupy(lut, inputs, reps=50, cold: bool = False):
+    """Median µs of ``lut.forward`` (warm: repeated inference; ``cold``: a 256 MB write on the head's
+    stream before each call evicts L2)."""
     import cupy as cp
 
     xs = [cp.asarray(x) for x in inputs]
+    flush = cp.empty(256 << 20, dtype=cp.uint8) if cold else None
     for x in xs[:3]:
         lut.forward(x)
     lut.stream.synchronize()
     times = []
     for i in range(reps):
+        if cold:
+            with lut.stream:
+                flush.fill(i & 0xFF)
         a, b = cp.cuda.Event(), cp.cuda.Event()
         a.record(lut.stream)
         lut.forward(xs[i % len(xs)])

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from lutham_gpu import SIZES as GPU_SIZES, copy_bandwidth, dense_variants, rel_err, timed  # noqa: E402
+from lutham_gpu import (SIZES as GPU_SIZES, built, copy_bandwidth, dense_variants, random_kan, rel_err,  # noqa: E402
+                        timed, timed_cupy)
 from sharekan.clustering import fit_codebook  # noqa: E402
 from sharekan.kan import KAN  # noqa: E402
 from sharekan.lutham.packed_head import PackedHead  # noqa: E402
@@ -57,54 +57,12 @@ def heads(names, trained, iters):
             kan = KAN(blob["sizes"], grid_size=10).cuda()
             kan.load_state_dict(blob["kan"])
         else:
-            torch.manual_seed(0)
-            kan = KAN(SIZES[name], grid_size=10).cuda()
-            with torch.no_grad():
-                for lay in kan.layers:
-                    lay.spline_weight.normal_(0, 0.5)
-                    lay.base_weight.normal_(0, 1 / lay.in_features ** 0.5)
-                    lay.spline_scaler.uniform_(0.5, 1.5)
+            kan = random_kan(SIZES[name])
         shapes = torch.cat(edge_shapes(kan))
         books = {k: fit_codebook(shapes, min(k, shapes.shape[0]), niter=iters, backend="cuda").cuda()
                  for k in sorted({k for k, _ in POINTS})}
         yield name, kan, {(k, w): VQKAN([encode_layer(lay, books[k], w) for lay in kan.layers]).eval()
                           for k, w in POINTS}
-
-
-def built(vq, rows, **kw):
-    """A packed head planned for ``rows`` rows, and the device bytes its construction and first call took."""
-    import cupy as cp
-
-    cp.get_default_memory_pool().free_all_blocks()
-    torch.cuda.synchronize()
-    free = cp.cuda.runtime.memGetInfo()[0]
-    head = PackedHead(vq, max_rows=rows, **kw)
-    head.forward(torch.zeros(rows, head.plan.layers[0].in_features, device="cuda"))
-    head.stream.synchronize()
-    return head, free - cp.cuda.runtime.memGetInfo()[0]
-
-
-def timed_lut(head, inputs, cold: bool, reps=50):
-    """Median µs of ``head.forward``; ``cold``: a 256 MB write on the head's stream before each call."""
-    import cupy as cp
-
-    xs = [cp.asarray(x) for x in inputs]
-    flush = cp.empty(256 << 20, dtype=cp.uint8) if cold else None
-    for x in xs[:3]:
-        head.forward(x)
-    head.stream.synchronize()
-    times = []
-    for i in range(reps):
-        if cold:
-            with head.stream:
-                flush.fill(i & 0xFF)
-        a, b = cp.cuda.Event(), cp.cuda.Event()
-        a.record(head.stream)
-        head.forward(xs[i % len(xs)])
-        b.record(head.stream)
-        b.synchronize()
-        times.append(cp.cuda.get_elapsed_time(a, b) * 1000)
-    return statistics.median(times)
 
 
 def bench(name, kan, vqs, rows_list, modes, device, out: list, save):
@@ -131,10 +89,10 @@ def bench(name, kan, vqs, rows_list, modes, device, out: list, save):
                 ref = vq.decoded().eval()(inputs[0])
             paths = [("high", None)] + ([("low", 2)] if rows > 1 else [])
             for prec, slab_from in paths:
-                head, took = built(vq, rows, precision=prec, slab_from=slab_from)
+                head, took = built(PackedHead, vq, rows, precision=prec, slab_from=slab_from)
                 path = "slabs" if rows >= head.slab_from else ("gather" if head.windows else "lookup tables")
                 vname = f"LUTHAM v3 K={k} {width} ({path}, {prec})"
-                us, cold = timed_lut(head, inputs, False), timed_lut(head, inputs, True)
+                us, cold = timed_cupy(head, inputs), timed_cupy(head, inputs, cold=True)
                 read = sum(head.plan.by_component[c] for c in ("codebook", "edges", "scales"))
                 out.append({"head": name, "k": k, "side_dtype": width, "rows": rows, "variant": vname,
                             "precision": prec, "us": us, "us_cold": cold, "peak_bytes": max(head.plan.total, took),

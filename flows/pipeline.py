@@ -12,7 +12,6 @@ a failed run resumes after its last committed stage.
 
 from __future__ import annotations
 
-import functools
 import re
 import time
 from datetime import datetime, timezone
@@ -26,7 +25,7 @@ from sharekan.clustering import MODES
 from sharekan.detection.compare import Variant, runtime_variant
 from sharekan.detection.head import HeadConfig
 from storage.leases import hold
-from storage.store import ArtifactStore, parse_location
+from storage.store import ArtifactStore, StoreError, parse_location
 from tasks import compress, data, head, lutham
 from tasks.cluster import alive_nodes
 from tasks.retry import RETRIES, retry_transient
@@ -58,13 +57,24 @@ def _submit(fn, loc, *args, **kwargs):
         return _TASKS[fn].submit(loc, *args, **kwargs)
 
 
-@functools.cache
-def _hold(loc) -> None:  # once a process and store
-    hold(ArtifactStore(loc))
+_HELD: set = set()
 
 
-def _run(fn, *args, **kwargs) -> StageResult:
-    return _logged(_submit(fn, *args, **kwargs).result())
+def _hold(loc) -> None:
+    """This process's lease on the store at ``loc``, once it exists (before, gc has nothing to take)."""
+    if loc not in _HELD:
+        try:
+            store = ArtifactStore(loc, create=False)
+        except StoreError:
+            return  # not created yet: the first stage creates it, the next submission takes the lease
+        hold(store)
+        _HELD.add(loc)
+
+
+def _run(fn, loc, *args, **kwargs) -> StageResult:
+    out = _logged(_submit(fn, loc, *args, **kwargs).result())
+    _hold(loc)  # the first stage creates the store: hold it before the run goes on
+    return out
 
 
 def _logged(out: StageResult) -> StageResult:

@@ -129,8 +129,8 @@ def test_a_lost_prefect_api_ends_the_run_within_30_s_with_one_error_line_and_gc_
     store = tmp_path / "store"
     proc = _start(tmp_path, "lost", corrupt_data, store, skip_bad=True)
     deadline = time.time() + 300
-    while not ((store / "refs").is_dir() and ArtifactStore(store, create=False).ls("dataset")):
-        assert proc.poll() is None and time.time() < deadline, "the run ended before its dataset was stored"
+    while not ((store / "refs").is_dir() and ArtifactStore(store, create=False).ls("features")):
+        assert proc.poll() is None and time.time() < deadline, "the run ended before its features were stored"
         time.sleep(0.5)
     busy = CliRunner().invoke(cli, ["artifacts", "gc", "--store", str(store)])  # the run holds the store
     assert busy.exit_code == 1 and f"process {proc.pid} on" in busy.output, busy.output
