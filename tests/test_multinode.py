@@ -57,31 +57,31 @@ def runs(tmp_path_factory, s3_endpoint):
         with prefect_test_harness(server_startup_timeout=120):
             os.environ["PREFECT_API_URL"] = PREFECT_API_URL.value()  # Ray workers report here
             node_args = {"num_cpus": 1, "node_ip_address": "127.0.0.1"}
-            with pytest.MonkeyPatch.context() as mp:  # every node on loopback: Ray takes its addresses from here
+            with pytest.MonkeyPatch.context() as mp:  # every node and the driver on loopback (Ray asks this)
                 mp.setattr("ray._private.services.get_node_ip_address", lambda *_: "127.0.0.1")
                 cluster = Cluster(initialize_head=True, head_node_args={**node_args, "include_dashboard": False})
                 workers = [cluster.add_node(**node_args) for _ in range(2)]
                 cluster.wait_for_nodes(timeout=120)
-            try:
-                connect(address=cluster.address)
-                multi = tiny(tmp, **PARAMS, store="s3://artifacts/multinode", out=str(tmp / "out"))
-                done, killed = threading.Event(), {}
-                victim = workers[-1]
-                watcher = threading.Thread(target=_watch_and_kill,
-                                           args=(cluster, victim, parse_location(multi.store), done, killed))
-                watcher.start()
                 try:
-                    report = sharekan_pipeline(multi)
+                    connect(address=cluster.address)
+                    multi = tiny(tmp, **PARAMS, store="s3://artifacts/multinode", out=str(tmp / "out"))
+                    done, killed = threading.Event(), {}
+                    victim = workers[-1]
+                    watcher = threading.Thread(target=_watch_and_kill,
+                                               args=(cluster, victim, parse_location(multi.store), done, killed))
+                    watcher.start()
+                    try:
+                        report = sharekan_pipeline(multi)
+                    finally:
+                        done.set()
+                        watcher.join()
+                    ended = time.time()
+                    victim_id = victim.node_id[:12]
+                    store = ArtifactStore(parse_location(multi.store), create=False)
+                    book = store.get(report.stages["codebook K=16"].version).meta
                 finally:
-                    done.set()
-                    watcher.join()
-                ended = time.time()
-                victim_id = victim.node_id[:12]
-                store = ArtifactStore(parse_location(multi.store), create=False)
-                book = store.get(report.stages["codebook K=16"].version).meta
-            finally:
-                ray.shutdown()
-                cluster.shutdown()
+                    ray.shutdown()
+                    cluster.shutdown()
             connect(num_cpus=2)
             try:
                 single = sharekan_pipeline(tiny(tmp, **PARAMS, store=str(tmp / "store"), out=str(tmp / "out")))
