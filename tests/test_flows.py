@@ -265,16 +265,17 @@ def base(run):
 
 
 def test_pareto_sweep_flow(base):
-    """G = 10 seed 0 is the pipeline run above (its head is reused), G = 5 seed 0 the one new head
-    (averaging over seeds: test_studies)."""
+    """G = 10 seed 0 is the pipeline run above (its head is reused), G = 5 and G = 3 seed 0 new heads,
+    three runs at once on the 2-CPU cluster (their k-means fits queue for it; averaging over seeds:
+    test_studies)."""
     from flows.studies import ParetoParams, pareto_sweep
 
     tmp, b = base
-    params = ParetoParams(base=b, grid_sizes=[10, 5], seeds=[0], ks=[16], side_dtypes=["int4"], finetune=False,
-                         parallel=2, out=str(tmp / "pareto"))
+    params = ParetoParams(base=b, grid_sizes=[10, 5, 3], seeds=[0], ks=[16], side_dtypes=["int4"], finetune=False,
+                         parallel=3, out=str(tmp / "pareto"))
     result = pareto_sweep(params)
     rows = {(r["grid_size"], r["variant"]): r for r in result["rows"]}
-    assert set(rows) == {(g, v) for g in (10, 5) for v in ("dense fp32", "int8 PTQ", "pruned 10%", "pruned 30%",
+    assert set(rows) == {(g, v) for g in (10, 5, 3) for v in ("dense fp32", "int8 PTQ", "pruned 10%", "pruned 30%",
                                                            "pruned 50%", "VQ K=16 int4")}
     assert all(r["seeds"] == [0] and "delta_map_ood_mean" in r for r in result["rows"])
     assert rows[(5, "VQ K=16 int4")]["storage_bytes"] < rows[(10, "VQ K=16 int4")]["storage_bytes"] < \
@@ -289,7 +290,7 @@ def test_pareto_sweep_flow(base):
     a, b = (json.loads((tmp / "pareto" / f"G{g}-seed0" / "report.json").read_text())["stages"] for g in (10, 5))
     assert all(a[k]["version"] == b[k]["version"] for k in ("dataset", "backbone", "features_train"))
     assert a["head"]["version"] != b["head"]["version"]
-    assert result["command"].startswith("sharekan study pareto --params '{") and '"grid_sizes":[10,5]' in result["command"]
+    assert result["command"].startswith("sharekan study pareto --params '{") and '"grid_sizes":[10,5,3]' in result["command"]
     again = pareto_sweep(params)
     assert again["rows"] == result["rows"]
     assert not a["head"]["created"]  # G = 10, seed 0: the pipeline run's head
