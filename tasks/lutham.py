@@ -69,15 +69,14 @@ def lutham(run: Run, spec: LuthamSpec, head_version: str, encoded_version: str, 
     and with the torch reference, quick timings against the dense and torch-VQ heads. A failed
     check raises one message per failing case and stores nothing."""
     from sharekan.lutham.compile import load_cubin, nvrtc_compile
-    from sharekan.lutham.module import LuthamKAN
-    from sharekan.lutham.packed_head import packable
+    from sharekan.lutham.module import LuthamKAN, resolve_records
     from sharekan.lutham.timing import compare
     from sharekan.lutham.validate import detector_map, failures, validate
 
     head = load_head(run.store.get(head_version))
     enc = load_encoded(run.store, encoded_version)
     vq = enc.kan
-    records = "v12" if packable(vq) else "packed"  # packed planes: the bytes the encoded head keeps
+    records = resolve_records(vq)  # the format LuthamKAN runs it in by default
     cubin = nvrtc_compile(spec.arch, "lutham" if records == "v12" else "packed")
     lut = LuthamKAN(vq, max_rows=spec.max_rows, records=records,  # validate the binary that is stored
                     module=load_cubin(cubin, "lutham" if records == "v12" else "packed"))

@@ -99,7 +99,7 @@ def test_packed_kernels_match_the_stored_head_on_every_path(k, side):
 
     for sizes in ([300, 70, 24], [1024, 24]):
         vq = packed_vq(sizes, k, side, device="cuda", seed=2)
-        head = LuthamKAN(vq, max_rows=300)
+        head = LuthamKAN(vq, max_rows=300, records="auto")
         assert head.records == "packed"
         report = validate(head, vq)
         assert report["all_written"], report
@@ -119,3 +119,13 @@ def test_the_packed_head_holds_what_storage_keeps():
     with torch.no_grad():
         ref = vq(x)
     assert float((head.run_torch(x) - ref).abs().max() / ref.abs().max()) < 1e-5
+
+
+def test_the_record_format_is_chosen_by_what_the_head_stores():
+    from sharekan.lutham.module import DEFAULT_RECORDS, resolve_records
+
+    assert resolve_records(packed_vq([6, 4], 16, "int4"), "auto") == "packed"
+    assert resolve_records(packed_vq([6, 4], 16, "fp32"), "auto") == "v12"  # fp32 side data: no packed width
+    assert resolve_records(packed_vq([6, 4], 16, "int4")) == DEFAULT_RECORDS
+    with pytest.raises(ValueError, match="records must be one of"):
+        resolve_records(packed_vq([6, 4], 16, "int4"), "v3")

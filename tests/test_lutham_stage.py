@@ -25,7 +25,7 @@ def gpu_run(prefect_api, tmp_path_factory):
 
 def test_compile_flow_stores_the_validated_binary_and_plan(gpu_run):
     from sharekan.lutham.compile import load_cubin
-    from sharekan.lutham.module import LuthamKAN
+    from sharekan.lutham.module import LuthamKAN, resolve_records
     from sharekan.lutham.packed import edge_bytes
     from storage.store import ArtifactStore
     from tasks.compress import load_encoded
@@ -48,12 +48,16 @@ def test_compile_flow_stores_the_validated_binary_and_plan(gpu_run):
     assert head_v == report.stages["head"].version
     assert encoded_v == report.stages[f"encoded K={lut.k} fp16"].version  # the stored encoded head, not a re-encoding
     vq = load_encoded(store, encoded_v).kan.cuda()
-    padded = sum(lay.in_features * -(-lay.out_features // 8) * 8 for lay in vq.layers)  # outputs in groups of 8
-    assert lut.edge_bytes == edge_bytes(lut.k, "fp16") * padded / sum(lay.in_features * lay.out_features
-                                                                       for lay in vq.layers)
-    assert art.meta["summary"]["records"] == "packed"  # the bytes the encoded head keeps: 1 + 3 × 2 an edge
-    module = load_cubin(art.array(f"cubin_{arch}")[...].tobytes(), "packed")  # the stored binary, as a user loads it
-    stored = LuthamKAN(vq, max_rows=64, records="packed", module=module)
+    records = art.meta["summary"]["records"]
+    assert records == resolve_records(vq)
+    if records == "packed":  # the bytes the encoded head keeps: 1 + 3 × 2 an edge, outputs in groups of 8
+        padded = sum(lay.in_features * -(-lay.out_features // 8) * 8 for lay in vq.layers)
+        assert lut.edge_bytes == edge_bytes(lut.k, "fp16") * padded / sum(lay.in_features * lay.out_features
+                                                                           for lay in vq.layers)
+    else:
+        assert lut.edge_bytes >= 8  # v12: 8-byte records
+    module = load_cubin(art.array(f"cubin_{arch}")[...].tobytes(), "lutham" if records == "v12" else "packed")
+    stored = LuthamKAN(vq, max_rows=64, records=records, module=module)  # the stored binary, as a user loads it
     x = torch.randn(3, 7, stored.in_features, device="cuda")
     with torch.no_grad():
         ref = vq(x)

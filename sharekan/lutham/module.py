@@ -1,9 +1,11 @@
 """LUTHAM as a drop-in ``torch.nn.Module``: use it wherever a ``KAN`` or ``VQKAN`` is used.
 
-``LuthamKAN(vq_kan, max_rows)`` copies the compressed head into its GPU arena once — as packed
-planes (:class:`~sharekan.lutham.packed_head.PackedHead`, LUTHAM v3: the bytes storage keeps) where
-its side data is int4, int8 or fp16 at one width, else as v12's 8-byte records
-(:class:`~sharekan.lutham.runtime.LuthamHead`); ``records`` forces one. ``forward`` takes ``[..., in_features]`` on any
+``LuthamKAN(vq_kan, max_rows)`` copies the compressed head into its GPU arena once — as v12's 8-byte
+records (:class:`~sharekan.lutham.runtime.LuthamHead`) or, with ``records="packed"``, as packed
+planes (:class:`~sharekan.lutham.packed_head.PackedHead`, LUTHAM v3: the bytes storage keeps; side
+data int4, int8 or fp16 at one width); ``"auto"`` takes packed planes where the head allows.
+:data:`DEFAULT_RECORDS` is ``"v12"`` until the packed kernels have passed the GPU tests and the
+benchmark (``bench/NOTES.md``). ``forward`` takes ``[..., in_features]`` on any
 device, runs the kernels on the GPU in chunks of ``max_rows`` rows and returns
 ``[..., out_features]`` on the input's device and dtype, like ``VQKAN.forward``.
 ``LuthamKAN.from_file(path)`` runs a head that ``sharekan export`` wrote.
@@ -17,19 +19,27 @@ from torch import nn
 from .packed_head import PackedHead, packable
 from .runtime import LuthamHead
 
-__all__ = ["LuthamKAN"]
+__all__ = ["LuthamKAN", "DEFAULT_RECORDS", "resolve_records"]
+
+RECORDS = ("auto", "packed", "v12")
+DEFAULT_RECORDS = "v12"
+
+
+def resolve_records(model, records: str = DEFAULT_RECORDS) -> str:
+    """The record format a head runs in: ``"packed"`` or ``"v12"`` (``"auto"``: packed where it can)."""
+    if records not in RECORDS:
+        raise ValueError(f"records must be one of {RECORDS}, got {records!r}")
+    if records == "auto":
+        return "v12" if packable(model) else "packed"
+    return records
 
 
 class LuthamKAN(nn.Module):
     """A VQ-compressed KAN (one shared codebook) run by the LUTHAM kernels."""
 
-    def __init__(self, model, max_rows: int = 4096, records: str = "auto", **runtime_kw):
+    def __init__(self, model, max_rows: int = 4096, records: str = DEFAULT_RECORDS, **runtime_kw):
         super().__init__()
-        if records not in ("auto", "packed", "v12"):
-            raise ValueError(f"records must be 'auto', 'packed' or 'v12', got {records!r}")
-        if records == "auto":
-            records = "v12" if packable(model) else "packed"
-        self.records = records
+        self.records = records = resolve_records(model, records)
         self.lut = (PackedHead if records == "packed" else LuthamHead)(model, max_rows=max_rows, **runtime_kw)
         self.in_features = self.lut.plan.layers[0].in_features
         self.out_features = self.lut.plan.layers[-1].out_features
