@@ -267,11 +267,14 @@ def _children(proc) -> list:
         return []
 
 
-def _ray_processes(temp_dir: str) -> list:
-    """The processes of the Ray head whose session lives under ``temp_dir`` (workers included)."""
+def _ray_processes(temp_dir: str, client_port: int) -> list:
+    """The processes of the Ray head whose session lives under ``temp_dir`` (workers included) and
+    its client server (whose command line names no session folder: found by its own port)."""
     roots = []
     for p in psutil.process_iter(["cmdline"]):
-        if any(temp_dir in arg for arg in (p.info["cmdline"] or [])):
+        args = p.info["cmdline"] or []
+        if any(temp_dir in arg for arg in args) or ("ray.util.client.server" in args
+                                                    and f"--port={client_port}" in args):
             roots.append(p)
     return roots
 
@@ -290,10 +293,14 @@ def ray_head(port: int = 6379, num_cpus: int | None = None, env: dict | None = N
     _claim(port, "a Ray head")
     ensure_token(env)
     temp_dir = tempfile.mkdtemp(prefix="skray-", dir="/tmp")  # short: Ray's socket paths live here
+    client = None
+    while client in (None, port, dashboard_port):  # a free port of its own, not Ray's fixed 10001
+        client = free_port()
     cmd = [bin_path("ray"), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
-           "--disable-usage-stats", f"--temp-dir={temp_dir}", f"--system-config={json.dumps(SYSTEM_CONFIG)}"]
+           f"--ray-client-server-port={client}", "--disable-usage-stats", f"--temp-dir={temp_dir}",
+           f"--system-config={json.dumps(SYSTEM_CONFIG)}"]
     agent = None
-    while dashboard_port and agent in (None, port, dashboard_port):  # free_port() can hand out a port twice
+    while dashboard_port and agent in (None, port, dashboard_port, client):  # free_port() can repeat itself
         agent = free_port()
     cmd += ([f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
              f"--dashboard-agent-listen-port={agent}"] if dashboard_port else ["--include-dashboard=false"])
@@ -308,5 +315,5 @@ def ray_head(port: int = 6379, num_cpus: int | None = None, env: dict | None = N
             _wait_listening(agent, "Ray dashboard agent (job submission)", timeout)
         yield f"127.0.0.1:{port}"
     finally:
-        _stop_tree(_ray_processes(temp_dir))
+        _stop_tree(_ray_processes(temp_dir, client))
         shutil.rmtree(temp_dir, ignore_errors=True)

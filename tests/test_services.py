@@ -125,13 +125,22 @@ def _server(tmp_path, *args, ignore_sigint: bool = False) -> tuple[subprocess.Po
     return proc, lines
 
 
+def _client_servers() -> dict[int, list[str]]:
+    """Ray client servers running now (Ray starts them detached: no child of the head's starter)."""
+    return {p.pid: p.info["cmdline"] for p in psutil.process_iter(["cmdline"])
+            if "ray.util.client.server" in (p.info["cmdline"] or [])}
+
+
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGINT in the background"])
 def test_sharekan_server_stops_everything_on_sigterm_and_sigint(tmp_path, how):
     port, ray_port = free_port(), free_port()
+    before = _client_servers()
     proc, lines = _server(tmp_path, "--port", str(port), "--ray-port", str(ray_port),
                           ignore_sigint=how != "SIGTERM")
     assert any(f"Ray head:    127.0.0.1:{ray_port}" in x for x in lines), "".join(lines)[-3000:]
-    children = psutil.Process(proc.pid).children(recursive=True)
+    ours = {pid: args for pid, args in _client_servers().items() if pid not in before}
+    assert len(ours) == 1 and "--port=10001" not in next(iter(ours.values()))  # a free port, not Ray's fixed one
+    children = psutil.Process(proc.pid).children(recursive=True) + [psutil.Process(pid) for pid in ours]
     assert port_in_use(port) and port_in_use(ray_port)
     proc.send_signal(signal.SIGTERM if how == "SIGTERM" else signal.SIGINT)
     assert proc.wait(timeout=120) == 0
