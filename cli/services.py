@@ -299,11 +299,15 @@ def ray_head(port: int = 6379, num_cpus: int | None = None, env: dict | None = N
     cmd = [bin_path("ray"), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1",
            f"--ray-client-server-port={client}", "--disable-usage-stats", f"--temp-dir={temp_dir}",
            f"--system-config={json.dumps(SYSTEM_CONFIG)}"]
-    agent = None
-    while dashboard_port and agent in (None, port, dashboard_port, client):  # free_port() can repeat itself
+    agent = metrics = None
+    while agent in (None, port, dashboard_port, client):  # free_port() can repeat itself
         agent = free_port()
-    cmd += ([f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1", "--include-dashboard=true",
-             f"--dashboard-agent-listen-port={agent}"] if dashboard_port else ["--include-dashboard=false"])
+    while metrics in (None, port, dashboard_port, client, agent):
+        metrics = free_port()
+    # ports of this head's own (Ray's fixed defaults clash between clusters on one machine)
+    cmd += [f"--dashboard-agent-listen-port={agent}", f"--metrics-export-port={metrics}"]
+    cmd += ([f"--dashboard-port={dashboard_port}", "--dashboard-host=127.0.0.1", "--include-dashboard=true"]
+            if dashboard_port else ["--include-dashboard=false"])
     if num_cpus:
         cmd.append(f"--num-cpus={num_cpus}")
     try:
