@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from sharekan.detection.backbone import resolve_weights
 from sharekan.kmeans_steps import BACKENDS
@@ -20,8 +20,32 @@ from tasks.specs import (BACKBONES, BackboneSpec, CodebookSpec, DatasetSpec, Eva
 __all__ = ["DataParams", "TrainParams", "CompressParams", "PipelineParams", "ParetoParams", "SharedParams"]
 
 
+def _bounds(prop: dict) -> str:
+    """A field's bounds as the form shows them: "1–64", "≥ 0", "≤ 1", "1 or more items"."""
+    for branch in [prop, *prop.get("anyOf", [])]:
+        lo = branch.get("minimum", branch.get("exclusiveMinimum"))
+        hi = branch.get("maximum", branch.get("exclusiveMaximum"))
+        if lo is not None and hi is not None:
+            return f"{lo:,}–{hi:,}"
+        if lo is not None or hi is not None:
+            return f"≥ {lo:,}" if lo is not None else f"≤ {hi:,}"
+        if branch.get("minItems"):
+            return f"{branch['minItems']} or more items"
+    return ""
+
+
+def _show_bounds(schema: dict, _cls) -> None:
+    """Write each field's bounds into its description: the UI's form enforces them but does not show them."""
+    for prop in schema.get("properties", {}).values():
+        if bounds := _bounds(prop):
+            prop["description"] = f"{prop.get('description', '').rstrip()} ({bounds})".lstrip()
+
+
 class _Params(Spec):
-    """Strict like the specs: "yes" is no boolean and true no integer (JSON numbers fill float fields)."""
+    """Strict like the specs: "yes" is no boolean and true no integer (JSON numbers fill float fields).
+    The form shows each field's bounds in its description."""
+
+    model_config = ConfigDict(**Spec.model_config, json_schema_extra=_show_bounds)
 
 
 class DataParams(_Params):

@@ -220,6 +220,19 @@ def test_rerun_reuses_every_stage_and_a_change_retrains(run):
     assert not changed.stages["features_train"].created and changed.stages["head"].created
 
 
+def test_the_form_shows_every_bound_it_enforces():
+    from flows.params import PipelineParams
+
+    defs = PipelineParams.model_json_schema()["$defs"]
+    assert defs["DataParams"]["properties"]["n_train"]["description"].endswith("(8–100,000)")
+    assert defs["CompressParams"]["properties"]["ks"]["description"].endswith("(1 or more items)")
+    for name, model in defs.items():
+        for field, prop in model.get("properties", {}).items():
+            bounded = any(k in branch for branch in [prop, *prop.get("anyOf", [])]
+                          for k in ("minimum", "maximum", "exclusiveMinimum", "minItems"))
+            assert not bounded or prop.get("description", "").endswith(")"), (name, field)
+
+
 def test_invalid_parameters_are_refused_before_anything_runs(prefect_api, tmp_path):
     from prefect.exceptions import ParameterTypeError
 
