@@ -170,7 +170,8 @@ def markdown(report: RunReport, images: dict[str, bytes], file_links: bool = Tru
              f"torchmetrics AP50 {report.torchmetrics_map50:.4f}; total {report.seconds:.1f} s.", "",
              "## Stages", "", "| stage | version | new / reused | seconds | Ray node |", "|---|---|---|---|---|"]
     for name, s in report.stages.items():
-        lines.append(f"| {name} | `{s.version}` | {s.state} | {s.seconds:.1f} | {s.node or '-'} |")
+        version = f"`{s.version}`" if s.version else "-"
+        lines.append(f"| {name} | {version} | {s.state} | {s.seconds:.1f} | {s.node or '-'} |")
     if report.lost_nodes:
         lines += ["", f"**Ray node(s) lost during the run: {', '.join(report.lost_nodes)}** — their stages were "
                       "retried and their k-means actors restarted on the nodes left; the artifacts are the ones "
@@ -216,7 +217,8 @@ def publish(report: RunReport, out: Path) -> Path:
     if report.variants:
         create_table_artifact(key="sharekan-compression", table=human_rows(report.variants),
                               description="mAP at IoU 0.5, storage and runtime memory per variant")
-    create_table_artifact(key="sharekan-stages", description="artifact version, state and seconds per stage",
+    create_table_artifact(key="sharekan-stages", description="artifact version, state, seconds and Ray node per stage",
                           table=[{"stage": k, "version": v.version or "-", "state": v.state,
-                                  "seconds": f"{v.seconds:.1f}"} for k, v in report.stages.items()])
+                                  "seconds": f"{v.seconds:.1f}", "node": v.node or "-"}
+                                 for k, v in report.stages.items()])
     return run_dir

@@ -84,6 +84,7 @@ def test_no_gpu_worker_marks_lutham_skipped(run):
     assert (report.lutham.k, report.lutham.side_dtype) == (chosen.k, "fp16") and chosen.k in (16, 256)
     md = (tmp / "detection" / "report.md").read_text()
     assert f"## LUTHAM (VQ K={chosen.k} fp16)" in md and "skipped: no GPU worker" in md
+    assert "| lutham | - | skipped: no GPU worker |" in md and "None" not in md.split("## Stages")[1].split("##")[0]
 
 
 def test_every_stage_is_a_versioned_artifact_with_lineage(run):
