@@ -141,8 +141,13 @@ def _run_flow(load_flow, params, out: str, address: str | None):
     The flow is imported only once the API's address is in the environment: Prefect reads its
     settings when first imported, and would otherwise start a server of its own."""
     from cli.services import api_problem, api_watchdog, prefect_env, starting_prefect_server, temporary_home
-    from tasks.cluster import connect
+    from tasks.cluster import check_reachable, connect
 
+    if address:  # before any service starts (Ray would retry an address where nothing listens for minutes)
+        try:
+            check_reachable(address)
+        except ConnectionError as e:
+            raise click.ClickException(str(e)) from None
     api = os.environ.get("PREFECT_API_URL")
     if api and (problem := api_problem(api)):
         raise click.ClickException(f"cannot reach the Prefect API at {api} (PREFECT_API_URL): {problem}; start it "

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 from pathlib import Path
 
 import ray
 
-__all__ = ["connect", "worker_env", "init_kwargs", "ensure_token", "alive_nodes"]
+__all__ = ["connect", "worker_env", "init_kwargs", "ensure_token", "alive_nodes", "check_reachable"]
 
 _FORWARD = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_SERVER_ANALYTICS_ENABLED", "SHAREKAN_STORE",
             "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
@@ -69,10 +70,26 @@ def init_kwargs(address: str | None = None, num_cpus: int | None = None) -> dict
                  "_system_config": SYSTEM_CONFIG}
 
 
+def check_reachable(address: str, timeout: float = 5) -> None:
+    """Refuse at once a cluster ``address`` (``host:port`` or ``ray://host:port``) where nothing
+    listens: Ray itself would retry for minutes. ``auto`` is Ray's to resolve."""
+    if address in ("auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as e:
+        raise ConnectionError(f"no Ray cluster answers at {address} ({e}): start its head (`ray start --head` "
+                              "or `sharekan server`) or check the address") from None
+
+
 def connect(address: str | None = None, num_cpus: int | None = None) -> dict:
     """Initialise Ray once per process; returns the cluster's resources."""
     if not ray.is_initialized():
         kwargs = init_kwargs(address, num_cpus)
+        if kwargs["address"] != "local":
+            check_reachable(kwargs["address"])
         if kwargs["address"] == "local":
             ensure_token()
             kwargs["runtime_env"]["env_vars"] = worker_env()

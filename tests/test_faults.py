@@ -280,3 +280,16 @@ def test_only_failures_that_can_pass_on_retry_are_retried():
     for deterministic in (ValueError("K too large"), StoreError("store is a file"), FileNotFoundError("no data"),
                           ray.exceptions.RayTaskError("f", "tb", ValueError("bad")), None):
         assert not is_transient(deterministic), deterministic
+
+
+def test_a_ray_address_where_nothing_listens_is_named_at_once(tmp_path, corrupt_data):
+    from cli.services import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    cmd = [sys.executable, "-m", "cli.main", "run", "--data", str(corrupt_data), "--store", str(tmp_path / "store"),
+           "--out", str(tmp_path / "out"), "--params", json.dumps(TINY), "--address", address]
+    started = time.time()
+    out = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and out.stderr.strip().splitlines()[-1].startswith(
+        f"Error: no Ray cluster answers at {address} ("), out.stderr[-2000:]
+    assert time.time() - started < 60 and not (tmp_path / "out" / "prefect-server.log").exists()  # nothing started
