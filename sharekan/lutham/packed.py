@@ -161,7 +161,8 @@ def codebook_major(codebook: torch.Tensor) -> np.ndarray:
 def reference_forward(p: PackedLayer, codebook: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """The packed layer's forward, ``x [rows, in]`` → ``[rows, out]`` float32, by the kernels' sum:
     per row and input the lookup table ``T[c] = Σ_r B_r(x)·cb[c, first + r]`` over the 4 active
-    bases, then ``y = s_g·Σ_i (q_g·T[idx] + ρ_b·q_b·ΣB + ρ_w·q_w·silu)``."""
+    bases, then ``y = s_g·Σ_i (q_g·T[idx] + ρ_b·q_b·ΣB + ρ_w·q_w·silu)``. It holds a
+    ``[rows, in, out, 4]`` gather: a check for small heads, not a runtime."""
     dev = x.device
     u = {k: torch.as_tensor(v, device=dev) for k, v in unpack_layer(p).items()}
     x = x.to(torch.float32)

@@ -55,7 +55,8 @@ class PackedHead(ArenaHead):
         cb = layers[0].codebook
         self.packed = [pack_layer(lay) for lay in layers]
         self.k, self.side_dtype = cb.shape[0], self.packed[0].side_dtype
-        self.ib, self.sb = (1 if self.k <= 256 else 2), {"int4": 4, "int8": 8, "fp16": 16}[self.side_dtype]
+        # the kernels' names: index bytes, and side bits (= the bytes a group of 8 outputs takes)
+        self.ib, self.sb = (1 if self.k <= 256 else 2), SIDE_BYTES[self.side_dtype]
         self.windows = self.k > LUT_MAX_K
         self.precision, self.products = precision, products(precision)
         self.slab_from = max(2, PACKED_SLAB_FROM if slab_from is None else slab_from)
