@@ -96,7 +96,7 @@ def bench(name, kan, vqs, rows_list, modes, device, out: list, save):
                 read = sum(head.plan.by_component[c] for c in ("codebook", "edges", "scales"))
                 out.append({"head": name, "k": k, "side_dtype": width, "rows": rows, "variant": vname,
                             "precision": prec, "us": us, "us_cold": cold, "peak_bytes": max(head.plan.total, took),
-                            "arena_bytes": head.plan.total, "bytes_read": read, "edge_bytes": head.edge_bytes,
+                            "arena_bytes": head.plan.total, "bytes_read": read, "edge_bytes": head.plan.edge_bytes(),
                             "max_rel_error": rel_err(head.run_torch(inputs[0]), ref)})
                 print(f"{name:7s} rows {rows:5d} {vname:60s} {us:10.1f} µs warm {cold:10.1f} cold "
                       f"err {out[-1]['max_rel_error']:.1e}", flush=True)

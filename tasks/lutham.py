@@ -94,7 +94,6 @@ def lutham(run: Run, spec: LuthamSpec, head_version: str, encoded_version: str, 
     dense = head.kan.cuda().eval()
     timings = compare({"dense fp32": dense, "dense fp16": copy.deepcopy(dense).half(), "torch VQ": vq.cuda(),
                        "LUTHAM": lut}, lut.in_features, rows=(1, per_image, 8 * per_image))
-    edges = sum(lay.in_features * lay.out_features for lay in vq.layers)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     base = torch.cuda.memory_allocated()
@@ -103,7 +102,7 @@ def lutham(run: Run, spec: LuthamSpec, head_version: str, encoded_version: str, 
     dense_peak = torch.cuda.max_memory_allocated() - base + sum(t.numel() * t.element_size()
                                                                  for t in dense.state_dict().values())
     summary = {"arch": spec.arch, "device": torch.cuda.get_device_name(), "validated": True, "records": records,
-               "arena_bytes": lut.plan.total, "edge_bytes": lut.plan.by_component["edges"] / edges,
+               "arena_bytes": lut.plan.total, "edge_bytes": lut.plan.edge_bytes(),
                "dense_fp32_peak_bytes": dense_peak,
                "max_rel_error": check["max_rel_error"], "all_written": check["all_written"],
                "cases": check["cases"], "map50_reference": maps["map50_reference"],

@@ -114,7 +114,7 @@ def test_the_packed_head_holds_what_storage_keeps():
 
     vq = packed_vq([512, 64, 24], 256, "int4", device="cuda")
     head = PackedHead(vq, max_rows=8)
-    assert head.edge_bytes == 2.5 and "workspace" not in head.plan.by_component
+    assert head.plan.edge_bytes() == 2.5 and "workspace" not in head.plan.by_component
     x = torch.randn(8, 512, device="cuda")
     with torch.no_grad():
         ref = vq(x)

@@ -84,11 +84,6 @@ class PackedHead(ArenaHead):
         if persist_l2:
             self.plan.l2_persisting = persist(self.arena, self.plan.hot_bytes(), self.plan.total, self.stream)
 
-    @property
-    def edge_bytes(self) -> float:
-        """Bytes the arena's edge planes take an edge (padded outputs included)."""
-        return self.plan.by_component["edges"] / sum(s.in_features * s.out_features for s in self.plan.layers)
-
     def _launch(self, rows: int) -> None:
         import cupy as cp
 

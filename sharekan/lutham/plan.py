@@ -67,6 +67,10 @@ class Plan:
         """Bytes reused by every edge on every call: the codebook and the per-input/per-output constants."""
         return sum(b.nbytes for b in self.blocks if b.component in RESIDENCY[:HOT])
 
+    def edge_bytes(self) -> float:
+        """Bytes the edge records take an edge (outputs padded to whole tiles or groups included)."""
+        return self.by_component["edges"] / sum(lay.in_features * lay.out_features for lay in self.layers)
+
     def fits(self, l2_bytes: int) -> dict:
         return {"arena": self.total <= l2_bytes, "hot": self.hot_bytes() <= l2_bytes}
 
