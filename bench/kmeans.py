@@ -1,10 +1,7 @@
 """Question: how does the distributed k-means compare with single-process FAISS and scikit-learn?
 
-One data set of ``--points`` unit shape vectors (d = 13): a trained head has far fewer edges than
-2 M, so the data is a documented synthetic mixture — 8,192 smooth random cubic-spline
-coefficient vectors (cumulative sums of Gaussian steps), each edge one of them scaled by a random
-gain, shifted by a random bias and perturbed by 10 % noise, then split by ``sharekan.vq.decompose``
-into bias, gain and the unit shape that is clustered. For each K, every method starts from the
+One data set of ``--points`` unit shape vectors (d = 13; ``shapes_data``: a trained head has far
+fewer edges than 2 M, so the data is a documented synthetic mixture). For each K, every method starts from the
 same seeded initial centroids and runs ``--niter`` iterations:
 
 * ``distributed w=1 / w=2``: ``tasks.kmeans`` on a local Ray cluster, the shapes stored as 1 or 2
@@ -53,22 +50,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sharekan.clustering import InMemory, kmeans  # noqa: E402
 from sharekan.kmeans_steps import assign_stats, init_centroids  # noqa: E402
 from sharekan.table import format_table  # noqa: E402
-from sharekan.vq import decompose  # noqa: E402
 from storage.shards import put_rows  # noqa: E402
 from storage.store import ArtifactStore  # noqa: E402
 from tasks.cluster import connect  # noqa: E402
 from tasks.kmeans import RayShards  # noqa: E402
 
-D = 13
-
-
-def shapes(n: int, seed: int = 0, modes: int = 8192) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centres = np.cumsum(rng.standard_normal((modes, D)), axis=1)
-    pick = rng.integers(0, modes, n)
-    coef = centres[pick] * rng.uniform(0.2, 2.0, (n, 1)) + rng.standard_normal((n, 1))
-    coef += 0.1 * np.abs(coef).mean() * rng.standard_normal((n, D))
-    return decompose(torch.from_numpy(coef.astype(np.float32)))[0].numpy()
+from shapes_data import D, shapes  # noqa: E402
 
 
 def objective(x: np.ndarray, c: np.ndarray) -> float:

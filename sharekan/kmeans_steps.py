@@ -3,7 +3,8 @@
 
 Statistics are sums and counts, so shards computed apart add up to the statistics of the whole.
 The assignment runs on one of :data:`BACKENDS`: ``"cpu"`` (FAISS's exact ``IndexFlatL2``, else
-torch), ``"cuda"`` (torch on the GPU: blocked fp32 ``‖c‖² − 2 p·c`` and argmin, float64 sums) or
+torch), ``"cuda"`` (the GPU: fp32 ``‖c‖² − 2 p·c`` and argmin fused in one kernel, :mod:`sharekan.nearest`,
+else blocked torch ``addmm``; float64 sums) or
 ``"faiss-gpu"`` (``GpuIndexFlatL2``, with the ``faiss-gpu`` package); :func:`pick_backend` chooses
 the fastest one present. All give the same assignments up to exact distance ties.
 """
@@ -13,14 +14,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from . import nearest
 from .checks import check_positive_int
 from .codebook_size import check_k
 
 __all__ = ["BACKENDS", "check_backend", "pick_backend", "assign_stats", "update_centroids", "reseed_empty",
-           "init_centroids", "minibatch_update", "lloyd", "split_k"]
+           "init_centroids", "minibatch_update", "lloyd", "split_k", "gpu_nearest"]
 
 BACKENDS = ("cpu", "cuda", "faiss-gpu")
-_BLOCK = 1 << 28  # distances per GPU block (1 GiB of fp32)
+_BLOCK = 1 << 28  # distances per GPU block of the torch path (1 GiB of fp32)
+_STATS_ROWS = 1 << 21  # points per block of the float64 sums (~200 MB at d = 13)
 
 
 # -- the maths of distributed k-means: shards return sums, the driver updates ---------------------
@@ -54,13 +57,14 @@ def pick_backend(requested: str = "auto") -> str:
     return "faiss-gpu" if faiss_gpus() else "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def assign_stats(points: np.ndarray | torch.Tensor, centroids: np.ndarray, backend: str = "cpu"
-                 ) -> tuple[np.ndarray, np.ndarray, float, np.ndarray | torch.Tensor]:
+def assign_stats(points: np.ndarray | torch.Tensor, centroids: np.ndarray, backend: str = "cpu",
+                 kernel: str = "auto") -> tuple[np.ndarray, np.ndarray, float, np.ndarray | torch.Tensor]:
     """Assign ``points [n, d]`` to their nearest centroid; return the per-centroid ``sums`` (float64),
     ``counts``, the objective (sum of squared distances) and the labels (a CUDA tensor with the
-    ``"cuda"`` backend, where ``points`` may already live on the GPU)."""
+    ``"cuda"`` backend, where ``points`` may already live on the GPU; ``kernel`` as in
+    :func:`gpu_nearest`)."""
     if backend == "cuda":
-        return _assign_cuda(points, centroids)
+        return _assign_cuda(points, centroids, kernel)
     pts = np.ascontiguousarray(points, dtype=np.float32)
     cb = np.ascontiguousarray(centroids, dtype=np.float32)
     if backend == "faiss-gpu":
@@ -85,26 +89,41 @@ def _nearest_faiss_gpu(pts: np.ndarray, cb: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def _assign_cuda(points, centroids):
-    pts = torch.as_tensor(points, device="cuda", dtype=torch.float32)
-    cb = torch.as_tensor(np.ascontiguousarray(centroids, dtype=np.float32), device="cuda")
-    k, d = cb.shape
-    cb_sq, cb64 = (cb * cb).sum(dim=1), cb.double()
-    labels = torch.empty(len(pts), dtype=torch.int64, device="cuda")
-    sums = torch.zeros(k, d, dtype=torch.float64, device="cuda")
-    objective = torch.zeros((), dtype=torch.float64, device="cuda")
-    step = max(1, _BLOCK // k)
+def gpu_nearest(points: torch.Tensor, centroids: torch.Tensor, kernel: str = "auto") -> torch.Tensor:
+    """Labels of the nearest centroid on the GPU: ``"fused"`` (``sharekan.nearest``: one kernel, no
+    distance matrix), ``"torch"`` (blocked fp32 ``addmm`` then ``argmin``, the distances written and
+    re-read), or ``"auto"``: fused where it runs (CuPy, d ≤ ``nearest.MAX_DIM``). Both in fp32, first
+    index on ties."""
+    if kernel not in ("auto", "fused", "torch"):
+        raise ValueError(f"nearest-centroid kernel must be 'auto', 'fused' or 'torch', got {kernel!r}")
+    d = centroids.shape[1]
+    if kernel == "fused" or (kernel == "auto" and nearest.available(d)):
+        return nearest.nearest(points, nearest.prepare(centroids))
+    cb_sq = (centroids * centroids).sum(dim=1)
+    labels = torch.empty(len(points), dtype=torch.int64, device=points.device)
+    step = max(1, _BLOCK // len(centroids))
     tf32, torch.backends.cuda.matmul.allow_tf32 = torch.backends.cuda.matmul.allow_tf32, False  # full fp32
     try:
-        for s in range(0, len(pts), step):
-            p = pts[s:s + step]
-            lab = torch.addmm(cb_sq, p, cb.T, alpha=-2.0).argmin(dim=1)  # ‖c‖² − 2 p·c, first index on ties
-            labels[s:s + step] = lab
-            p64 = p.double()
-            sums.index_add_(0, lab, p64)
-            objective += (p64 - cb64[lab]).square().sum()
+        for s in range(0, len(points), step):  # ‖c‖² − 2 p·c, first index on ties
+            labels[s:s + step] = torch.addmm(cb_sq, points[s:s + step], centroids.T, alpha=-2.0).argmin(dim=1)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = tf32
+    return labels
+
+
+@torch.no_grad()
+def _assign_cuda(points, centroids, kernel="auto"):
+    pts = torch.as_tensor(points, device="cuda", dtype=torch.float32)
+    cb = torch.as_tensor(np.ascontiguousarray(centroids, dtype=np.float32), device="cuda")
+    labels = gpu_nearest(pts, cb, kernel)
+    k, d = cb.shape
+    cb64 = cb.double()
+    sums = torch.zeros(k, d, dtype=torch.float64, device="cuda")
+    objective = torch.zeros((), dtype=torch.float64, device="cuda")
+    for s in range(0, len(pts), _STATS_ROWS):
+        p64, lab = pts[s:s + _STATS_ROWS].double(), labels[s:s + _STATS_ROWS]
+        sums.index_add_(0, lab, p64)
+        objective += (p64 - cb64[lab]).square().sum()
     counts = torch.bincount(labels, minlength=k)
     return sums.cpu().numpy(), counts.cpu().numpy().astype(np.int64), float(objective), labels
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from sharekan.clustering import InMemory, kmeans
-from sharekan.kmeans_steps import assign_stats, faiss_gpus, init_centroids, lloyd, pick_backend
+from sharekan import nearest
+from sharekan.kmeans_steps import assign_stats, faiss_gpus, gpu_nearest, init_centroids, lloyd, pick_backend
 
 
 def mixture(n=20_000, k=40, seed=0):
@@ -36,6 +37,47 @@ def _same_up_to_ties(pts, cb, a, b):
     da = ((pts[diff] - cb[a[diff]]) ** 2).sum(1)
     db = ((pts[diff] - cb[b[diff]]) ** 2).sum(1)
     assert len(diff) <= 1e-4 * len(pts) and np.allclose(da, db, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_the_fused_nearest_kernel_compiles_with_nvrtc_for_every_dimension_it_takes(arch):
+    for d in (1, 6, 13, nearest.MAX_DIM):
+        assert len(nearest.nvrtc_compile(arch, d)) > 1000
+    with pytest.raises(ValueError, match=f"dimensions 1..{nearest.MAX_DIM}, got {nearest.MAX_DIM + 1}"):
+        nearest.nvrtc_compile(arch, nearest.MAX_DIM + 1)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n,k,d", [(20_001, 300, 13), (5_000, 1, 6), (3_000, 129, nearest.MAX_DIM), (0, 10, 13)])
+def test_the_fused_kernel_gives_the_torch_path_labels_and_distances(n, k, d):
+    """Partial tiles of points and centroids; every dimension class; the labels the blocked torch
+    path gives, up to fp32 near-ties; the distances it returns are ‖c‖² − 2 p·c at the label."""
+    rng = np.random.default_rng(n + k + d)
+    pts = torch.from_numpy(rng.standard_normal((n, d)).astype(np.float32)).cuda()
+    cb = torch.from_numpy(rng.standard_normal((k, d)).astype(np.float32)).cuda()
+    fused, dist = nearest.nearest(pts, nearest.prepare(cb), distances=True)
+    ref = gpu_nearest(pts, cb, "torch")
+    assert fused.dtype == torch.int64 and fused.shape == (n,)
+    if n:
+        assert 0 <= int(fused.min()) and int(fused.max()) < k
+    _same_up_to_ties(pts.cpu().numpy(), cb.cpu().numpy(), ref.cpu().numpy(), fused.cpu().numpy())
+    expect = (cb[fused] ** 2).sum(1) - 2 * (pts * cb[fused]).sum(1)
+    assert torch.allclose(dist, expect, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.gpu
+def test_the_fused_kernel_breaks_exact_ties_to_the_smaller_index():
+    rng = np.random.default_rng(0)
+    cb = rng.standard_normal((260, 13)).astype(np.float32)
+    cb[[7, 135, 259]] = cb[200]  # the same centroid in four tiles' places, across threads and tiles
+    pts = np.repeat(cb[200:201], 300, axis=0)
+    labels = gpu_nearest(torch.from_numpy(pts).cuda(), torch.from_numpy(cb).cuda(), "fused")
+    assert labels.cpu().tolist() == [7] * 300
+
+
+def test_an_unknown_nearest_kernel_is_named():
+    with pytest.raises(ValueError, match="'auto', 'fused' or 'torch', got 'cublas'"):
+        gpu_nearest(torch.zeros(2, 3), torch.zeros(1, 3), "cublas")
 
 
 @pytest.mark.gpu

@@ -59,24 +59,15 @@ def include_dirs() -> list[str]:
 def nvrtc_compile(arch: str, name: str = "lutham") -> bytes:
     """The kernels of source ``name`` compiled by NVRTC for ``arch`` (e.g. "sm_90"); a compile error
     raises with NVRTC's log."""
-    from cupy_backends.cuda.libs import nvrtc
+    from ..nvrtc import cubin
 
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
     incs = include_dirs()
     if not incs:
         raise RuntimeError("no CUDA headers (cuda_fp16.h, mma.h) found: set CUDA_PATH")
-    path = _path(name)
-    prog = nvrtc.createProgram(source(name), path.name, [HEADER.read_bytes()], [HEADER.name.encode()])
-    try:
-        opts = [f"--gpu-architecture={arch}", *OPTIONS, *(f"-I{d}" for d in incs)]
-        try:
-            nvrtc.compileProgram(prog, opts)
-        except nvrtc.NVRTCError as e:
-            raise RuntimeError(f"{path.name} does not compile for {arch}:\n{nvrtc.getProgramLog(prog)}") from e
-        return nvrtc.getCUBIN(prog)
-    finally:
-        nvrtc.destroyProgram(prog)
+    return cubin(source(name), _path(name).name, [f"--gpu-architecture={arch}", *OPTIONS, *(f"-I{d}" for d in incs)],
+                 {HEADER.name: HEADER.read_bytes()})
 
 
 def load_module(name: str = "lutham"):
