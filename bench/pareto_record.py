@@ -1,12 +1,20 @@
-"""Assemble ``bench/results/pareto.json`` from the study flows' outputs: one row per variant with
-``variant, k, grid_size, side_bits, finetuned, heads, lipschitz, ratio, delta_map_mean,
-delta_map_std, seeds, command`` (mAP@0.5 deltas as fractions, against the dense head of the same
-run), plus the out-of-distribution deltas where the run scored the shifted split.
+"""Assemble ``bench/results/pareto.json`` from the study flows' outputs and generate the README's
+study table from it.
 
-    python bench/pareto_record.py --sweep S.json --shared H.json [H2.json] --lipschitz L1.json L10.json --out OUT.json
+One row per (variant, G, λ, heads): ``variant, k, grid_size, side_bits, finetuned, heads, lipschitz,
+ratio, reference, delta_map_mean, delta_map_ci95, per_seed, seeds, command`` (mAP@0.5 deltas as
+fractions, each paired against ``reference``, the dense head of the same run), the shifted split's
+deltas where scored, and — against the best dense head of the same G, the unpenalised one —
+``delta_vs_unpenalised_mean`` (and ``_ci95`` where both studies kept per-seed mAPs of the same
+seeds). Rows of result files that kept only means and standard deviations get their interval from
+those (the same t-interval).
 
-Each input is a ``sharekan study pareto|shared`` result (its ``<name>.json``); prints the rows that
-meet the issue's targets and writes the record.
+    python bench/pareto_record.py --sweep S.json --shared H.json [H2.json] --lipschitz L1.json L10.json \
+        --out OUT.json --readme README.md
+
+Each input is a ``sharekan study pareto|shared`` result (its ``<name>.json``). ``--readme`` rewrites
+the table between the README's ``pareto-table`` markers; ``--table-only`` does just that from an
+existing ``--out``. Prints the rows that meet the issue's targets.
 """
 
 from __future__ import annotations
@@ -14,18 +22,45 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
 
-from sharekan.studies import SIDE_BITS
-from sharekan.table import format_table
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sharekan.studies import REFERENCE, SIDE_BITS, interval95, summary_interval95  # noqa: E402
+from sharekan.table import format_table, markdown_table  # noqa: E402
 
 KEYS = ("variant", "kind", "k", "grid_size", "side_bits", "finetuned", "heads", "lipschitz", "ratio", "storage_bytes",
-        "map50_mean", "delta_map_mean", "delta_map_std", "delta_map_ood_mean", "delta_map_ood_std", "seeds", "command")
+        "map50_mean", "reference", "delta_map_mean", "delta_map_std", "delta_map_ci95", "per_seed", "per_seed_map",
+        "delta_map_ood_mean", "delta_map_ood_std", "delta_map_ood_ci95", "seeds", "command")
+UNPENALISED = "dense head of the same G trained without the penalty (λ = 0)"
+BEGIN, END = "<!-- pareto-table:begin (bench/pareto_record.py) -->", "<!-- pareto-table:end -->"
+# the README's rows: (id, G, λ, heads, variant without "fine-tuned")
+SELECTED = (("T1", 10, 0.0, 1, "dense fp32"), ("T2", 10, 0.0, 1, "int8 PTQ"), ("T3", 10, 0.0, 1, "VQ K=256 int8"),
+            ("T4", 10, 0.0, 1, "VQ K=256 int4"), ("T5", 10, 0.0, 1, "VQ K=4096 int8"),
+            ("T6", 20, 0.0, 1, "dense fp32"), ("T7", 20, 0.0, 1, "VQ K=1024 int8"),
+            ("T8", 10, 1.0, 1, "dense fp32"), ("T9", 10, 1.0, 1, "VQ K=256 int8"), ("T10", 10, 1.0, 1, "VQ K=256 int4"),
+            ("T11", 10, 10.0, 1, "dense fp32"), ("T12", 10, 10.0, 1, "VQ K=256 int8"),
+            ("T13", 10, 10.0, 1, "VQ K=256 int4"),
+            ("T14", 10, 0.0, 8, "VQ K=256 int8 shared by 8"), ("T15", 10, 0.0, 8, "VQ K=256 int4 shared by 8"))
+
+
+def completed(row: dict) -> dict:
+    """``row`` with its reference named and its 95 % interval, from per-seed values where kept, else
+    from the mean, standard deviation and seed count."""
+    row = {**row, "reference": row.get("reference") or REFERENCE}
+    for key, per in (("delta_map", "per_seed"), ("delta_map_ood", "per_seed_ood")):
+        if row.get(f"{key}_mean") is None or row.get(f"{key}_ci95") is not None or row["kind"] == "dense":
+            continue
+        row[f"{key}_ci95"] = (interval95(list(row[per].values())) if row.get(per)
+                              else summary_interval95(row[f"{key}_mean"], row[f"{key}_std"], len(row["seeds"])))
+    return row
 
 
 def sweep_rows(result: dict) -> list[dict]:
     lam = result["parameters"]["base"]["train"]["lipschitz"]
-    return [{**{k: r.get(k) for k in KEYS}, "lipschitz": lam, "command": result["command"]} for r in result["rows"]]
+    return [completed({**{k: r.get(k) for k in KEYS}, "lipschitz": lam, "command": result["command"]})
+            for r in result["rows"]]
 
 
 def shared_rows(result: dict) -> list[dict]:
@@ -33,36 +68,114 @@ def shared_rows(result: dict) -> list[dict]:
     out = []
     for r in result["rows"]:
         deltas = list(r["per_head_delta"].values())
-        out.append({"variant": r["variant"] + f" shared by {r['heads']}", "kind": "vq", "k": r["k"],
-                    "grid_size": p["base"]["train"]["grid_size"], "side_bits": SIDE_BITS[r["dtype"]],
-                    "finetuned": r["finetuned"], "heads": r["heads"], "lipschitz": p["base"]["train"]["lipschitz"],
-                    "ratio": r["ratio"], "storage_bytes": r["shared_bytes"], "map50_mean": None,
-                    "delta_map_mean": r["delta_map_mean"], "delta_map_std": statistics.stdev(deltas),
-                    "transfer_delta": r["transfer_delta"], "seeds": [int(s) for s in r["per_head_delta"]],
-                    "command": result["command"]})
+        out.append(completed({
+            "variant": r["variant"] + f" shared by {r['heads']}", "kind": "vq", "k": r["k"],
+            "grid_size": p["base"]["train"]["grid_size"], "side_bits": SIDE_BITS[r["dtype"]],
+            "finetuned": r["finetuned"], "heads": r["heads"], "lipschitz": p["base"]["train"]["lipschitz"],
+            "ratio": r["ratio"], "storage_bytes": r["shared_bytes"], "map50_mean": None,
+            "reference": "dense head of the same seed", "delta_map_mean": r["delta_map_mean"],
+            "delta_map_std": statistics.stdev(deltas), "per_seed": r["per_head_delta"],
+            "transfer_delta": r["transfer_delta"], "seeds": [int(s) for s in r["per_head_delta"]],
+            "command": result["command"]}))
     return out
+
+
+def against_unpenalised(rows: list[dict]) -> list[dict]:
+    """Each single-head row's change against the unpenalised dense head of its G: paired by seed where
+    both rows kept per-seed mAPs, else the difference of the means (no interval)."""
+    dense0 = {r["grid_size"]: r for r in rows if r["kind"] == "dense" and r["lipschitz"] == 0 and r["heads"] == 1}
+    for r in rows:
+        ref = dense0.get(r["grid_size"])
+        if r["heads"] != 1 or ref is None or r["map50_mean"] is None:
+            continue
+        r["unpenalised_reference"] = UNPENALISED
+        mine, theirs = r.get("per_seed_map") or {}, ref.get("per_seed_map") or {}
+        common = sorted(set(mine) & set(theirs), key=str)
+        if common:
+            paired = [mine[s] - theirs[s] for s in common]
+            r["delta_vs_unpenalised_mean"] = statistics.fmean(paired)
+            r["delta_vs_unpenalised_ci95"] = interval95(paired)
+        else:
+            r["delta_vs_unpenalised_mean"] = r["map50_mean"] - ref["map50_mean"]
+            r["delta_vs_unpenalised_ci95"] = None
+    return rows
+
+
+def _points(mean: float | None, ci: list[float] | None) -> str:
+    if mean is None:
+        return "—"
+    text = f"{100 * mean:+.2f}".replace("-", "−")
+    return text + (f" [{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]".replace("-", "−") if ci else "")
+
+
+def readme_table(rows: list[dict]) -> str:
+    """The README's study table (:data:`SELECTED`) in Markdown: each row's post-training and fine-tuned
+    mAP change with 95 % intervals in points, against its own run's dense head and, for single
+    heads, against the unpenalised dense head of its G."""
+    def find(g, lam, heads, variant):
+        return next((r for r in rows if (r["grid_size"], r["lipschitz"], r["heads"], r["variant"])
+                     == (g, lam, heads, variant)), None)
+
+    out = []
+    for rid, g, lam, heads, variant in SELECTED:
+        ptq = find(g, lam, heads, variant)
+        ft = find(g, lam, heads, variant.replace(" shared by", " fine-tuned shared by") if heads > 1
+                  else variant + " fine-tuned")
+        if ptq is None:
+            raise ValueError(f"row {rid}: no result row {variant!r} at G={g}, λ={lam:g}, {heads} head(s)")
+        best = ft or ptq
+        dense = ptq["kind"] == "dense"
+        out.append({"row": rid, "G": g, "λ": f"{lam:g}", "heads": heads,
+                    "variant": variant + (f" (mAP {ptq['map50_mean']:.3f})" if dense else ""),
+                    "ratio": f"{ptq['ratio']:.1f}", "seeds": len(ptq["seeds"]),
+                    "post-training": "—" if dense else _points(ptq["delta_map_mean"], ptq.get("delta_map_ci95")),
+                    "fine-tuned": _points(ft["delta_map_mean"], ft.get("delta_map_ci95")) if ft else "—",
+                    "best of the two vs unpenalised dense": _points(best.get("delta_vs_unpenalised_mean"),
+                                                                    best.get("delta_vs_unpenalised_ci95"))
+                    if heads == 1 and not (dense and lam == 0) else "—"})
+    cols = list(out[0])
+    return markdown_table(out, [(c, c, "s" if c not in ("G", "heads", "seeds") else "d") for c in cols])
+
+
+def rewrite_readme(readme: Path, table: str) -> None:
+    text = readme.read_text()
+    if BEGIN not in text or END not in text:
+        raise ValueError(f"{readme} has no {BEGIN} … {END} block for the study table")
+    head, rest = text.split(BEGIN, 1)
+    readme.write_text(head + BEGIN + "\n" + table + "\n" + END + rest.split(END, 1)[1])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sweep", type=Path, required=True)
+    ap.add_argument("--sweep", type=Path)
     ap.add_argument("--shared", type=Path, nargs="*", default=[])
     ap.add_argument("--lipschitz", type=Path, nargs="*", default=[])
     ap.add_argument("--out", type=Path, default=Path("bench/results/pareto.json"))
+    ap.add_argument("--readme", type=Path, help="rewrite this README's study table")
+    ap.add_argument("--table-only", action="store_true", help="only the README table, from an existing --out")
     args = ap.parse_args()
-    rows = sweep_rows(json.loads(args.sweep.read_text()))
-    for path in args.lipschitz:
-        rows += sweep_rows(json.loads(path.read_text()))
-    for path in args.shared:
-        rows += shared_rows(json.loads(path.read_text()))
-    args.out.write_text(json.dumps({"rows": rows}, indent=1) + "\n")
+    if args.table_only:
+        rows = json.loads(args.out.read_text())["rows"]
+    else:
+        if args.sweep is None:
+            ap.error("--sweep is required (or --table-only)")
+        rows = sweep_rows(json.loads(args.sweep.read_text()))
+        for path in args.lipschitz:
+            rows += sweep_rows(json.loads(path.read_text()))
+        for path in args.shared:
+            rows += shared_rows(json.loads(path.read_text()))
+        rows = against_unpenalised(rows)
+        args.out.write_text(json.dumps({"rows": rows}, indent=1) + "\n")
+        print(f"{len(rows)} rows written to {args.out}")
+    if args.readme:
+        rewrite_readme(args.readme, readme_table(rows))
+        print(f"study table rewritten in {args.readme}")
     meets = [r for r in rows if r["kind"] == "vq" and r["ratio"] >= (16 if r["heads"] == 1 else 14)
-             and r["delta_map_mean"] >= -0.01]
-    print(format_table([{**r, "delta": 100 * r["delta_map_mean"], "std": 100 * r["delta_map_std"]} for r in meets],
+             and r.get("delta_vs_unpenalised_mean", r["delta_map_mean"]) >= -0.01]
+    print(format_table([{**r, "delta": 100 * r.get("delta_vs_unpenalised_mean", r["delta_map_mean"])} for r in meets],
                        [("variant", "variant", "s"), ("grid_size", "G", "d"), ("lipschitz", "λ", "g"),
-                        ("heads", "heads", "d"), ("ratio", "ratio", ".1f"), ("delta", "Δ points", "+.2f"),
-                        ("std", "±", ".2f")]) if meets else "no variant meets the storage targets at ≤ 1 point")
-    print(f"{len(rows)} rows written to {args.out}")
+                        ("heads", "heads", "d"), ("ratio", "ratio", ".1f"), ("delta", "Δ points vs best dense", "+.2f")])
+          if meets else "no variant meets the storage targets at ≤ 1 point against the best dense head")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import statistics
 
-__all__ = ["SIDE_BITS", "REFERENCE", "t95", "interval95", "seed_averaged", "pareto_front", "shared_storage"]
+__all__ = ["SIDE_BITS", "REFERENCE", "t95", "interval95", "summary_interval95", "seed_averaged", "pareto_front", "shared_storage"]
 
 SIDE_BITS = {"fp32": 32, "fp16": 16, "int8": 8, "int4": 4}
 REFERENCE = "dense head of the same G and seed"  # what a study row's delta is paired against
@@ -31,8 +31,15 @@ def interval95(values: list[float]) -> list[float] | None:
     ``None`` for fewer than two values: one seed says nothing about spread."""
     if len(values) < 2:
         return None
-    half = t95(len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
-    mean = statistics.fmean(values)
+    return summary_interval95(statistics.fmean(values), statistics.stdev(values), len(values))
+
+
+def summary_interval95(mean: float, std: float, n: int) -> list[float] | None:
+    """The same interval from a mean, sample standard deviation and count (result files that kept
+    only those)."""
+    if n < 2:
+        return None
+    half = t95(n - 1) * std / n ** 0.5
     return [mean - half, mean + half]
 
 
@@ -63,7 +70,8 @@ def seed_averaged(runs: list[tuple[int, int, list[dict]]]) -> list[dict]:
                "map50_mean": statistics.fmean(r["map50"] for r in rows),
                "delta_map_mean": delta, "delta_map_std": delta_std,
                "delta_map_ci95": interval95([r["delta_map50"] for r in rows]), "reference": REFERENCE,
-               "per_seed": {s: r["delta_map50"] for s, r in members}, "seeds": sorted(s for s, _ in members)}
+               "per_seed": {s: r["delta_map50"] for s, r in members},
+               "per_seed_map": {s: r["map50"] for s, r in members}, "seeds": sorted(s for s, _ in members)}
         if all("delta_map50_ood" in r for r in rows):
             ood = [r["delta_map50_ood"] for r in rows]
             row["delta_map_ood_mean"], row["delta_map_ood_std"] = _mean_std(ood)

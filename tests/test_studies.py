@@ -55,3 +55,45 @@ def test_shared_storage_counts_the_codebook_once():
     assert t["separate_ratio"] == pytest.approx(3000 / 450)
     with pytest.raises(ValueError, match="codebooks differ"):
         shared_storage(dense[:2], [shared[0], _row("vq", 0.7, 0, 150, 16, "int4", book=70)])
+
+
+def _record():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "pareto_record.py"
+    spec = importlib.util.spec_from_file_location("pareto_record", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_readme_study_table_is_the_one_generated_from_the_result_file():
+    """README numbers come from result files: the block between the markers is exactly what
+    ``bench/pareto_record.py --table-only --readme`` writes from ``bench/results/pareto.json``."""
+    import json
+    from pathlib import Path
+
+    rec = _record()
+    root = Path(__file__).resolve().parents[1]
+    rows = json.loads((root / "bench/results/pareto.json").read_text())["rows"]
+    readme = (root / "README.md").read_text()
+    block = readme.split(rec.BEGIN, 1)[1].split(rec.END, 1)[0].strip()
+    assert block == rec.readme_table(rows)
+    assert all(f"| {rid} |" in block for rid, *_ in rec.SELECTED)
+
+
+def test_rows_are_paired_against_the_unpenalised_dense_head_where_seeds_match():
+    rec = _record()
+    dense0 = {"variant": "dense fp32", "kind": "dense", "grid_size": 10, "lipschitz": 0.0, "heads": 1,
+              "map50_mean": 0.72, "per_seed_map": {"0": 0.70, "1": 0.74}}
+    pen = {"variant": "VQ K=256 int4 fine-tuned", "kind": "vq", "grid_size": 10, "lipschitz": 10.0, "heads": 1,
+           "map50_mean": 0.705, "per_seed_map": {"0": 0.69, "1": 0.72, "2": 0.9}}
+    old = {**pen, "lipschitz": 1.0, "per_seed_map": None}
+    rows = rec.against_unpenalised([dense0, pen, old])
+    assert rows[1]["delta_vs_unpenalised_mean"] == pytest.approx(-0.015)  # seeds 0 and 1 only, paired
+    assert rows[1]["delta_vs_unpenalised_ci95"] == pytest.approx(interval95([-0.01, -0.02]))
+    assert rows[2]["delta_vs_unpenalised_mean"] == pytest.approx(-0.015) and rows[2]["delta_vs_unpenalised_ci95"] is None
+    # a result file that kept only mean, std and seeds still gets its interval
+    filled = rec.completed({"kind": "vq", "delta_map_mean": -0.01, "delta_map_std": 0.002, "seeds": [0, 1, 2]})
+    assert filled["delta_map_ci95"] == pytest.approx(interval95([-0.012, -0.01, -0.008]))
