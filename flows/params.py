@@ -168,16 +168,21 @@ def _study_base() -> PipelineParams:
 
 
 class ParetoParams(_Params):
-    """The K×G sweep: every (grid size, seed) pair is one pipeline run of the base parameters with that G
-    and seed (head, k-means and fine-tuning seeds); the data and the frozen backbone stay those of the base's
-    seed, so the spread is the compression's, not the features'."""
+    """The K×G sweep: every (grid size, data seed, seed) triple is one pipeline run of the base parameters
+    with that G; the data seed picks the synthetic data set and the backbone's initialisation and
+    pretraining, the seed the head, k-means and fine-tuning. Runs of one data seed share its data,
+    backbone and features; rows are averaged over every (data seed, seed) pair, each paired against
+    the dense head of its own run."""
 
     base: PipelineParams = Field(default_factory=_study_base, title="pipeline parameters",
-                                 description="everything else, as for one pipeline run (its grid size, seed, "
+                                 description="everything else, as for one pipeline run (its grid size, seeds, "
                                              "codebook sizes and side-data widths are the sweep's)")
     grid_sizes: list[int] = Field([5, 10, 20], min_length=1, title="grid sizes G")
-    seeds: list[Seed] = Field([0, 1, 2, 3, 4], min_length=1, title="seeds",
-                              description="one head (and backbone, and k-means) per seed; rows are averaged over them")
+    seeds: list[Seed] = Field([0, 1, 2, 3, 4], min_length=1, title="head seeds",
+                              description="one head (and k-means, and fine-tuning) per seed and data seed")
+    data_seeds: list[Seed] = Field([0, 1], min_length=1, title="data and backbone seeds",
+                                   description="one synthetic data set and one backbone pretrained on it per seed "
+                                               "(with real VOC data only the backbone changes)")
     ks: list[K] | None = Field(None, min_length=1, title="codebook sizes K",
                                description="empty = 64, 256, 1,024, ... up to the largest below the edge count")
     side_dtypes: list[SideDtype] = Field(["int8", "int4"], min_length=1, title="side-data widths")

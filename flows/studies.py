@@ -34,24 +34,23 @@ from .study_report import publish_pareto, publish_shared
 __all__ = ["pareto_sweep", "shared_codebook", "pareto_plans", "shared_plan"]
 
 
-def _sweep_run(p: ParetoParams, grid_size: int, seed: int, ks: list[int]) -> PipelineParams:
+def _sweep_run(p: ParetoParams, grid_size: int, data_seed: int, seed: int, ks: list[int]) -> PipelineParams:
     b = p.base
-    data_seed = b.data.seed if b.data.seed is not None else b.train.seed
-    backbone_seed = b.train.backbone_seed if b.train.backbone_seed is not None else b.train.seed
     compress_update = {"ks": ks, "side_dtypes": list(p.side_dtypes), "seed": seed,
                        "finetune_side_dtypes": list(p.side_dtypes) if p.finetune else [],
                        "finetune_epochs": b.compress.finetune_epochs if p.finetune else 0}
     return b.model_copy(update={
         "data": b.data.model_copy(update={"seed": data_seed}),
-        "train": b.train.model_copy(update={"seed": seed, "grid_size": grid_size, "backbone_seed": backbone_seed}),
+        "train": b.train.model_copy(update={"seed": seed, "grid_size": grid_size, "backbone_seed": data_seed}),
         "compress": b.compress.model_copy(update=compress_update),
-        "lutham": False, "out": str(Path(p.out) / f"G{grid_size}-seed{seed}")})
+        "lutham": False, "out": str(Path(p.out) / f"G{grid_size}-data{data_seed}-seed{seed}")})
 
 
-def pareto_plans(params: ParetoParams) -> dict[tuple[int, int], PipelinePlan]:
-    """The sweep's pipeline runs, one plan per (G, seed), each checked (``flows.plan``)."""
+def pareto_plans(params: ParetoParams) -> dict[tuple[int, int, int], PipelinePlan]:
+    """The sweep's pipeline runs, one plan per (G, data seed, seed), each checked (``flows.plan``)."""
     ks = params.ks or ladder_ks(plan_pipeline(params.base.model_copy(update={"lutham": False})).edges)
-    return {(g, s): plan_pipeline(_sweep_run(params, g, s, ks)) for s in params.seeds for g in params.grid_sizes}
+    return {(g, w, s): plan_pipeline(_sweep_run(params, g, w, s, ks))
+            for w in params.data_seeds for s in params.seeds for g in params.grid_sizes}
 
 
 def shared_plan(params: SharedParams) -> PipelinePlan:
@@ -82,19 +81,22 @@ def pareto_sweep(params: ParetoParams = ParetoParams()) -> dict:
     """Pipeline runs over grid sizes × seeds; the seed-averaged rows, their Pareto front (storage
     against mAP) and a chart, written to ``params.out`` and as Prefect artifacts."""
     plans = pareto_plans(params)
-    # what every run shares first (data set, backbone, features): then the runs reuse it, at once
-    one = next(iter(plans.values()))
-    feature_stages(parse_location(one.params.store), one.train, dataset_stage(one).version)
+    # what the runs of a data seed share first (data set, backbone, features): then they reuse it, at once
+    for w in params.data_seeds:
+        one = next(p for (_, d, _), p in plans.items() if d == w)
+        feature_stages(parse_location(one.params.store), one.train, dataset_stage(one).version)
     jobs = list(plans)
-    reports = _in_threads(lambda g, s: sharekan_pipeline(plans[g, s].params), jobs, params.parallel)
-    rows = seed_averaged([(g, s, [v.model_dump() for v in rep.variants]) for (g, s), rep in zip(jobs, reports)])
+    reports = _in_threads(lambda g, w, s: sharekan_pipeline(plans[g, w, s].params), jobs, params.parallel)
+    rows = seed_averaged([(g, f"{w}/{s}", [v.model_dump() for v in rep.variants])
+                          for (g, w, s), rep in zip(jobs, reports)])
     front = pareto_front(rows)
     for r in rows:
         r["pareto"] = any(r is f for f in front)
     result = {"command": _command("pareto", params), "rows": rows,
               "front": [r["variant"] + f" G={r['grid_size']}" for r in front], "edges": one.edges,
               "ks": sorted(one.compress.codebooks), "parameters": params.model_dump(),
-              "runs": {f"G{g}-seed{s}": rep.stages["compression"].model_dump() for (g, s), rep in zip(jobs, reports)}}
+              "runs": {f"G{g}-data{w}-seed{s}": rep.stages["compression"].model_dump()
+                       for (g, w, s), rep in zip(jobs, reports)}}
     publish_pareto(result, Path(params.out))
     get_run_logger().info(f"Pareto front: {', '.join(result['front'])}")
     return result

@@ -13,7 +13,7 @@ import statistics
 __all__ = ["SIDE_BITS", "REFERENCE", "t95", "interval95", "summary_interval95", "seed_averaged", "pareto_front", "shared_storage"]
 
 SIDE_BITS = {"fp32": 32, "fp16": 16, "int8": 8, "int4": 4}
-REFERENCE = "dense head of the same G and seed"  # what a study row's delta is paired against
+REFERENCE = "dense head of the same G and seeds"  # what a study row's delta is paired against
 # two-sided 95 % quantiles of Student's t, by degrees of freedom 1 … 30 (then the normal's 1.960)
 _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
         2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
@@ -47,8 +47,8 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def seed_averaged(runs: list[tuple[int, int, list[dict]]]) -> list[dict]:
-    """``runs``: ``(grid_size, seed, rows)``; one row per (grid size, variant) with mean, spread and
+def seed_averaged(runs: list[tuple[int, int | str, list[dict]]]) -> list[dict]:
+    """``runs``: ``(grid_size, seed, rows)`` (a seed may be a label, e.g. "data seed/head seed"); one row per (grid size, variant) with mean, spread and
     95 % t-interval over the seeds of ``delta_map50`` — each seed's delta paired against the dense
     head of its own run (:data:`REFERENCE`), every paired value kept in ``per_seed`` — and the means
     of ``map50`` and the storage ratio (and out of distribution where scored). Variants missing from
@@ -71,7 +71,7 @@ def seed_averaged(runs: list[tuple[int, int, list[dict]]]) -> list[dict]:
                "delta_map_mean": delta, "delta_map_std": delta_std,
                "delta_map_ci95": interval95([r["delta_map50"] for r in rows]), "reference": REFERENCE,
                "per_seed": {s: r["delta_map50"] for s, r in members},
-               "per_seed_map": {s: r["map50"] for s, r in members}, "seeds": sorted(s for s, _ in members)}
+               "per_seed_map": {s: r["map50"] for s, r in members}, "seeds": sorted((s for s, _ in members), key=str)}
         if all("delta_map50_ood" in r for r in rows):
             ood = [r["delta_map50_ood"] for r in rows]
             row["delta_map_ood_mean"], row["delta_map_ood_std"] = _mean_std(ood)

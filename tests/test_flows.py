@@ -278,6 +278,22 @@ def base(run):
     return tmp, params.model_copy(update={"lutham": False}).model_dump()
 
 
+def test_a_sweep_over_data_seeds_plans_one_data_set_and_backbone_per_data_seed(tmp_path):
+    from flows.params import ParetoParams
+
+    from flows.studies import pareto_plans
+
+    params = ParetoParams(base=tiny(tmp_path), grid_sizes=[10, 5], seeds=[3, 4], data_seeds=[0, 1], ks=[16])
+    plans = pareto_plans(params)
+    assert sorted(plans) == sorted((g, w, s) for g in (10, 5) for w in (0, 1) for s in (3, 4))
+    for (g, w, s), plan in plans.items():
+        assert (plan.data_seed, plan.train.pretrain.seed, plan.train.head.seed) == (w, w, s)
+        assert plan.params.out.endswith(f"G{g}-data{w}-seed{s}")
+    # the runs of one data seed share their features; the two data seeds do not
+    feats = {w: {p.train.features["train"] for (_, d, _), p in plans.items() if d == w} for w in (0, 1)}
+    assert len(feats[0]) == len(feats[1]) == 1 and feats[0] != feats[1]
+
+
 def test_pareto_sweep_flow(base):
     """G = 10 seed 0 is the pipeline run above (its head is reused), G = 5 and G = 3 seed 0 new heads,
     three runs at once on the 2-CPU cluster (their k-means fits queue for it; averaging over seeds:
@@ -285,13 +301,13 @@ def test_pareto_sweep_flow(base):
     from flows.studies import ParetoParams, pareto_sweep
 
     tmp, b = base
-    params = ParetoParams(base=b, grid_sizes=[10, 5, 3], seeds=[0], ks=[16], side_dtypes=["int4"], finetune=False,
-                         parallel=3, out=str(tmp / "pareto"))
+    params = ParetoParams(base=b, grid_sizes=[10, 5, 3], seeds=[0], data_seeds=[0], ks=[16], side_dtypes=["int4"],
+                          finetune=False, parallel=3, out=str(tmp / "pareto"))
     result = pareto_sweep(params)
     rows = {(r["grid_size"], r["variant"]): r for r in result["rows"]}
     assert set(rows) == {(g, v) for g in (10, 5, 3) for v in ("dense fp32", "int8 PTQ", "pruned 10%", "pruned 30%",
                                                            "pruned 50%", "VQ K=16 int4")}
-    assert all(r["seeds"] == [0] and "delta_map_ood_mean" in r for r in result["rows"])
+    assert all(r["seeds"] == ["0/0"] and "delta_map_ood_mean" in r for r in result["rows"])
     assert rows[(5, "VQ K=16 int4")]["storage_bytes"] < rows[(10, "VQ K=16 int4")]["storage_bytes"] < \
         rows[(10, "dense fp32")]["storage_bytes"]
     front = [r for r in result["rows"] if r["pareto"]]
@@ -301,14 +317,14 @@ def test_pareto_sweep_flow(base):
     assert saved["rows"] == json.loads(json.dumps(result["rows"]))
     assert (tmp / "pareto" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     # one data set, backbone and set of features for every grid size and seed; a re-run does no work
-    a, b = (json.loads((tmp / "pareto" / f"G{g}-seed0" / "report.json").read_text())["stages"] for g in (10, 5))
+    a, b = (json.loads((tmp / "pareto" / f"G{g}-data0-seed0" / "report.json").read_text())["stages"] for g in (10, 5))
     assert all(a[k]["version"] == b[k]["version"] for k in ("dataset", "backbone", "features_train"))
     assert a["head"]["version"] != b["head"]["version"]
     assert result["command"].startswith("sharekan study pareto --params '{") and '"grid_sizes":[10,5,3]' in result["command"]
     again = pareto_sweep(params)
     assert again["rows"] == result["rows"]
     assert not a["head"]["created"]  # G = 10, seed 0: the pipeline run's head
-    stages = json.loads((tmp / "pareto" / "G5-seed0" / "report.json").read_text())["stages"]
+    stages = json.loads((tmp / "pareto" / "G5-data0-seed0" / "report.json").read_text())["stages"]
     assert not any(s["created"] for s in stages.values() if s.get("version"))
 
 

@@ -24,7 +24,7 @@ def test_seed_averaging_groups_by_grid_and_variant_with_the_spread():
     assert vq["seeds"] == [0, 1] and vq["side_bits"] == 4 and vq["heads"] == 1
     assert vq["delta_map_mean"] == pytest.approx(-0.01) and vq["delta_map_std"] == pytest.approx(0.02 / 2 ** 0.5)
     assert rows[(5, "dense")]["delta_map_std"] == 0.0 and rows[(5, "dense")]["seeds"] == [0]
-    assert vq["per_seed"] == {0: -0.02, 1: 0.0} and vq["reference"] == "dense head of the same G and seed"
+    assert vq["per_seed"] == {0: -0.02, 1: 0.0} and vq["reference"] == "dense head of the same G and seeds"
     half = 12.706 * (0.02 / 2 ** 0.5) / 2 ** 0.5  # t(0.975, 1 df) · s / √n
     assert vq["delta_map_ci95"] == pytest.approx([-0.01 - half, -0.01 + half])
     assert rows[(5, "dense")]["delta_map_ci95"] is None  # one seed: no interval
