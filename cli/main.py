@@ -11,7 +11,7 @@ import os
 import signal
 import subprocess
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from pathlib import Path
 
 import click
@@ -140,8 +140,8 @@ def _run_flow(load_flow, params, out: str, address: str | None):
     ($PREFECT_API_URL, or a temporary server of this run's own); its result, or a one-line error.
     The flow is imported only once the API's address is in the environment: Prefect reads its
     settings when first imported, and would otherwise start a server of its own."""
-    from cli.services import api_problem, api_watchdog, prefect_env, starting_prefect_server, temporary_home
-    from tasks.cluster import check_reachable, connect
+    from cli.services import api_problem, api_watchdog, prefect_env, starting_prefect_server, temporary_home, watchdog
+    from tasks.cluster import address_problem, check_reachable, connect, head_address
 
     if address:  # before any service starts (Ray would retry an address where nothing listens for minutes)
         try:
@@ -170,6 +170,9 @@ def _run_flow(load_flow, params, out: str, address: str | None):
                 server.wait()
                 click.echo(f"Prefect API (temporary, for this run): {url}")
             services.enter_context(api_watchdog(url, functools.partial(_lost_api, url, home)))
+            head = head_address(address)
+            services.enter_context(watchdog(lambda: address_problem(head, timeout=3), functools.partial(
+                _lost_ray_head, head, home), "ray-head-watchdog", interval=2, grace=6))
             click.echo(f"Ray: {address or 'local'} cluster, {resources.get('CPU', 0):.0f} CPUs, "
                        f"{resources.get('GPU', 0):.0f} GPUs")
             state = load_flow()(params, return_state=True)
@@ -222,15 +225,39 @@ def _cause(state) -> str:
 def _lost_api(url: str, home: str | None, reason: str) -> None:
     """The run's Prefect API stopped answering: say so in one line, stop this run's Ray cluster and
     leave (exit 1). Every stage finished so far is in the store; a re-run resumes from it."""
-    import shutil
-
     import ray
 
-    click.echo(f"Error: lost the Prefect API at {url} ({reason}); the stages finished so far are in the "
-               "store: start the API again (or unset PREFECT_API_URL for a temporary one) and re-run to resume",
-               err=True)
+    _give_up(f"lost the Prefect API at {url} ({reason}); the stages finished so far are in the store: start the "
+             "API again (or unset PREFECT_API_URL for a temporary one) and re-run to resume", home, ray.shutdown)
+
+
+def _lost_ray_head(head: str, home: str | None, reason: str) -> None:
+    """The Ray cluster's head stopped answering (Ray's driver would wait a minute, then exit without a
+    word): say so in one line, stop every process this run started and leave (exit 1). Every stage
+    finished so far is in the store (each is committed whole or not at all); a re-run resumes."""
+    import psutil
+
+    def stop_children():
+        children = psutil.Process().children(recursive=True)
+        for p in children:
+            with suppress(psutil.Error):
+                p.terminate()
+        for p in psutil.wait_procs(children, timeout=5)[1]:
+            with suppress(psutil.Error):
+                p.kill()
+
+    _give_up(f"lost the Ray cluster's head at {head} ({reason}); the stages finished so far are in the store: "
+             "start the cluster again and re-run to resume", home, stop_children)
+
+
+def _give_up(message: str, home: str | None, stop) -> None:
+    """One ``Error:`` line, ``stop()`` what this run started, remove its temporary Prefect home, exit 1
+    at once (from a watchdog thread: the main thread is blocked in the flow)."""
+    import shutil
+
+    click.echo(f"Error: {message}", err=True)
     try:
-        ray.shutdown()  # a local cluster of this run's own stops with it
+        stop()
     finally:
         if home:
             shutil.rmtree(home, ignore_errors=True)

@@ -26,7 +26,7 @@ import psutil
 from tasks.cluster import SYSTEM_CONFIG, ensure_token
 
 __all__ = ["database_url", "free_port", "port_in_use", "prefect_env", "prefect_server", "starting_prefect_server",
-           "StartingServer", "worker", "ray_head", "bin_path", "POOL", "PortInUse", "api_problem", "api_watchdog",
+           "StartingServer", "worker", "ray_head", "bin_path", "POOL", "PortInUse", "api_problem", "api_watchdog", "watchdog",
            "temporary_home"]
 
 POOL = "sharekan-pool"
@@ -100,28 +100,33 @@ def api_problem(url: str, timeout: float = 3) -> str | None:
 
 
 @contextmanager
-def api_watchdog(url: str, on_lost, interval: float = 3, grace: float = 15) -> Iterator[None]:
-    """Check the API at ``url`` every ``interval`` seconds from a thread; once it has failed for
-    ``grace`` seconds, call ``on_lost(reason)`` (which ends the process: Prefect's own client would
-    retry for minutes and then end in a traceback)."""
+def watchdog(problem, on_lost, name: str, interval: float = 3, grace: float = 15) -> Iterator[None]:
+    """Call ``problem()`` every ``interval`` seconds from a thread; once it has named a problem for
+    ``grace`` seconds, call ``on_lost(reason)`` (which ends the process: the clients' own retries
+    would last minutes and then end in a traceback, or in Ray's case a silent exit)."""
     stop = threading.Event()
 
     def watch():
         down_since = None
         while not stop.wait(interval):
-            problem = api_problem(url)
-            if problem is None:
+            reason = problem()
+            if reason is None:
                 down_since = None
             elif time.monotonic() - (down_since := down_since or time.monotonic()) >= grace:
-                on_lost(problem)
+                on_lost(reason)
                 return
 
-    thread = threading.Thread(target=watch, name="prefect-api-watchdog", daemon=True)
+    thread = threading.Thread(target=watch, name=name, daemon=True)
     thread.start()
     try:
         yield
     finally:
         stop.set()
+
+
+def api_watchdog(url: str, on_lost, interval: float = 3, grace: float = 15):
+    """:func:`watchdog` on the Prefect API at ``url``."""
+    return watchdog(lambda: api_problem(url), on_lost, "prefect-api-watchdog", interval, grace)
 
 
 def _die_with_parent() -> None:

@@ -14,7 +14,7 @@ from pydantic import ConfigDict, Field, model_validator
 from sharekan.detection.backbone import resolve_weights
 from sharekan.kmeans_steps import BACKENDS
 from sharekan.vq_kan import SIDE_DTYPES
-from tasks.specs import (BACKBONES, BackboneSpec, CodebookSpec, DatasetSpec, EvaluationSpec, FeaturesSpec,
+from tasks.specs import (BACKBONES, BackboneSpec, CodebookDtype, CodebookSpec, DatasetSpec, EvaluationSpec, FeaturesSpec,
                          FinetuneSpec, HeadSpec, K, Mode, PretrainSpec, Seed, SideDtype, Spec)
 
 __all__ = ["DataParams", "TrainParams", "CompressParams", "PipelineParams", "ParetoParams", "SharedParams"]
@@ -127,6 +127,9 @@ class CompressParams(_Params):
     side_dtypes: list[SideDtype] = Field(list(SIDE_DTYPES), min_length=1, title="side-data widths",
                                          description="how each encoded head stores its per-edge gains, biases and "
                                                      "base weights (int8/int4: per-row scales)")
+    codebook_dtype: CodebookDtype = Field("fp32", title="codebook storage",
+                                          description="fp16 halves the codebook's bytes (rounded once, after k-means; "
+                                                      "fine-tuning keeps the width)")
     kmeans_backend: Literal["auto", *BACKENDS] = Field(
         "auto", title="k-means backend", description="where points are assigned: auto = the Ray workers' GPUs "
         "when the cluster has any (FAISS GPU if installed, else torch CUDA), else CPU FAISS")

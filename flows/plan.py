@@ -58,7 +58,7 @@ class CompressPlan(_Plan):
 
     def encoding(self, finetune: FinetuneSpec) -> EncodeSpec:
         """The encoding a fine-tuning starts from."""
-        return EncodeSpec(k=finetune.k, side_dtype=finetune.side_dtype)
+        return next(e for e in self.encodings if (e.k, e.side_dtype) == (finetune.k, finetune.side_dtype))
 
 
 class PipelinePlan(_Plan):
@@ -110,7 +110,7 @@ def plan_compress(compress: CompressParams, edges: int, problems: list[str] | No
         codebooks={k: CodebookSpec(k=k, seed=compress.seed, niter=compress.kmeans_niter, mode=compress.kmeans_mode)
                    for k in ks},
         assignments={k: AssignmentSpec(k=k) for k in ks},
-        encodings=tuple(EncodeSpec(k=k, side_dtype=d) for k in ks for d in widths),
+        encodings=tuple(EncodeSpec(k=k, side_dtype=d, codebook_dtype=compress.codebook_dtype) for k in ks for d in widths),
         finetunes=tuple(FinetuneSpec(k=k, side_dtype=d, epochs=compress.finetune_epochs, lr=compress.finetune_lr,
                                      train_codebook=compress.finetune_codebook, seed=compress.seed)
                         for k in ks for d in tuned),

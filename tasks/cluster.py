@@ -18,7 +18,8 @@ from pathlib import Path
 
 import ray
 
-__all__ = ["connect", "worker_env", "init_kwargs", "ensure_token", "alive_nodes", "check_reachable"]
+__all__ = ["connect", "worker_env", "init_kwargs", "ensure_token", "alive_nodes", "check_reachable", "address_problem",
+           "head_address"]
 
 _FORWARD = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_SERVER_ANALYTICS_ENABLED", "SHAREKAN_STORE",
             "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
@@ -70,18 +71,33 @@ def init_kwargs(address: str | None = None, num_cpus: int | None = None) -> dict
                  "_system_config": SYSTEM_CONFIG}
 
 
+def address_problem(address: str, timeout: float = 5) -> str | None:
+    """Why nothing answers at ``address`` (``host:port`` or ``ray://host:port``; ``None``: something
+    listens there)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return None
+    except (OSError, ValueError) as e:
+        return str(e)
+
+
 def check_reachable(address: str, timeout: float = 5) -> None:
     """Refuse at once a cluster ``address`` (``host:port`` or ``ray://host:port``) where nothing
     listens: Ray itself would retry for minutes. ``auto`` is Ray's to resolve."""
     if address in ("auto", "local"):
         return
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
-            pass
-    except (OSError, ValueError) as e:
-        raise ConnectionError(f"no Ray cluster answers at {address} ({e}): start its head (`ray start --head` "
-                              "or `sharekan server`) or check the address") from None
+    if problem := address_problem(address, timeout):
+        raise ConnectionError(f"no Ray cluster answers at {address} ({problem}): start its head (`ray start --head` "
+                              "or `sharekan server`) or check the address")
+
+
+def head_address(address: str | None = None) -> str:
+    """Where the connected cluster's head answers: the client server of a ``ray://`` address, else
+    the head's GCS (a local cluster's too)."""
+    if address and address.startswith("ray://"):
+        return address
+    return ray.get_runtime_context().gcs_address
 
 
 def connect(address: str | None = None, num_cpus: int | None = None) -> dict:

@@ -111,10 +111,12 @@ def _store_encoded(run: Run, head: KANDetectionHead, vq: VQKAN, variant: Variant
 @stage("encoded", {"num_cpus": 1}, uses=(load_head, _store_encoded, sharekan.encoded, sharekan.vq_kan))
 def encode(run: Run, spec: EncodeSpec, head_version: str, codebook_version: str, assignment_version: str
            ) -> StageResult:
-    """The head encoded post-training: the codebook, every edge's index from the distributed
-    assignment, and its gain, bias and base weight at ``spec.side_dtype``."""
+    """The head encoded post-training: the codebook (at ``spec.codebook_dtype``: fp16 is rounded once,
+    after k-means), every edge's index from the distributed assignment, and its gain, bias and base
+    weight at ``spec.side_dtype``."""
     head = load_head(run.store.get(head_version))
     codebook = torch.from_numpy(run.store.get(codebook_version).array("codebook")[...])
+    codebook = codebook.to(torch.float16) if spec.codebook_dtype == "fp16" else codebook
     if codebook.shape[0] != spec.k:
         raise ValueError(f"encode: spec.k={spec.k} but codebook {codebook_version} has {codebook.shape[0]} entries")
     flat = torch.from_numpy(run.store.get(assignment_version).array("indices")[...].astype(np.int64))

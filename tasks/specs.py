@@ -24,6 +24,7 @@ K = Annotated[int, Field(ge=1, le=MAX_K)]
 Seed = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Mode = Literal[MODES]
 SideDtype = Literal[DTYPES]  # how an encoded head stores its per-edge gains, biases and base weights
+CodebookDtype = Literal["fp32", "fp16"]  # how an encoded head stores its codebook
 SPLITS = r"^\s*[0-9A-Za-z_]+:[0-9A-Za-z_]+\s*(,\s*[0-9A-Za-z_]+:[0-9A-Za-z_]+\s*)*$"
 
 
@@ -123,10 +124,12 @@ class AssignmentSpec(Spec):
 
 class EncodeSpec(Spec):
     """A head encoded against a codebook: every edge's index (from the assignment) and its gain, bias
-    and base weight stored at ``side_dtype`` (int8/int4: per-row scales)."""
+    and base weight stored at ``side_dtype`` (int8/int4: per-row scales); the codebook stored at
+    ``codebook_dtype``."""
 
     k: K
     side_dtype: SideDtype
+    codebook_dtype: CodebookDtype = "fp32"
 
 
 class FinetuneSpec(Spec):

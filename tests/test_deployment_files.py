@@ -147,3 +147,12 @@ def test_the_dockerfile_passes_hadolint_and_bakes_in_no_secret():
     assert {"FROM ${PYTHON_IMAGE} AS cpu", "FROM ${CUDA_IMAGE} AS gpu"} <= set(text.splitlines())
     assert re.search(r"^USER 1000:1000$", text, flags=re.M) and "pip install -e" not in text
     assert not re.search(r"(?i)^(ENV|ARG)\b.*(TOKEN|SECRET|PASSWORD|ACCESS_KEY)\s*=", text, flags=re.M)
+
+
+def test_the_package_ships_every_kernel_source_it_compiles_at_run_time():
+    """A pip-installed sharekan (the image, a user's environment) compiles its CUDA kernels from
+    sources inside the package: the package data must name every one."""
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["sharekan"]
+    sources = {p.relative_to(ROOT / "sharekan") for ext in ("cu", "cuh") for p in (ROOT / "sharekan").rglob(f"*.{ext}")}
+    shipped = {p.relative_to(ROOT / "sharekan") for g in globs for p in (ROOT / "sharekan").glob(g)}
+    assert sources and sources <= shipped, sorted(map(str, sources - shipped))

@@ -1,5 +1,5 @@
 """Fault injection with real processes: a corrupt image, two runs at once into one store, a run
-SIGKILLed at a stage and resumed, a Ray worker SIGKILLed mid-training, the CLI run many times
+whose Ray head dies, a run SIGKILLed at a stage and resumed, a Ray worker SIGKILLed mid-training, the CLI run many times
 concurrently, and inputs a person mistypes. Each `sharekan run` here is the real CLI with its own
 temporary Prefect server and local Ray cluster, on a tiny synthetic data set."""
 
@@ -99,15 +99,38 @@ def test_two_runs_into_one_store_both_succeed_without_retries(two_runs_at_once):
     assert "## Skipped samples (1)" in (tmp / "a" / "report.md").read_text()
 
 
-def test_a_run_killed_at_a_stage_resumes_to_the_same_artifacts(tmp_path, corrupt_data, two_runs_at_once):
-    store = tmp_path / "store"
-    proc = _start(tmp_path, "killed", corrupt_data, store, skip_bad=True)
-    deadline = time.time() + 300
-    while True:  # SIGKILL the run's process group (driver, Ray) once features are stored
-        assert proc.poll() is None and time.time() < deadline, "the run ended before features were stored"
-        if (store / "refs").is_dir() and ArtifactStore(store, create=False).ls("features"):
-            break
+def _when_stored(proc: subprocess.Popen, store: Path, stage: str, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not ((store / "refs").is_dir() and ArtifactStore(store, create=False).ls(stage)):
+        assert proc.poll() is None and time.time() < deadline, f"the run ended before a {stage} artifact was stored"
         time.sleep(0.5)
+
+
+def test_a_lost_ray_head_ends_the_run_in_one_line_and_a_killed_run_resumes_to_the_same_artifacts(
+        tmp_path, corrupt_data, two_runs_at_once):
+    store = tmp_path / "store"
+    # the run's Ray head (its GCS) dies once the features are stored: one Error line within 30 s
+    proc = _start(tmp_path, "headless", corrupt_data, store, skip_bad=True)
+    _when_stored(proc, store, "features")
+    children = psutil.Process(proc.pid).children(recursive=True)
+    gcs = [p for p in children if "gcs_server" in " ".join(p.cmdline())]
+    assert len(gcs) == 1, [p.cmdline()[:2] for p in children]
+    gcs[0].kill()
+    lost = time.time()
+    code, out = _finish(proc, timeout=120)
+    assert code == 1 and time.time() - lost <= 30, out[-3000:]
+    errors = [line for line in out.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and errors[0].startswith("Error: lost the Ray cluster's head at ") and \
+        errors[0].endswith("start the cluster again and re-run to resume"), out[-3000:]
+    _, alive = psutil.wait_procs(children, timeout=30)
+    for p in alive:
+        p.kill()
+    assert not alive, "processes of the run outlived it"
+    assert not any(ArtifactStore(store, create=False).verify().values())  # what was stored is whole
+
+    # the re-run resumes; SIGKILLed (its process group: driver, Ray) once a codebook is stored
+    proc = _start(tmp_path, "killed", corrupt_data, store, skip_bad=True)
+    _when_stored(proc, store, "codebook")
     servers = [p for p in psutil.Process(proc.pid).children(recursive=True)
                if "server" in p.cmdline() and "start" in p.cmdline()]  # in a session of its own
     assert servers, "no temporary Prefect server found"
@@ -117,6 +140,7 @@ def test_a_run_killed_at_a_stage_resumes_to_the_same_artifacts(tmp_path, corrupt
     for p in alive:
         p.kill()
     assert not alive, "the killed run's temporary Prefect server outlived it"
+
     code, out = _finish(_start(tmp_path, "resumed", corrupt_data, store, skip_bad=True))
     assert code == 0, out[-3000:]
     _, first = two_runs_at_once[1][0]
@@ -128,10 +152,7 @@ def test_a_run_killed_at_a_stage_resumes_to_the_same_artifacts(tmp_path, corrupt
 def test_a_lost_prefect_api_ends_the_run_within_30_s_with_one_error_line_and_gc_waits_for_runs(tmp_path, corrupt_data):
     store = tmp_path / "store"
     proc = _start(tmp_path, "lost", corrupt_data, store, skip_bad=True)
-    deadline = time.time() + 300
-    while not ((store / "refs").is_dir() and ArtifactStore(store, create=False).ls("features")):
-        assert proc.poll() is None and time.time() < deadline, "the run ended before its features were stored"
-        time.sleep(0.5)
+    _when_stored(proc, store, "features")
     busy = CliRunner().invoke(cli, ["artifacts", "gc", "--store", str(store)])  # the run holds the store
     assert busy.exit_code == 1 and f"process {proc.pid} on" in busy.output, busy.output
     children = psutil.Process(proc.pid).children(recursive=True)

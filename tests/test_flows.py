@@ -24,7 +24,7 @@ def run(prefect_api, tmp_path_factory):
     from flows.pipeline import sharekan_pipeline
 
     tmp = tmp_path_factory.mktemp("flow")
-    params = tiny(tmp, compress={"side_dtypes": ["fp16", "int8", "int4"]})
+    params = tiny(tmp, compress={"side_dtypes": ["fp16", "int8", "int4"], "codebook_dtype": "fp16"})
     state = sharekan_pipeline(params, return_state=True)
     assert state.is_completed(), state
     return tmp, params, state.result(), state.state_details.flow_run_id
@@ -161,6 +161,24 @@ def test_export_hands_over_a_fine_tuned_int4_head_that_loads_bit_for_bit(run, tm
     assert bad.returncode == 1 and "not a compressed head" in bad.stderr
 
 
+def test_the_codebook_is_stored_at_the_width_asked_for_fine_tuned_too(run):
+    """compress.codebook_dtype = fp16 (this module's run): every encoded head keeps an fp16 codebook,
+    the codebook's bytes in the table are K × C × 2, and its values are the k-means codebook's rounded."""
+    from tasks.compress import load_encoded
+
+    tmp, _, report, _ = run
+    store = ArtifactStore(tmp / "store", create=False)
+    fitted = torch.from_numpy(store.get(report.codebooks[256]).array("codebook")[...])
+    for name in ("encoded K=256 int4", "finetune K=256 int4"):
+        (book,) = load_encoded(store, report.stages[name].version).kan.codebooks()
+        assert book.dtype == torch.float16, name
+    (book,) = load_encoded(store, report.stages["encoded K=256 int4"].version).kan.codebooks()
+    assert torch.equal(book, fitted.half())
+    rows = store.get(report.stages["compression"].version).meta["rows"]
+    row = next(r for r in rows if r["variant"] == "VQ K=256 int4")
+    assert row["components"]["codebook"] == fitted.numel() * 2
+
+
 def test_checkpoint_restores_the_head(run):
     tmp, _, _, _ = run
     tensors, meta = load_tensors(tmp / "detection" / "checkpoints" / "head.safetensors")
@@ -174,7 +192,7 @@ def test_checkpoint_restores_the_head(run):
 def test_task_runs_and_artifacts_reach_the_flows_api(run):
     from prefect import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, \
-        FlowRunFilterParentFlowRunId
+        FlowRunFilterParentFlowRunId, LogFilter
     from prefect.utilities.asyncutils import run_coro_as_sync
 
     _, _, _, flow_run_id = run
@@ -188,8 +206,12 @@ def test_task_runs_and_artifacts_reach_the_flows_api(run):
                 flow_run_filter=FlowRunFilter(id={"any_": [fid]}))]
             arts = await client.read_artifacts(artifact_filter=ArtifactFilter(
                 flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
-            return subflows, task_runs, arts, await client.read_flow_run(flow_run_id)
-    subflows, task_runs, arts, parent = run_coro_as_sync(query())
+            logs = await client.read_logs(log_filter=LogFilter(flow_run_id={"any_": [flow_run_id]}))
+            return subflows, task_runs, arts, await client.read_flow_run(flow_run_id), logs
+    subflows, task_runs, arts, parent, logs = run_coro_as_sync(query())
+    # the report's path reaches the run's Logs tab in the UI
+    assert any(x.message.startswith("report: ") and x.message.split()[1].endswith("report.json") for x in logs), \
+        [x.message for x in logs][-5:]
     # no name given: Prefect's generated one, then what the run ran (a name a user gives is kept: test_deployments)
     assert re.fullmatch(r"[a-z]+-[a-z]+ · pipeline synthetic G=10 K=16,256 seed=0", parent.name), parent.name
     assert len(subflows) == 3 and all(f.state.is_completed() for f in subflows)  # train, compress, compile

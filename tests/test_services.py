@@ -1,8 +1,8 @@
 """Local services as an operator sees them: Ray's token authentication is on, a Ray head stops
 alone, a temporary Prefect server listens on 127.0.0.1 and dies with the process that started
 it (one that dies while booting is reported with its log), a second server refuses a port in
-use, `sharekan server` stops everything on SIGTERM, on SIGINT even when started in the background,
-and when its Prefect server dies, a killed run's temporary Prefect home is removed by the next run,
+use, two `sharekan server`s run side by side on ports of their own and each stops everything it started
+on SIGTERM, or on SIGINT even when started in the background, and when its Prefect server dies, a killed run's temporary Prefect home is removed by the next run,
 and a local run never attaches to a cluster it did not ask for."""
 
 import json
@@ -108,21 +108,30 @@ def test_a_second_server_refuses_a_port_in_use(tmp_path):
     assert "Prefect UI" not in out.stdout
 
 
-def _server(tmp_path, *args, ignore_sigint: bool = False) -> tuple[subprocess.Popen, list[str]]:
-    """`sharekan server` with its logs under ``tmp_path``, once it says it is ready (its output so far).
-    ``ignore_sigint``: started as a script's background job is (SIGINT ignored when it starts)."""
+def _start(tmp_path, *args, ignore_sigint: bool = False) -> subprocess.Popen:
+    """`sharekan server` with its logs under ``tmp_path``. ``ignore_sigint``: started as a script's
+    background job is (SIGINT ignored when it starts)."""
     def background():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "server", "--logs", str(tmp_path / "logs"), *args],
+    return subprocess.Popen([sys.executable, "-m", "cli.main", "server", "--logs", str(tmp_path / "logs"), *args],
                             cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, preexec_fn=background if ignore_sigint else None)
+
+
+def _ready(proc: subprocess.Popen) -> list[str]:
+    """Its output until it says it is ready."""
     lines = []
     for line in proc.stdout:
         lines.append(line)
         if line.startswith("next:"):
             break
-    return proc, lines
+    return lines
+
+
+def _server(tmp_path, *args, ignore_sigint: bool = False) -> tuple[subprocess.Popen, list[str]]:
+    proc = _start(tmp_path, *args, ignore_sigint=ignore_sigint)
+    return proc, _ready(proc)
 
 
 def _client_servers() -> dict[int, list[str]]:
@@ -131,25 +140,58 @@ def _client_servers() -> dict[int, list[str]]:
             if "ray.util.client.server" in (p.info["cmdline"] or [])}
 
 
-@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT in the background"])
-def test_sharekan_server_stops_everything_on_sigterm_and_sigint(tmp_path, how):
-    port, ray_port = free_port(), free_port()
+def _listening(procs: list[psutil.Process]) -> set[int]:
+    ports = set()
+    for p in procs:
+        try:
+            ports |= {c.laddr.port for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN}
+        except psutil.NoSuchProcess:
+            pass
+    return ports
+
+
+def test_two_sharekan_servers_side_by_side_each_stop_everything_they_started(tmp_path):
+    """Two servers on one host at once: every port each listens on (Prefect, Ray, the client server,
+    metrics) is its own; SIGTERM stops one and everything it started within 20 s, the other runs on;
+    the other, started in the background (SIGINT ignored), stops on SIGINT; nothing is left."""
     before = _client_servers()
-    proc, lines = _server(tmp_path, "--port", str(port), "--ray-port", str(ray_port),
-                          ignore_sigint=how != "SIGTERM")
-    assert any(f"Ray head:    127.0.0.1:{ray_port}" in x for x in lines), "".join(lines)[-3000:]
+    ports = [free_port() for _ in range(4)]
+    assert len(set(ports)) == 4
+    procs = {}
+    for name, (port, ray_port), background in (("a", ports[:2], False), ("b", ports[2:], True)):
+        (tmp_path / name).mkdir()
+        procs[name] = _start(tmp_path / name, "--port", str(port), "--ray-port", str(ray_port), ignore_sigint=background)
+    trees = {}
+    for name, (port, ray_port) in zip(procs, (ports[:2], ports[2:])):
+        lines = _ready(procs[name])
+        assert any(f"Ray head:    127.0.0.1:{ray_port}" in x for x in lines), "".join(lines)[-3000:]
+        assert port_in_use(port) and port_in_use(ray_port)
     ours = {pid: args for pid, args in _client_servers().items() if pid not in before}
-    assert len(ours) == 1 and "--port=10001" not in next(iter(ours.values()))  # a free port, not Ray's fixed one
-    children = psutil.Process(proc.pid).children(recursive=True) + [psutil.Process(pid) for pid in ours]
-    assert port_in_use(port) and port_in_use(ray_port)
-    proc.send_signal(signal.SIGTERM if how == "SIGTERM" else signal.SIGINT)
-    assert proc.wait(timeout=120) == 0
-    _, alive = psutil.wait_procs(children, timeout=30)
+    assert len(ours) == 2 and not any("--port=10001" in a for a in ours.values())  # free ports, not Ray's fixed one
+    for (name, proc), (_, ray_port) in zip(procs.items(), (ports[:2], ports[2:])):
+        client = [pid for pid, a in ours.items() if any(x.endswith(f":{ray_port}") for x in a)]  # its GCS address
+        assert len(client) == 1, ours
+        trees[name] = psutil.Process(proc.pid).children(recursive=True) + [psutil.Process(client[0])]
+    a_ports, b_ports = _listening(trees["a"]), _listening(trees["b"])
+    assert a_ports and b_ports and not a_ports & b_ports, (a_ports, b_ports)
+
+    procs["a"].send_signal(signal.SIGTERM)
+    assert procs["a"].wait(timeout=120) == 0
+    _, alive = psutil.wait_procs(trees["a"], timeout=20)
+    assert not alive, [p.cmdline() for p in alive]
+    assert not any(port_in_use(p) for p in a_ports)
+    assert all(p.is_running() for p in trees["b"]) and all(port_in_use(p) for p in ports[2:])  # b runs on
+
+    procs["b"].send_signal(signal.SIGINT)
+    assert procs["b"].wait(timeout=120) == 0
+    _, alive = psutil.wait_procs(trees["b"], timeout=20)
     for p in alive:
         p.kill()
-    assert not port_in_use(port) and not port_in_use(ray_port)
     assert not alive, [p.info for p in alive]
-    assert (tmp_path / "logs" / "prefect-server.log").is_file() and not (tmp_path / "artifacts").exists()
+    assert not any(port_in_use(p) for p in b_ports)
+    for name in procs:
+        assert (tmp_path / name / "logs" / "prefect-server.log").is_file()
+        assert not (tmp_path / name / "artifacts").exists()
 
 
 def test_sharekan_server_stops_everything_when_its_prefect_server_dies(tmp_path):
