@@ -19,7 +19,7 @@ from pathlib import Path
 import ray
 
 __all__ = ["connect", "worker_env", "init_kwargs", "ensure_token", "alive_nodes", "check_reachable", "address_problem",
-           "head_address"]
+           "head_address", "resolve_auto"]
 
 _FORWARD = ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_SERVER_ANALYTICS_ENABLED", "SHAREKAN_STORE",
             "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
@@ -83,13 +83,38 @@ def address_problem(address: str, timeout: float = 5) -> str | None:
 
 
 def check_reachable(address: str, timeout: float = 5) -> None:
-    """Refuse at once a cluster ``address`` (``host:port`` or ``ray://host:port``) where nothing
-    listens: Ray itself would retry for minutes. ``auto`` is Ray's to resolve."""
-    if address in ("auto", "local"):
+    """Refuse at once a cluster ``address`` (``host:port``, ``ray://host:port``, or ``auto``:
+    :func:`resolve_auto`) where nothing listens: Ray itself would retry for minutes."""
+    if address == "local":
         return
+    if address == "auto":
+        address = resolve_auto()
     if problem := address_problem(address, timeout):
         raise ConnectionError(f"no Ray cluster answers at {address} ({problem}): start its head (`ray start --head` "
                               "or `sharekan server`) or check the address")
+
+
+def resolve_auto() -> str:
+    """The cluster Ray's ``auto`` would attach to (``RAY_ADDRESS``, the last ``ray start`` here, or a
+    GCS running on this host), refused at once with a named error where there is none or it is
+    another user's (Ray would retry its token for 20 s, then fail with a traceback)."""
+    import getpass
+
+    import psutil
+    from ray._private.services import get_ray_address_from_environment
+
+    try:
+        address = get_ray_address_from_environment("auto", None)
+    except ConnectionError:
+        raise ConnectionError("`auto` finds no Ray cluster on this machine: start one (`ray start --head` or "
+                              "`sharekan server`) or give its address") from None
+    for proc in psutil.process_iter(["cmdline", "username"]):  # the cluster's own processes name its GCS
+        if f"--gcs-address={address}" in (proc.info["cmdline"] or []):
+            if proc.info["username"] != getpass.getuser():
+                raise ConnectionError(f"`auto` finds the Ray cluster at {address}, started by user "
+                                      f"{proc.info['username']!r}, not by you: give the address of a cluster of "
+                                      "your own (and its token)")
+    return address
 
 
 def head_address(address: str | None = None) -> str:
@@ -104,6 +129,8 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> dict:
     """Initialise Ray once per process; returns the cluster's resources."""
     if not ray.is_initialized():
         kwargs = init_kwargs(address, num_cpus)
+        if kwargs["address"] == "auto":
+            kwargs["address"] = resolve_auto()
         if kwargs["address"] != "local":
             check_reachable(kwargs["address"])
         if kwargs["address"] == "local":

@@ -313,3 +313,27 @@ def test_a_prefect_server_on_postgresql_records_flow_runs(postgres, tmp_path):
             await conn.close()
     assert [r["state_type"] for r in asyncio.run(runs())] == ["COMPLETED"]
     assert not (tmp_path / "home" / "prefect.db").exists()  # nothing went to SQLite
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="starts a process as another user (needs root)")
+def test_auto_refuses_another_user_s_cluster_at_once_naming_its_owner(tmp_path):
+    """`--address auto` on a host where the cluster Ray would pick belongs to someone else: refused
+    before any service starts, naming the owner (Ray would retry its token for 20 s, then fail)."""
+    from cli.services import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    # what a raylet of user 'nobody' looks like to `auto`: a process of theirs naming its GCS
+    theirs = subprocess.Popen(["/bin/bash", "-c", "sleep 120; true", f"--gcs-address={address}"], cwd="/",
+                              preexec_fn=lambda: os.setuid(65534))
+    try:
+        t0 = time.time()
+        out = subprocess.run([sys.executable, "-m", "cli.main", "run", "--address", "auto", "--out", str(tmp_path)],
+                             cwd=tmp_path, env=_env(RAY_ADDRESS=address), capture_output=True, text=True, timeout=120)
+        assert out.returncode == 1 and time.time() - t0 < 30, out.stderr[-2000:]
+        assert out.stderr.strip().splitlines()[-1] == (
+            f"Error: `auto` finds the Ray cluster at {address}, started by user 'nobody', not by you: give the "
+            "address of a cluster of your own (and its token)")
+        assert "Prefect API" not in out.stdout  # nothing started
+    finally:
+        theirs.kill()
+        theirs.wait()
