@@ -195,11 +195,10 @@ def study(which: str, params_json: str | None, address: str | None) -> None:
     from flows.params import ParetoParams, SharedParams
     from flows.plan import PlanError
     from flows.studies import pareto_plans, shared_plan
-    from flows.study_report import PARETO_COLUMNS, SHARED_COLUMNS
+    from flows.study_report import PARETO_COLUMNS, shared_columns, table_rows
     from sharekan.table import format_table
 
-    model, plans, columns = {"pareto": (ParetoParams, pareto_plans, PARETO_COLUMNS),
-                             "shared": (SharedParams, shared_plan, SHARED_COLUMNS)}[which]
+    model, plans = {"pareto": (ParetoParams, pareto_plans), "shared": (SharedParams, shared_plan)}[which]
     try:
         params = model.model_validate(_json_params(params_json))
         plans(params)  # the flow plans again; here it fails before any server starts
@@ -208,8 +207,8 @@ def study(which: str, params_json: str | None, address: str | None) -> None:
     except PlanError as e:
         raise click.UsageError(str(e)) from None
     result = _run_flow(lambda: _study_flow(which), params, params.out, address)
-    rows = [{**r, "pareto": "*" if r.get("pareto") else ""} for r in result["rows"]]
-    click.echo(format_table(rows, columns))
+    rows = table_rows(result)
+    click.echo(format_table(rows, PARETO_COLUMNS if which == "pareto" else shared_columns(rows)))
     click.echo(f"\nreport: {Path(params.out) / (which + '.json')} (and {which}.md)")
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_serializer, model_validator
 
 from sharekan.detection.backbone import resolve_weights
 from sharekan.kmeans_steps import BACKENDS
@@ -34,18 +34,32 @@ def _bounds(prop: dict) -> str:
     return ""
 
 
-def _show_bounds(schema: dict, _cls) -> None:
-    """Write each field's bounds into its description: the UI's form enforces them but does not show them."""
-    for prop in schema.get("properties", {}).values():
+def _form(schema: dict, _cls) -> None:
+    """The UI's form: each field's bounds written into its description (the form enforces them but
+    does not show them), and an optional field (default None: "empty = …") as a plain input of its
+    type — the form leaves an empty input out, so the default applies — instead of a switch between
+    its type and "None"."""
+    for name, prop in schema.get("properties", {}).items():
+        branches = prop.get("anyOf", [])
+        if prop.get("default", 0) is None and {"type": "null"} in branches:
+            rest = [b for b in branches if b != {"type": "null"}]
+            del prop["anyOf"], prop["default"]
+            prop.update(rest[0] if len(rest) == 1 else {"anyOf": rest})
         if bounds := _bounds(prop):
             prop["description"] = f"{prop.get('description', '').rstrip()} ({bounds})".lstrip()
 
 
 class _Params(Spec):
     """Strict like the specs: "yes" is no boolean and true no integer (JSON numbers fill float fields).
-    The form shows each field's bounds in its description."""
+    The form shows each field's bounds in its description; an optional field left empty is left out
+    (its JSON leaves out None values too, so the form's defaults hold no null its inputs could not
+    show)."""
 
-    model_config = ConfigDict(**Spec.model_config, json_schema_extra=_show_bounds)
+    model_config = ConfigDict(**Spec.model_config, json_schema_extra=_form)
+
+    @model_serializer(mode="wrap")
+    def _without_none(self, handler):
+        return {k: v for k, v in handler(self).items() if v is not None}
 
 
 class DataParams(_Params):
@@ -65,6 +79,9 @@ class DataParams(_Params):
                                    "striped backgrounds, noise, smaller objects); 0 = none")
     ood_splits: str = DatasetSpec.model_fields["ood_splits"]
     skip_bad: bool = DatasetSpec.model_fields["skip_bad"]
+    shifted: bool = Field(False, title="shifted synthetic domain",
+                          description="draw the synthetic training and test images in the shifted split's style "
+                                      "(another domain of the same classes)")
 
 
 class TrainParams(EvaluationSpec, HeadSpec, BackboneSpec, _Params):
@@ -205,6 +222,10 @@ class SharedParams(_Params):
                                    description="one head per seed, all on the same frozen backbone")
     transfer_seed: Seed = Field(100, title="unseen head's seed",
                                 description="a head trained like the others, left out of the codebook")
+    other_domain: bool = Field(True, title="an unseen head of another domain",
+                               description="also a head trained on the shifted synthetic domain's images (features "
+                                           "from the same frozen backbone), compressed with the shared codebook and "
+                                           "with one of its own; synthetic data only")
     k: K = Field(256, title="codebook size K")
     side_dtypes: list[SideDtype] = Field(["int8", "int4"], min_length=1, title="side-data widths")
     finetune: bool = Field(True, title="fine-tuned variants")

@@ -165,7 +165,7 @@ def dataset_stage(plan: PipelinePlan) -> StageResult:
     params = plan.params
     loc, d = parse_location(params.store), params.data
     root = d.root or str(data.synthetic_root(Path(params.out).parent / "data", plan.data_seed, d.n_train, d.n_test,
-                                             d.n_ood))
+                                             d.n_ood, d.shifted))
     ood = d.ood_splits if d.root else ("2007:ood" if d.n_ood else "")
     spec = data.describe(root, d.root or "synthetic", d.train_splits, d.test_splits, d.skip_bad, ood)
     return _run(data.dataset, loc, spec, root=root)
@@ -251,7 +251,7 @@ def sharekan_pipeline(params: PipelineParams = PipelineParams()) -> RunReport:
                                  "their k-means actors restarted on the nodes left")
         report = report.model_copy(update={"lost_nodes": lost})
     run_dir = publish(report, Path(params.out))
-    print(f"report: {run_dir / 'report.json'} (latest run also in {params.out})")
+    get_run_logger().info(f"report: {run_dir / 'report.json'} (latest run also in {params.out})")
     return report
 
 

@@ -122,6 +122,8 @@ def plan_pipeline(params: PipelineParams) -> PipelinePlan:
     t, problems = params.train, []
     if params.data.root and not (Path(params.data.root) / "VOCdevkit").is_dir():
         problems.append(f"data.root: {params.data.root} has no VOCdevkit folder")
+    if params.data.root and params.data.shifted:
+        problems.append("data.shifted: draws the synthetic data set in another style; data.root gives VOC images")
     if Path(params.out).exists() and not Path(params.out).is_dir():
         problems.append(f"out: {params.out} is a file, not a folder")
     if (store := location_problem(params.store)) is not None:

@@ -199,7 +199,7 @@ def publish(report: RunReport, out: Path) -> Path:
     if report.variants:
         images["size_vs_map.png"] = size_vs_map_png(report.variants)
     if report.codebooks:  # the largest codebook's first entries
-        store = ArtifactStore(parse_location(report.parameters["store"]), create=False)
+        store = ArtifactStore(parse_location(report.parameters.get("store")), create=False)
         images["codebook.png"] = codebook_png(store.get(report.codebooks[max(report.codebooks)]).array("codebook")[...])
     files = {"report.json": report.model_dump_json(indent=2).encode(), **images,
              "report.md": markdown(report, images).encode()}

@@ -7,7 +7,8 @@ VQ-aware fine-tuning; the seed-averaged table, the Pareto front and its chart.
 ``shared_codebook``: N heads on one frozen backbone (different seeds), one codebook fitted on all
 their spline shapes, each head compressed with it (and, for comparison, with a codebook of its
 own); total storage of the N heads against N dense heads; then the same codebook, unchanged, on a
-head it never saw (transfer).
+head it never saw (transfer) and on a head of another domain (the shifted synthetic style's
+images through the same frozen backbone).
 """
 
 from __future__ import annotations
@@ -22,16 +23,18 @@ from sharekan.codebook_size import ladder_ks
 from sharekan.detection.compare import VariantRow
 from sharekan.studies import pareto_front, seed_averaged, shared_storage
 from storage.store import parse_location
-from tasks import compress, head
+from tasks import compress, data, head
 from tasks.specs import CompressionSpec
 
 from .params import ParetoParams, PipelineParams, SharedParams
 from .pipeline import _logged, _submit, compress_stages, dataset_stage, feature_stages, sharekan_pipeline
-from .plan import PipelinePlan, plan_pipeline
+from .plan import PipelinePlan, PlanError, plan_pipeline
 from .ray_runner import ClusterTaskRunner
 from .study_report import publish_pareto, publish_shared
 
-__all__ = ["pareto_sweep", "shared_codebook", "pareto_plans", "shared_plan"]
+__all__ = ["pareto_sweep", "shared_codebook", "pareto_plans", "shared_plan", "other_domain_plan"]
+
+OTHER = "other domain"  # the shared study's unseen head of the shifted synthetic domain
 
 
 def _sweep_run(p: ParetoParams, grid_size: int, data_seed: int, seed: int, ks: list[int]) -> PipelineParams:
@@ -57,11 +60,20 @@ def shared_plan(params: SharedParams) -> PipelinePlan:
     """The plan every head of the shared-codebook study follows (its base, at the study's K and
     side-data widths, fine-tuned as the base says when ``finetune``); heads differ by seed."""
     b = params.base
+    if params.other_domain and b.data.root:
+        raise PlanError("other_domain: the other domain is the synthetic data's shifted style; data.root gives "
+                        "VOC images (set other_domain to false)")
     widths = list(params.side_dtypes)
     compress = b.compress.model_copy(update={"ks": [params.k], "side_dtypes": widths,
                                              "finetune_side_dtypes": widths if params.finetune else [],
                                              "finetune_epochs": b.compress.finetune_epochs if params.finetune else 0})
     return plan_pipeline(b.model_copy(update={"compress": compress, "lutham": False}))
+
+
+def other_domain_plan(plan: PipelinePlan) -> PipelinePlan:
+    """The same plan on the shifted synthetic domain (its training and test images; no shifted split)."""
+    data = plan.params.data.model_copy(update={"shifted": True, "n_ood": 0})
+    return plan_pipeline(plan.params.model_copy(update={"data": data}))
 
 
 def _command(which: str, params) -> str:
@@ -105,35 +117,45 @@ def pareto_sweep(params: ParetoParams = ParetoParams()) -> dict:
 @flow(name="shared-codebook", task_runner=ClusterTaskRunner(), log_prints=True)
 def shared_codebook(params: SharedParams = SharedParams()) -> dict:
     """N heads, one codebook fitted on all their shapes; each head's mAP with it against a codebook of
-    its own; total storage for N heads; the codebook applied unchanged to an unseen head."""
+    its own; total storage for N heads; the codebook applied unchanged to an unseen head, and to an
+    unseen head of another domain (``other_domain``)."""
     plan = shared_plan(params)
     loc = parse_location(plan.params.store)
     ds = dataset_stage(plan)
     seeds = [*params.head_seeds, params.transfer_seed]
-    _, feats = feature_stages(loc, plan.train, ds.version)
-    train, test = feats["train"].version, feats["test"].version
-    heads = {s: _submit(head.train, loc, plan.train.head.model_copy(update={"seed": s}), train, ds.version)
-             for s in seeds}
-    heads = {s: _logged(h.result()).version for s, h in heads.items()}
-    splines = {s: _submit(compress.splines, loc, plan.compress.splines, heads[s]) for s in seeds}
+    backbone, feats = feature_stages(loc, plan.train, ds.version)
+    sources = {s: (feats["train"].version, feats["test"].version, ds.version) for s in seeds}
+    if params.other_domain:  # its images through the same frozen backbone
+        other = dataset_stage(other_domain_plan(plan))
+        inputs = [backbone.version] if backbone else []
+        fb = {split: _submit(data.features, loc, plan.train.features[split], other.version, *inputs)
+              for split in ("train", "test")}
+        fb = {split: _logged(f.result()).version for split, f in fb.items()}
+        sources[OTHER] = (fb["train"], fb["test"], other.version)
+    heads = {key: _submit(head.train, loc, plan.train.head.model_copy(update={"seed": params.transfer_seed
+                                                                               if key == OTHER else key}),
+                          train, dsv) for key, (train, _, dsv) in sources.items()}
+    heads = {key: _logged(h.result()).version for key, h in heads.items()}
+    splines = {s: _submit(compress.splines, loc, plan.compress.splines, heads[s]) for s in params.head_seeds}
     shared_books = [_logged(splines[s].result()).version for s in params.head_seeds]
     table = plan.compress.model_copy(update={"compression": CompressionSpec(sparsities=())})
-    def compressed(s: int, which: str):
-        return compress_stages(loc, table, heads[s], train, ds.version, {"test": test},
+    def compressed(key, which: str):
+        train, test, dsv = sources[key]
+        return compress_stages(loc, table, heads[key], train, dsv, {"test": test},
                                shared_books if which == "shared" else None)
 
-    jobs = [(s, which) for s in seeds for which in ("shared", "own")]
+    jobs = [(key, which) for key in sources for which in ("shared", "own")]
     first = compressed(*jobs[0])  # fits the shared codebook once; then every head at once (fits queue)
     outs = dict(zip(jobs, [first, *_in_threads(compressed, jobs[1:], len(jobs) - 1)]))
-    result = _shared_result(params, {s: outs[s, "shared"].rows() for s in seeds},
-                            {s: outs[s, "own"].rows() for s in seeds},
+    result = _shared_result(params, {key: outs[key, "shared"].rows() for key in sources},
+                            {key: outs[key, "own"].rows() for key in sources},
                             outs[seeds[0], "shared"].codebooks[params.k].version)
     publish_shared(result, Path(params.out))
     return result
 
 
-def _shared_result(params: SharedParams, with_shared: dict[int, list[VariantRow]],
-                   with_own: dict[int, list[VariantRow]], codebook: str) -> dict:
+def _shared_result(params: SharedParams, with_shared: dict[int | str, list[VariantRow]],
+                   with_own: dict[int | str, list[VariantRow]], codebook: str) -> dict:
     seen = params.head_seeds
     table = []
     for v in (r.variant for r in with_shared[seen[0]] if r.variant.kind == "vq"):
@@ -147,6 +169,8 @@ def _shared_result(params: SharedParams, with_shared: dict[int, list[VariantRow]
                       **totals, "delta_map_mean": sum(shared_d) / len(seen),
                       "delta_map_own_mean": sum(own_d) / len(seen), "per_head_delta": dict(zip(map(str, seen), shared_d)),
                       "transfer_delta": pick(with_shared[params.transfer_seed]).delta_map50,
-                      "transfer_own_delta": pick(with_own[params.transfer_seed]).delta_map50})
+                      "transfer_own_delta": pick(with_own[params.transfer_seed]).delta_map50,
+                      **({"other_domain_delta": pick(with_shared[OTHER]).delta_map50,
+                          "other_domain_own_delta": pick(with_own[OTHER]).delta_map50} if OTHER in with_shared else {})})
     return {"command": _command("shared", params), "rows": table, "codebook": codebook, "parameters": params.model_dump(),
             "dense_map50": {str(s): with_shared[s][0].map50 for s in with_shared}}

@@ -11,11 +11,11 @@ import base64
 import json
 from pathlib import Path
 
-from sharekan.table import format_table
+from sharekan.table import markdown_table
 
 from .run_report import figure, png
 
-__all__ = ["PARETO_COLUMNS", "SHARED_COLUMNS", "pareto_png", "publish_pareto", "publish_shared"]
+__all__ = ["PARETO_COLUMNS", "SHARED_COLUMNS", "shared_columns", "table_rows", "pareto_png", "publish_pareto", "publish_shared"]
 
 PARETO_COLUMNS = [("variant", "variant", "s"), ("grid_size", "G", "d"), ("ratio", "ratio", ".1f"),
                   ("storage_bytes", "storage B", ",.0f"), ("map50_mean", "mAP@0.5", ".4f"),
@@ -25,6 +25,13 @@ SHARED_COLUMNS = [("variant", "variant", "s"), ("heads", "heads", "d"), ("shared
                   ("dense_bytes", "N dense B", ",d"), ("ratio", "ratio", ".1f"), ("separate_ratio", "own books", ".1f"),
                   ("delta_map_mean", "Δ mAP shared", "+.4f"), ("delta_map_own_mean", "Δ mAP own", "+.4f"),
                   ("transfer_delta", "Δ unseen head", "+.4f"), ("transfer_own_delta", "Δ unseen own", "+.4f")]
+OTHER_DOMAIN_COLUMNS = [("other_domain_delta", "Δ other domain", "+.4f"),
+                        ("other_domain_own_delta", "Δ other domain own", "+.4f")]
+
+
+def shared_columns(rows: list[dict]) -> list[tuple[str, str, str]]:
+    """The shared study's columns: the other domain's where the study ran one."""
+    return SHARED_COLUMNS + (OTHER_DOMAIN_COLUMNS if rows and "other_domain_delta" in rows[0] else [])
 
 
 def pareto_png(rows: list[dict]) -> bytes:
@@ -64,19 +71,23 @@ def pareto_png(rows: list[dict]) -> bytes:
     return png(plt, fig)
 
 
-def _points(row: dict) -> dict:
-    """A row's paired mAP change and its 95 % interval in points, for the tables."""
-    ci = row.get("delta_map_ci95")
-    return {"delta_points": 100 * row.get("delta_map_mean", 0.0), "seeds_n": len(row.get("seeds", [])),
-            "ci95_points": f"[{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]" if ci else "n < 2"}
+def table_rows(result: dict) -> list[dict]:
+    """A study's rows for its tables (report and console): each row's paired mAP change and its 95 %
+    interval in points, the front marked."""
+    def points(row: dict) -> dict:
+        ci = row.get("delta_map_ci95")
+        return {"delta_points": 100 * row.get("delta_map_mean", 0.0), "seeds_n": len(row.get("seeds", [])),
+                "ci95_points": f"[{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]" if ci else "n < 2"}
+
+    return [{**r, "pareto": "*" if r.get("pareto") else "", **points(r)} for r in result["rows"]]
 
 
 def _publish(name: str, result: dict, out: Path, columns: list, images: dict[str, bytes], extra: list[str]) -> None:
     """Write ``<name>.json``, ``<name>.md`` and ``images`` to ``out``; register the Markdown with Prefect."""
     from storage.files import atomic_write
 
-    rows = [{**r, "pareto": "*" if r.get("pareto") else "", **_points(r)} for r in result["rows"]]
-    body = "\n".join([f"# SHARe-KAN study: {name}", "", "```", format_table(rows, columns), "```", *extra]) + "\n"
+    rows = table_rows(result)
+    body = "\n".join([f"# SHARe-KAN study: {name}", "", markdown_table(rows, columns), *extra]) + "\n"
     files = {f"{name}.json": json.dumps(result, indent=2, default=str).encode(), **images}
     for fname, data in files.items():
         atomic_write(out / fname, lambda tmp, data=data: tmp.write_bytes(data))
@@ -98,4 +109,4 @@ def publish_pareto(result: dict, out: Path) -> None:
 
 def publish_shared(result: dict, out: Path) -> None:
     """The shared-codebook study's table."""
-    _publish("shared", result, out, SHARED_COLUMNS, {}, [])
+    _publish("shared", result, out, shared_columns(result["rows"]), {}, [])

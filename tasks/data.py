@@ -22,7 +22,7 @@ import sharekan.detection.synthetic
 import sharekan.detection.voc
 from sharekan.detection.backbone import STRIDES, build_backbone, extract_features, resized
 from sharekan.detection.pretrain import pretrain_backbone
-from sharekan.detection.synthetic import generate_voc
+from sharekan.detection.synthetic import DEFAULT, SHIFTED, generate_voc
 from sharekan.detection.voc import VOCData
 from storage.store import ArtifactStore, open_artifact_group
 
@@ -32,16 +32,20 @@ from .specs import DatasetSpec, FeaturesSpec, PretrainSpec
 __all__ = ["synthetic_root", "describe", "load_split", "dataset", "pretrain", "features"]
 
 
-def synthetic_root(base: str | Path, seed: int, n_train: int, n_test: int, n_ood: int = 0) -> Path:
-    """The synthetic data set for these parameters (``n_ood`` > 0: with its shifted ``ood`` split),
-    generated once (atomically) under ``base``."""
+def synthetic_root(base: str | Path, seed: int, n_train: int, n_test: int, n_ood: int = 0,
+                   shifted: bool = False) -> Path:
+    """The synthetic data set for these parameters (``n_ood`` > 0: with its shifted ``ood`` split;
+    ``shifted``: training and test images in the shifted style too), generated once (atomically)
+    under ``base``."""
     base = Path(base)
-    root = base / (f"synthetic-voc-s{seed}-{n_train}-{n_test}" + (f"-ood{n_ood}" if n_ood else ""))
+    root = base / (f"synthetic-voc-s{seed}-{n_train}-{n_test}" + (f"-ood{n_ood}" if n_ood else "")
+                   + ("-shifted" if shifted else ""))
     if not (root / "VOCdevkit").is_dir():
         base.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".synthetic-", dir=base))
         try:
-            generate_voc(tmp, n_train=n_train, n_test=n_test, seed=seed, n_ood=n_ood)
+            generate_voc(tmp, n_train=n_train, n_test=n_test, seed=seed, n_ood=n_ood,
+                         style=SHIFTED if shifted else DEFAULT)
             try:
                 tmp.rename(root)
             except OSError:  # another run generated the same files meanwhile

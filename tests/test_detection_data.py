@@ -35,6 +35,22 @@ def test_generator_is_deterministic(tmp_path, voc_root):
     assert _digest(other / "VOCdevkit") != _digest(voc_root / "VOCdevkit")
 
 
+def test_the_shifted_domain_draws_the_same_classes_darker_and_smaller(tmp_path, voc_root):
+    from sharekan.detection.synthetic import SHIFTED
+
+    generate_voc(tmp_path, n_train=12, n_test=4, seed=3, style=SHIFTED)
+    shifted, default = (VOCData(root, [("2007", "train")]).samples for root in (tmp_path, voc_root))
+    assert _digest(tmp_path / "VOCdevkit") != _digest(voc_root / "VOCdevkit")
+    assert all(set(s.labels.tolist()) <= set(range(len(VOC_CLASSES))) for s in shifted)
+    area = [np.median([np.prod(b[2:] - b[:2]) / (s.width * s.height) for s in ss for b in s.boxes])
+            for ss in (shifted, default)]
+    assert area[0] < area[1]  # objects about 40 % smaller
+    jpg = "VOCdevkit/VOC2007/JPEGImages/000000.jpg"
+    from PIL import Image
+
+    assert np.asarray(Image.open(tmp_path / jpg)).mean() < np.asarray(Image.open(voc_root / jpg)).mean()
+
+
 def test_generated_set_is_valid_voc(voc_root):
     ds = VOCDetection(str(voc_root), year="2007", image_set="train", download=False)
     assert len(ds) == 12

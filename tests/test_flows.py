@@ -256,6 +256,27 @@ def test_the_form_shows_every_bound_it_enforces():
             assert not bounded or prop.get("description", "").endswith(")"), (name, field)
 
 
+def test_the_form_has_no_none_switches_and_its_defaults_and_empty_fields_validate():
+    """An optional field ("empty = …") is a plain input of its type, not a switch to "None"; the
+    defaults the form starts from hold no null, and the server's validation accepts a form with an
+    optional field left out or sent as null (the flow then applies its default)."""
+    from prefect.utilities.callables import parameter_schema
+    from prefect.utilities.schema_tools.validation import validate
+
+    from flows.params import PipelineParams
+    from flows.pipeline import sharekan_pipeline
+
+    schema = parameter_schema(sharekan_pipeline.fn).model_dump_for_openapi()
+    assert '"null"' not in json.dumps(schema)
+    root = schema["definitions"]["DataParams"]["properties"]["root"]
+    assert root["type"] == "string" and "default" not in root
+    default = schema["properties"]["params"]["default"]
+    assert "null" not in json.dumps(default) and PipelineParams.model_validate(default) == PipelineParams()
+    for form in (default, {"data": {"n_train": 16}}, {"store": None, "data": {"seed": None}}):
+        assert not validate({"params": form}, schema, raise_on_error=False, preprocess=True, ignore_required=True)
+    assert PipelineParams.model_validate({"store": None, "data": {"seed": None}}) == PipelineParams()
+
+
 def test_invalid_parameters_are_refused_before_anything_runs(prefect_api, tmp_path):
     from prefect.exceptions import ParameterTypeError
 
@@ -337,6 +358,10 @@ def test_pareto_sweep_flow(base):
                                  for o in result["rows"]) for f in front)
     saved = json.loads((tmp / "pareto" / "pareto.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(result["rows"]))
+    from flows.study_report import PARETO_COLUMNS, table_rows
+    from sharekan.table import format_table
+
+    assert "n < 2" in format_table(table_rows(result), PARETO_COLUMNS)  # what `sharekan study` prints
     assert (tmp / "pareto" / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     # one data set, backbone and set of features for every grid size and seed; a re-run does no work
     a, b = (json.loads((tmp / "pareto" / f"G{g}-data0-seed0" / "report.json").read_text())["stages"] for g in (10, 5))
@@ -352,7 +377,8 @@ def test_pareto_sweep_flow(base):
 
 def test_shared_codebook_flow(base):
     from flows.studies import SharedParams, shared_codebook
-    from storage.store import ArtifactStore
+    from flows.study_report import shared_columns, table_rows
+    from sharekan.table import format_table
 
     tmp, b = base
     b = {**b, "compress": {**b["compress"], "finetune_codebook": True}}  # the study honours the whole form
@@ -365,11 +391,18 @@ def test_shared_codebook_flow(base):
     assert r["heads"] == 2 and separate - r["shared_bytes"] == pytest.approx(r["codebook_bytes"])  # one book, not two
     assert r["ratio"] == pytest.approx(r["dense_bytes"] / r["shared_bytes"]) and r["ratio"] > r["separate_ratio"]
     assert set(r["per_head_delta"]) == {"0", "1"} and -1 <= r["transfer_delta"] <= 1
-    book = ArtifactStore(b["store"], create=False).get(result["codebook"])
+    assert -1 <= r["other_domain_delta"] <= 1 and -1 <= r["other_domain_own_delta"] <= 1
+    assert set(result["dense_map50"]) == {"0", "1", "2", "other domain"}
+    store = ArtifactStore(b["store"], create=False)
+    book = store.get(result["codebook"])
     assert len(book.inputs) == 2 and all(v.startswith("splines-") for v in book.inputs)
+    # the other domain's images went through the same frozen backbone
+    trains = [a for a in store.ls("features") if a.params["split"] == "train"]
+    assert any(a.inputs[1:] == o.inputs[1:] and a.inputs[0] != o.inputs[0] for a in trains for o in trains)
     assert (tmp / "shared" / "shared.json").is_file()
-    tuned = ArtifactStore(b["store"], create=False).ls("finetune")
+    assert "Δ other domain" in format_table(table_rows(result), shared_columns(result["rows"]))
+    tuned = store.ls("finetune")
     mine = [a for a in tuned if a.params["k"] == 16 and a.params["train_codebook"]]
-    assert len(mine) == 6  # 3 heads × (shared, own codebook), every one with its codewords trained
+    assert len(mine) == 8  # 4 heads × (shared, own codebook), every one with its codewords trained
     with pytest.raises(ValueError, match="unseen head must be unseen"):
         shared_codebook(SharedParams(base=b, head_seeds=[0, 1], transfer_seed=1, k=16, out=str(tmp / "x")))

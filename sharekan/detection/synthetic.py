@@ -171,11 +171,13 @@ def _image(rng: np.random.Generator, min_size: int, max_size: int, style: Style 
 
 
 def generate_voc(root: str | Path, n_train: int = 1000, n_test: int = 200, seed: int = 0,
-                 min_size: int = 176, max_size: int = 240, year: str = "2007", n_ood: int = 0) -> Path:
+                 min_size: int = 176, max_size: int = 240, year: str = "2007", n_ood: int = 0,
+                 style: Style = DEFAULT) -> Path:
     """Write the data set under ``root/VOCdevkit/VOC{year}``; returns that folder.
 
-    Splits: ``train`` and ``val`` (= ``test``) in ``ImageSets/Main``, plus ``trainval``; with
-    ``n_ood`` > 0 also ``ood`` (the :data:`SHIFTED` style, see the module docstring).
+    Splits: ``train`` and ``val`` (= ``test``) in ``ImageSets/Main``, plus ``trainval``, drawn in
+    ``style`` (:data:`SHIFTED`: another domain of the same classes); with ``n_ood`` > 0 also ``ood``
+    (the :data:`SHIFTED` style, see the module docstring).
     """
     if n_train < 1 or n_test < 1 or n_ood < 0:
         raise ValueError(f"n_train and n_test must be ≥ 1 and n_ood ≥ 0, got {n_train}, {n_test}, {n_ood}")
@@ -185,7 +187,7 @@ def generate_voc(root: str | Path, n_train: int = 1000, n_test: int = 200, seed:
     rng = np.random.default_rng(seed)
     names = [f"{i:06d}" for i in range(n_train + n_test)]
     for name in names:
-        img, objects = _image(rng, min_size, max_size)
+        img, objects = _image(rng, min_size, max_size, style)
         img.save(base / "JPEGImages" / f"{name}.jpg", quality=92)
         (base / "Annotations" / f"{name}.xml").write_bytes(_annotation(name, img.width, img.height, objects))
     splits = {"train": names[:n_train], "val": names[n_train:], "test": names[n_train:],
