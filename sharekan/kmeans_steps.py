@@ -19,7 +19,8 @@ from .checks import check_positive_int
 from .codebook_size import check_k
 
 __all__ = ["BACKENDS", "check_backend", "pick_backend", "assign_stats", "update_centroids", "reseed_empty",
-           "init_centroids", "minibatch_update", "lloyd", "split_k", "gpu_nearest"]
+           "init_centroids", "minibatch_update", "lloyd", "split_k", "gpu_nearest",
+           "cap_gpu_memory"]
 
 BACKENDS = ("cpu", "cuda", "faiss-gpu")
 _BLOCK = 1 << 28  # distances per GPU block of the torch path (1 GiB of fp32)
@@ -35,6 +36,16 @@ def faiss_gpus() -> int:
     except ImportError:
         return 0
     return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+
+
+def cap_gpu_memory(share: float, backend: str) -> float | None:
+    """Cap torch's CUDA allocations in this process at ``share`` of its GPU's memory when it holds a
+    fraction of one (0 < share < 1) and assigns there, so the processes sharing a GPU fit on it
+    together (each one's CUDA context, ~0.5 GB, comes on top). Returns the cap set, or ``None``."""
+    if not (0 < share < 1 and backend != "cpu" and torch.cuda.is_available()):
+        return None
+    torch.cuda.set_per_process_memory_fraction(share)
+    return share
 
 
 def check_backend(requested: str) -> None:

@@ -21,7 +21,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from sharekan.clustering import InMemory, fine_centroids, sample_rows
-from sharekan.kmeans_steps import check_backend, init_centroids
+from sharekan.kmeans_steps import cap_gpu_memory, check_backend, init_centroids
 from sharekan.vq import index_dtype
 from storage.shards import read_shard
 from storage.store import ArtifactStore, CorruptArtifact, open_artifact_group, version_id
@@ -52,11 +52,8 @@ class ShardActor:
         faiss.omp_set_num_threads(1)  # one core per actor: its CPU claim is ≤ 1
         torch.set_num_threads(1)
         self.where = (location, version, name, index)
-        self.gpu_memory_fraction = None
         share = ray.get_runtime_context().get_assigned_resources().get("GPU", 0)
-        if 0 < share < 1 and backend != "cpu" and torch.cuda.is_available():
-            torch.cuda.set_per_process_memory_fraction(share)  # before the shard reaches the GPU
-            self.gpu_memory_fraction = share
+        self.gpu_memory_fraction = cap_gpu_memory(share, backend)  # before the shard reaches the GPU
         self.step_seconds: list[float] = []
         try:
             art = ArtifactStore(location, create=False).get(version)

@@ -130,6 +130,32 @@ def test_gpu_kmeans_keeps_its_guarantee_against_the_cpu_run_from_the_same_start(
 
 
 @pytest.mark.gpu
+def test_a_process_given_a_quarter_of_the_gpu_cannot_allocate_more():
+    """What a shard actor on a shared GPU does first (``cap_gpu_memory``), in a process of its own:
+    a fifth of the card allocates, a third is refused by torch's allocator."""
+    import subprocess
+    import sys
+
+    script = """if True:
+        import torch
+        from sharekan.kmeans_steps import cap_gpu_memory
+        assert cap_gpu_memory(0.25, "cpu") is None and cap_gpu_memory(1.0, "cuda") is None
+        assert cap_gpu_memory(0.25, "cuda") == 0.25
+        total = torch.cuda.get_device_properties(0).total_memory
+        a = torch.empty(int(0.2 * total), dtype=torch.uint8, device="cuda")
+        try:
+            b = torch.empty(int(0.1 * total), dtype=torch.uint8, device="cuda")
+        except torch.OutOfMemoryError:
+            print("refused")
+    """
+    from pathlib import Path
+
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0 and out.stdout.strip() == "refused", out.stderr[-2000:]
+
+
+@pytest.mark.gpu
 def test_shard_actors_on_the_gpu_give_the_cpu_codebook(tmp_path):
     ray = pytest.importorskip("ray")
     from storage.shards import put_rows
