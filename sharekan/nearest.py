@@ -74,7 +74,7 @@ def nearest(points: torch.Tensor, prepared: torch.Tensor, distances: bool = Fals
     best = torch.empty(n if distances else 0, dtype=torch.float32, device=pts.device)
     if n:
         dev = pts.device.index if pts.device.index is not None else torch.cuda.current_device()
-        stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(pts.device).cuda_stream)
+        stream = cupy.cuda.Stream.from_external(torch.cuda.current_stream(pts.device))  # torch's, shared
         with cupy.cuda.Device(dev), stream:
             _kernel(d, dev)(((n + TILE - 1) // TILE,), (THREADS,),
                             (cupy.asarray(pts), cupy.int64(n), cupy.asarray(prepared), cupy.int32(prepared.shape[1]),
