@@ -39,7 +39,7 @@ def _form(schema: dict, _cls) -> None:
     does not show them), and an optional field (default None: "empty = …") as a plain input of its
     type — the form leaves an empty input out, so the default applies — instead of a switch between
     its type and "None"."""
-    for name, prop in schema.get("properties", {}).items():
+    for prop in schema.get("properties", {}).values():
         branches = prop.get("anyOf", [])
         if prop.get("default", 0) is None and {"type": "null"} in branches:
             rest = [b for b in branches if b != {"type": "null"}]
