@@ -18,6 +18,7 @@ Per row: ``head``, ``k``, ``side_dtype``, ``rows``, ``variant``, ``precision``, 
 head it runs; dense fp16: against eager fp32) and the device name.
 
     python bench/lutham_packed.py --json bench/results/lutham_packed.json [--trained out/lutham/trained.pt]
+    ncu --clock-control none -k regex:packed --metrics gpu__time_duration.sum,dram__bytes_read.sum,lts__t_sector_hit_rate.pct,smsp__inst_executed_pipe_tensor_op_hmma.sum python bench/lutham_packed.py --profile --heads large --points 256:int4 --rows 1 49
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ POINTS = ((256, "int4"), (256, "int8"), (4096, "int8"), (65_536, "fp16"))
 ROWS = (1, 49, 392, 3136)
 
 
-def heads(names, trained, iters):
-    """(name, dense KAN, {(K, width): VQ head}) per head."""
+def heads(names, trained, iters, points=POINTS):
+    """(name, dense KAN, {(K, width): VQ head}) per head, at ``points``."""
     for name in names:
         if name == "trained":
             if not trained or not Path(trained).is_file():
@@ -60,9 +61,25 @@ def heads(names, trained, iters):
             kan = random_kan(SIZES[name])
         shapes = torch.cat(edge_shapes(kan))
         books = {k: fit_codebook(shapes, min(k, shapes.shape[0]), niter=iters, backend="cuda").cuda()
-                 for k in sorted({k for k, _ in POINTS})}
+                 for k in sorted({k for k, _ in points})}
         yield name, kan, {(k, w): VQKAN([encode_layer(lay, books[k], w) for lay in kan.layers]).eval()
-                          for k, w in POINTS}
+                          for k, w in points}
+
+
+def profile(vqs: dict, rows_list, calls: int) -> None:
+    """Only LUTHAM v3, ``calls`` forwards on one arena per point and row count (for ncu: is a
+    repeated inference served from L2?)."""
+    import cupy as cp
+
+    for (k, width), vq in vqs.items():
+        for rows in rows_list:
+            head = PackedHead(vq, max_rows=rows)
+            x = cp.asarray(torch.rand(rows, head.plan.layers[0].in_features, device="cuda") * 2 - 1)
+            for _ in range(calls):
+                head.forward(x)
+            head.stream.synchronize()
+            print(f"K={k} {width} rows {rows}: arena {head.plan.total:,} B; L2 window {head.plan.l2_persisting}")
+            del head
 
 
 def bench(name, kan, vqs, rows_list, modes, device, out: list, save):
@@ -109,6 +126,13 @@ def bench(name, kan, vqs, rows_list, modes, device, out: list, save):
         save()
 
 
+def _point(text: str) -> tuple[int, str]:
+    k, _, width = text.partition(":")
+    if not k.isdigit() or width not in {w for _, w in POINTS}:
+        raise argparse.ArgumentTypeError(f"an operating point is K:width (width one of int4, int8, fp16), got {text!r}")
+    return int(k), width
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--json", default="bench/results/lutham_packed.json")
@@ -118,8 +142,15 @@ def main(argv=None):
     p.add_argument("--kmeans-iters", type=int, default=2)
     p.add_argument("--modes", nargs="*", default=["max-autotune-no-cudagraphs"],
                    help="torch.compile modes of the compiled dense forms")
+    p.add_argument("--points", nargs="+", type=_point, default=list(POINTS), help="operating points, K:width")
+    p.add_argument("--profile", action="store_true", help="only run LUTHAM v3, --profile-calls times a point (ncu)")
+    p.add_argument("--profile-calls", type=int, default=3)
     a = p.parse_args(argv)
     torch.backends.cuda.matmul.allow_tf32 = False
+    if a.profile:
+        for _, _, vqs in heads(a.heads, a.trained, a.kmeans_iters, a.points):
+            profile(vqs, a.rows, a.profile_calls)
+        return
     device = torch.cuda.get_device_name(0)
     bw = copy_bandwidth()
     print(f"{device}: copy {bw:.0f} GB/s; L2 {torch.cuda.get_device_properties(0).L2_cache_size / 2**20:.0f} MiB")
@@ -132,7 +163,7 @@ def main(argv=None):
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps({"device": device, "copy_gbps": bw, "results": results}, indent=1))
 
-    for name, kan, vqs in heads(a.heads, a.trained, a.kmeans_iters):
+    for name, kan, vqs in heads(a.heads, a.trained, a.kmeans_iters, a.points):
         t = time.perf_counter()
         bench(name, kan, vqs, a.rows, a.modes, device, results, save)
         print(f"{name}: {time.perf_counter() - t:.0f} s")

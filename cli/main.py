@@ -138,8 +138,9 @@ def _study_flow(which: str):
 def _run_flow(load_flow, params, out: str, address: str | None):
     """``load_flow()(params)`` on Ray (``address``, or a local cluster) reporting to Prefect's API
     ($PREFECT_API_URL, or a temporary server of this run's own); its result, or a one-line error.
-    The flow is imported only once the API's address is in the environment: Prefect reads its
-    settings when first imported, and would otherwise start a server of its own."""
+    The flow is imported only once the API's address is in the environment (Prefect reads its
+    settings when first imported, and would otherwise start a server of its own) and runs under
+    that address's settings too."""
     from cli.services import api_problem, api_watchdog, prefect_env, starting_prefect_server, temporary_home, watchdog
     from tasks.cluster import address_problem, check_reachable, connect, head_address
 
@@ -175,7 +176,11 @@ def _run_flow(load_flow, params, out: str, address: str | None):
                 _lost_ray_head, head, home), "ray-head-watchdog", interval=2, grace=6))
             click.echo(f"Ray: {address or 'local'} cluster, {resources.get('CPU', 0):.0f} CPUs, "
                        f"{resources.get('GPU', 0):.0f} GPUs")
-            state = load_flow()(params, return_state=True)
+            flow = load_flow()
+            from prefect.settings import PREFECT_API_URL, temporary_settings
+
+            with temporary_settings({PREFECT_API_URL: url}):  # even where Prefect read its settings earlier
+                state = flow(params, return_state=True)
         finally:
             _flush_logs()  # before a temporary server stops, failed or not
     if not state.is_completed():
@@ -194,9 +199,7 @@ def study(which: str, params_json: str | None, address: str | None) -> None:
 
     from flows.params import ParetoParams, SharedParams
     from flows.plan import PlanError
-    from flows.studies import pareto_plans, shared_plan
-    from flows.study_report import PARETO_COLUMNS, shared_columns, table_rows
-    from sharekan.table import format_table
+    from flows.study_plan import pareto_plans, shared_plan
 
     model, plans = {"pareto": (ParetoParams, pareto_plans), "shared": (SharedParams, shared_plan)}[which]
     try:
@@ -207,6 +210,9 @@ def study(which: str, params_json: str | None, address: str | None) -> None:
     except PlanError as e:
         raise click.UsageError(str(e)) from None
     result = _run_flow(lambda: _study_flow(which), params, params.out, address)
+    from flows.study_report import PARETO_COLUMNS, shared_columns, table_rows
+    from sharekan.table import format_table
+
     rows = table_rows(result)
     click.echo(format_table(rows, PARETO_COLUMNS if which == "pareto" else shared_columns(rows)))
     click.echo(f"\nreport: {Path(params.out) / (which + '.json')} (and {which}.md)")

@@ -2,7 +2,11 @@
 (``prefect_test_harness``, once for this module), a real local Ray cluster, a real store."""
 
 import json
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +21,7 @@ from storage.store import ArtifactStore
 from .conftest import tiny
 
 EDGES = 256 * 8 + 8 * 24
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -324,7 +329,7 @@ def base(run):
 def test_a_sweep_over_data_seeds_plans_one_data_set_and_backbone_per_data_seed(tmp_path):
     from flows.params import ParetoParams
 
-    from flows.studies import pareto_plans
+    from flows.study_plan import pareto_plans
 
     params = ParetoParams(base=tiny(tmp_path), grid_sizes=[10, 5], seeds=[3, 4], data_seeds=[0, 1], ks=[16])
     plans = pareto_plans(params)
@@ -375,15 +380,27 @@ def test_pareto_sweep_flow(base):
     assert not any(s["created"] for s in stages.values() if s.get("version"))
 
 
-def test_shared_codebook_flow(base):
+def test_shared_codebook_study_from_the_cli(base):
+    """`sharekan study shared` as a user runs it (no $PREFECT_API_URL: a temporary server of its own,
+    and its own local Ray cluster), into the pipeline run's store."""
     from flows.studies import SharedParams, shared_codebook
-    from flows.study_report import shared_columns, table_rows
-    from sharekan.table import format_table
 
     tmp, b = base
     b = {**b, "compress": {**b["compress"], "finetune_codebook": True}}  # the study honours the whole form
-    result = shared_codebook(SharedParams(base=b, head_seeds=[0, 1], transfer_seed=2, k=16, side_dtypes=["int4"],
-                                          out=str(tmp / "shared")))
+    params = SharedParams(base=b, head_seeds=[0, 1], transfer_seed=2, k=16, side_dtypes=["int4"],
+                          out=str(tmp / "shared"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "RAY_ADDRESS"))}
+    done = subprocess.run([sys.executable, "-m", "cli.main", "study", "shared", "--params", params.model_dump_json()],
+                          cwd=tmp, env={**env, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"},
+                          capture_output=True, text=True, timeout=600)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-3000:]
+    # the flow ran on the server the CLI started and named, not on one Prefect started for itself,
+    # and the workers' task-run events reached it
+    assert "Prefect API (temporary, for this run)" in out
+    assert "Starting temporary server" not in out and "failed to process item" not in out, out[-3000:]
+    assert "Δ other domain" in out and "report: " in out  # the table it prints
+    result = json.loads((tmp / "shared" / "shared.json").read_text())
     rows = {r["variant"]: r for r in result["rows"]}
     assert set(rows) == {"VQ K=16 int4", "VQ K=16 int4 fine-tuned"}
     r = rows["VQ K=16 int4"]
@@ -399,8 +416,6 @@ def test_shared_codebook_flow(base):
     # the other domain's images went through the same frozen backbone
     trains = [a for a in store.ls("features") if a.params["split"] == "train"]
     assert any(a.inputs[1:] == o.inputs[1:] and a.inputs[0] != o.inputs[0] for a in trains for o in trains)
-    assert (tmp / "shared" / "shared.json").is_file()
-    assert "Δ other domain" in format_table(table_rows(result), shared_columns(result["rows"]))
     tuned = store.ls("finetune")
     mine = [a for a in tuned if a.params["k"] == 16 and a.params["train_codebook"]]
     assert len(mine) == 8  # 4 heads × (shared, own codebook), every one with its codewords trained
