@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import ConfigDict, Field, model_serializer, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_serializer, model_validator
 
 from sharekan.detection.backbone import resolve_weights
 from sharekan.kmeans_steps import BACKENDS
@@ -181,10 +181,21 @@ class PipelineParams(_Params):
                                    description="the fine-tuned encoded head of that width (it must be fine-tuned)")
 
 
+_STUDY_DATA = {"n_test": 1000, "n_ood": 400}
+
+
 def _study_base() -> PipelineParams:
     """A study's default base: test splits large enough for differences of a point (1,000 test and
     400 shifted images; one run's mAP moves ±2 points between machines), no LUTHAM."""
-    return PipelineParams(lutham=False, data=DataParams(n_test=1000, n_ood=400))
+    return PipelineParams(lutham=False, data=DataParams(**_STUDY_DATA))
+
+
+def _with_study_data(base):
+    """A base given in part (``{"train": {...}}``) keeps the study's test-split sizes for what its
+    ``data`` leaves out, not one pipeline run's smaller defaults."""
+    if isinstance(base, dict) and isinstance(base.get("data", {}), dict):
+        return {**base, "data": {**_STUDY_DATA, **base.get("data", {})}}
+    return base
 
 
 class ParetoParams(_Params):
@@ -212,6 +223,8 @@ class ParetoParams(_Params):
                                       "k-means fits queue for it)")
     out: str = Field("artifacts/pareto", title="report folder")
 
+    _base = field_validator("base", mode="before")(_with_study_data)
+
 
 class SharedParams(_Params):
     """One codebook for many heads."""
@@ -230,6 +243,8 @@ class SharedParams(_Params):
     side_dtypes: list[SideDtype] = Field(["int8", "int4"], min_length=1, title="side-data widths")
     finetune: bool = Field(True, title="fine-tuned variants")
     out: str = Field("artifacts/shared", title="report folder")
+
+    _base = field_validator("base", mode="before")(_with_study_data)
 
     @model_validator(mode="after")
     def _transfer_unseen(self):

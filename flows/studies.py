@@ -20,7 +20,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from sharekan.detection.compare import VariantRow
-from sharekan.studies import pareto_front, seed_averaged, shared_storage
+from sharekan.studies import interval95, pareto_front, seed_averaged, shared_storage
 from storage.store import parse_location
 from tasks import compress, data, head
 from tasks.specs import CompressionSpec
@@ -126,8 +126,11 @@ def _shared_result(params: SharedParams, with_shared: dict[int | str, list[Varia
         shared_d = [pick(with_shared[s]).delta_map50 for s in seen]
         own_d = [pick(with_own[s]).delta_map50 for s in seen]
         table.append({"variant": v.name, "k": v.k, "dtype": v.dtype, "finetuned": v.finetuned,
-                      **totals, "delta_map_mean": sum(shared_d) / len(seen),
-                      "delta_map_own_mean": sum(own_d) / len(seen), "per_head_delta": dict(zip(map(str, seen), shared_d)),
+                      **totals, "delta_map_mean": sum(shared_d) / len(seen), "delta_map_ci95": interval95(shared_d),
+                      "delta_map_own_mean": sum(own_d) / len(seen), "delta_map_own_ci95": interval95(own_d),
+                      "shared_minus_own_ci95": interval95([a - b for a, b in zip(shared_d, own_d)]),
+                      "per_head_delta": dict(zip(map(str, seen), shared_d)),
+                      "per_head_own_delta": dict(zip(map(str, seen), own_d)), "seeds": list(seen),
                       "transfer_delta": pick(with_shared[params.transfer_seed]).delta_map50,
                       "transfer_own_delta": pick(with_own[params.transfer_seed]).delta_map50,
                       **({"other_domain_delta": pick(with_shared[OTHER]).delta_map50,

@@ -23,10 +23,13 @@ PARETO_COLUMNS = [("variant", "variant", "s"), ("grid_size", "G", "d"), ("ratio"
                   ("seeds_n", "seeds", "d"), ("pareto", "front", "s")]
 SHARED_COLUMNS = [("variant", "variant", "s"), ("heads", "heads", "d"), ("shared_bytes", "N heads B", ",d"),
                   ("dense_bytes", "N dense B", ",d"), ("ratio", "ratio", ".1f"), ("separate_ratio", "own books", ".1f"),
-                  ("delta_map_mean", "Δ mAP shared", "+.4f"), ("delta_map_own_mean", "Δ mAP own", "+.4f"),
-                  ("transfer_delta", "Δ unseen head", "+.4f"), ("transfer_own_delta", "Δ unseen own", "+.4f")]
-OTHER_DOMAIN_COLUMNS = [("other_domain_delta", "Δ other domain", "+.4f"),
-                        ("other_domain_own_delta", "Δ other domain own", "+.4f")]
+                  ("delta_points", "Δ shared (points)", "+.2f"), ("ci95_points", "95 % interval", "s"),
+                  ("delta_map_own_mean_points", "Δ own books", "+.2f"), ("own_ci95_points", "95 % interval", "s"),
+                  ("shared_minus_own_ci95_points", "shared − own, 95 % interval", "s"),
+                  ("transfer_delta_points", "Δ unseen head", "+.2f"), ("transfer_own_delta_points", "Δ unseen own", "+.2f")]
+OTHER_DOMAIN_COLUMNS = [("other_domain_delta_points", "Δ other domain", "+.2f"),
+                        ("other_domain_own_delta_points", "Δ other domain own", "+.2f")]
+_POINTS = ("delta_map_own_mean", "transfer_delta", "transfer_own_delta", "other_domain_delta", "other_domain_own_delta")
 
 
 def shared_columns(rows: list[dict]) -> list[tuple[str, str, str]]:
@@ -74,10 +77,14 @@ def pareto_png(rows: list[dict]) -> bytes:
 def table_rows(result: dict) -> list[dict]:
     """A study's rows for its tables (report and console): each row's paired mAP change and its 95 %
     interval in points, the front marked."""
+    def interval(ci) -> str:
+        return f"[{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]" if ci else "n < 2"
+
     def points(row: dict) -> dict:
-        ci = row.get("delta_map_ci95")
         return {"delta_points": 100 * row.get("delta_map_mean", 0.0), "seeds_n": len(row.get("seeds", [])),
-                "ci95_points": f"[{100 * ci[0]:+.2f}, {100 * ci[1]:+.2f}]" if ci else "n < 2"}
+                "ci95_points": interval(row.get("delta_map_ci95")), "own_ci95_points": interval(row.get("delta_map_own_ci95")),
+                "shared_minus_own_ci95_points": interval(row.get("shared_minus_own_ci95")),
+                **{f"{k}_points": 100 * row[k] for k in _POINTS if row.get(k) is not None}}
 
     return [{**r, "pareto": "*" if r.get("pareto") else "", **points(r)} for r in result["rows"]]
 

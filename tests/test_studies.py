@@ -97,3 +97,42 @@ def test_rows_are_paired_against_the_unpenalised_dense_head_where_seeds_match():
     # a result file that kept only mean, std and seeds still gets its interval
     filled = rec.completed({"kind": "vq", "delta_map_mean": -0.01, "delta_map_std": 0.002, "seeds": [0, 1, 2]})
     assert filled["delta_map_ci95"] == pytest.approx(interval95([-0.012, -0.01, -0.008]))
+
+
+def _shared_result(lam: float, dense: dict, deltas: dict, book: str = "fp32") -> dict:
+    """A `sharekan study shared` result of two heads (seeds 0, 1) with one variant."""
+    return {"command": "sharekan study shared", "codebook": "codebook-x",
+            "parameters": {"head_seeds": [0, 1], "base": {"train": {"grid_size": 10, "lipschitz": lam},
+                                                          "data": {"n_test": 1000},
+                                                          "compress": {"codebook_dtype": book}}},
+            "dense_map50": {**dense, "100": 0.5},
+            "rows": [{"variant": "VQ K=256 int4 fine-tuned", "k": 256, "dtype": "int4", "finetuned": True,
+                      "heads": 2, "dense_bytes": 1000, "shared_bytes": 50, "ratio": 20.0, "per_head_delta": deltas,
+                      "delta_map_mean": sum(deltas.values()) / 2, "delta_map_own_mean": 0.0, "transfer_delta": 0.0,
+                      "transfer_own_delta": 0.0}]}
+
+
+def test_a_shared_study_on_penalised_heads_pairs_with_the_unpenalised_heads_of_the_same_seeds():
+    rec = _record()
+    rows = rec.shared_rows(_shared_result(0.0, {"0": 0.70, "1": 0.74}, {"0": -0.01, "1": -0.03}))
+    rows += rec.shared_rows(_shared_result(1.0, {"0": 0.72, "1": 0.73}, {"0": -0.01, "1": -0.02}, "fp16"))
+    rows = rec.against_unpenalised(rows)
+    dense0, vq0, dense1, vq1 = rows
+    assert (dense0["kind"], dense0["heads"], dense0["map50_mean"]) == ("dense", 2, pytest.approx(0.72))
+    assert vq1["variant"] == "VQ K=256 int4 fine-tuned shared by 2, fp16 codebook"
+    assert vq1["per_seed_map"] == pytest.approx({"0": 0.71, "1": 0.71})
+    # seed by seed against the λ = 0 study's dense heads: 0.71 − 0.70, 0.71 − 0.74
+    assert vq1["delta_vs_unpenalised_mean"] == pytest.approx(-0.01)
+    assert vq1["delta_vs_unpenalised_ci95"] == pytest.approx(interval95([0.01, -0.03]))
+    assert dense1["delta_vs_unpenalised_mean"] == pytest.approx(0.005)
+    assert vq0["delta_vs_unpenalised_mean"] == pytest.approx(vq0["delta_map_mean"])  # its own dense heads are λ = 0
+    assert "delta_vs_unpenalised_mean" not in dense0
+
+
+@pytest.mark.parametrize("study", ["ParetoParams", "SharedParams"])
+def test_a_base_given_in_part_keeps_the_studys_test_split_sizes(study):
+    import flows.params
+    cls = getattr(flows.params, study)
+    base = cls.model_validate({"base": {"train": {"lipschitz": 1.0}}}).base
+    assert (base.data.n_test, base.data.n_ood, base.train.lipschitz) == (1000, 400, 1.0)
+    assert cls.model_validate({"base": {"data": {"n_test": 300}}}).base.data.n_test == 300
