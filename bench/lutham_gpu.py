@@ -12,7 +12,8 @@ as LUTHAM itself uses graphs; ``fullgraph=True`` and the graph-break count recor
 ``medium``: fp16 bases; ``low``: fp16 weights and bases, a dense fp16 head's rounding) on the path
 its row count picks, and with ``--paths`` on the other path too (fused kernels against cuBLAS
 slabs; ``--slab-mb`` adds slab variants with other workspace bounds). Every ratio is against the fastest fp16 dense variant of
-the same head and row count in this run ("best dense"). Reported: median µs (CUDA events, warm, inputs rotated over 8 buffers), GB/s of the
+the same head and row count in this run ("best dense"). Reported: median µs (CUDA events around each call, which waits behind a blocking kernel so the GPU
+runs it back to back — GPU time, not host launch latency; warm, inputs rotated over 8 buffers), GB/s of the
 variant's weight bytes against the copy bandwidth measured in the same run, peak device memory
 (torch allocator; LUTHAM: its arena, and the device memory its construction and first call took,
 cuBLAS's own workspace included), and LUTHAM's max relative error against the reference.
@@ -74,13 +75,35 @@ def trained_head(path):
     return kan, VQKAN([encode_layer(lay, blob["codebook"].cuda(), "fp16") for lay in kan.layers]).eval(), blob["rows"]
 
 
+HOLD_US = 1000  # the blocking kernel before each timed call
+_HOLD = None
+
+
+def hold(stream_ptr: int, us: float = HOLD_US) -> None:
+    """Keep the GPU busy ``us`` µs on a stream (a one-thread spin kernel), so what the host enqueues
+    behind it meanwhile runs back to back: the events around a call then time the GPU's work, not
+    the host's launch latency (nvbench's blocking kernel). A call whose host side takes longer than
+    ``us`` is still timed with its launch gaps."""
+    import cupy as cp
+
+    global _HOLD
+    if _HOLD is None:
+        _HOLD = cp.RawKernel("extern \"C\" __global__ void hold(long long n) "
+                             "{ const long long t = clock64(); while (clock64() - t < n) {} }", "hold")
+    cycles = int(us * 2000)  # clocks of at most 2 GHz: at least ``us`` µs
+    with cp.cuda.ExternalStream(stream_ptr):
+        _HOLD((1,), (1,), (cp.int64(cycles),))
+
+
 def timed(fn, inputs, reps=50):
+    """Median µs of ``fn`` on torch's current stream (warm), each call behind :func:`hold`."""
     for x in inputs[:3]:
         fn(x)
     torch.cuda.synchronize()
     times = []
     for i in range(reps):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        hold(torch.cuda.current_stream().cuda_stream)
         a.record()
         fn(inputs[i % len(inputs)])
         b.record()
@@ -270,7 +293,7 @@ def bench_head(name, kan, vq, real=None, rows_list=ROWS, modes=DENSE_MODES, torc
 
 def timed_cupy(lut, inputs, reps=50, cold: bool = False):
     """Median µs of ``lut.forward`` (warm: repeated inference; ``cold``: a 256 MB write on the head's
-    stream before each call evicts L2)."""
+    stream before each call evicts L2), each call behind :func:`hold`."""
     import cupy as cp
 
     xs = [cp.asarray(x) for x in inputs]
@@ -283,6 +306,7 @@ def timed_cupy(lut, inputs, reps=50, cold: bool = False):
         if cold:
             with lut.stream:
                 flush.fill(i & 0xFF)
+        hold(lut.stream.ptr)
         a, b = cp.cuda.Event(), cp.cuda.Event()
         a.record(lut.stream)
         lut.forward(xs[i % len(xs)])

@@ -38,6 +38,7 @@ from lutham_gpu import (SIZES as GPU_SIZES, built, copy_bandwidth, dense_variant
                         timed, timed_cupy)
 from sharekan.clustering import fit_codebook  # noqa: E402
 from sharekan.kan import KAN  # noqa: E402
+from sharekan.lutham.geometry import LUT_MAX_K  # noqa: E402
 from sharekan.lutham.packed_head import PackedHead  # noqa: E402
 from sharekan.table import format_table  # noqa: E402
 from sharekan.vq_kan import VQKAN, edge_shapes, encode_layer  # noqa: E402
@@ -73,13 +74,15 @@ def profile(vqs: dict, rows_list, calls: int) -> None:
 
     for (k, width), vq in vqs.items():
         for rows in rows_list:
-            head = PackedHead(vq, max_rows=rows)
-            x = cp.asarray(torch.rand(rows, head.plan.layers[0].in_features, device="cuda") * 2 - 1)
-            for _ in range(calls):
-                head.forward(x)
-            head.stream.synchronize()
-            print(f"K={k} {width} rows {rows}: arena {head.plan.total:,} B; L2 window {head.plan.l2_persisting}")
-            del head
+            for one_row in (("row1", "lut") if rows == 1 and k <= LUT_MAX_K else ("row1",)):
+                head = PackedHead(vq, max_rows=rows, one_row=one_row)
+                x = cp.asarray(torch.rand(rows, head.plan.layers[0].in_features, device="cuda") * 2 - 1)
+                for _ in range(calls):
+                    head.forward(x)
+                head.stream.synchronize()
+                print(f"K={k} {width} rows {rows} ({one_row}): arena {head.plan.total:,} B; "
+                      f"L2 window {head.plan.l2_persisting}")
+                del head
 
 
 def bench(name, kan, vqs, rows_list, modes, device, out: list, save):
@@ -104,10 +107,13 @@ def bench(name, kan, vqs, rows_list, modes, device, out: list, save):
         for (k, width), vq in vqs.items():
             with torch.no_grad():
                 ref = vq.decoded().eval()(inputs[0])
-            paths = [("high", None)] + ([("low", 2)] if rows > 1 else [])
-            for prec, slab_from in paths:
-                head, took = built(PackedHead, vq, rows, precision=prec, slab_from=slab_from)
-                path = "slabs" if rows >= head.slab_from else ("gather" if head.windows else "lookup tables")
+            paths = [("high", None, "row1")] + ([("low", 2, "row1")] if rows > 1 else [])
+            if rows == 1 and k <= LUT_MAX_K:  # the one-row kernel against the general lookup-table kernel
+                paths.append(("high", None, "lut"))
+            for prec, slab_from, one_row in paths:
+                head, took = built(PackedHead, vq, rows, precision=prec, slab_from=slab_from, one_row=one_row)
+                path = "slabs" if rows >= head.slab_from else ("gather" if head.windows else (
+                    "one-row tables" if rows == 1 and one_row == "row1" else "lookup tables"))
                 vname = f"LUTHAM v3 K={k} {width} ({path}, {prec})"
                 us, cold = timed_cupy(head, inputs), timed_cupy(head, inputs, cold=True)
                 read = sum(head.plan.by_component[c] for c in ("codebook", "edges", "scales"))

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -42,12 +43,14 @@ SELECTED = tuple((rid, g, lam, heads, 200, v) for rid, g, lam, heads, v in (
     ("T6", 20, 0.0, 1, "dense fp32"), ("T7", 20, 0.0, 1, "VQ K=1024 int8"),
     ("T8", 10, 1.0, 1, "dense fp32"), ("T9", 10, 1.0, 1, "VQ K=256 int8"), ("T10", 10, 1.0, 1, "VQ K=256 int4"),
     ("T11", 10, 10.0, 1, "dense fp32"), ("T12", 10, 10.0, 1, "VQ K=256 int8"), ("T13", 10, 10.0, 1, "VQ K=256 int4"),
-    ("T14", 10, 0.0, 8, "VQ K=256 int8 shared by 8"), ("T15", 10, 0.0, 8, "VQ K=256 int4 shared by 8"))) + (
-    ("T16", 10, 0.0, 8, 1000, "dense fp32"), ("T17", 10, 0.0, 8, 1000, "VQ K=256 int8 shared by 8"),
-    ("T18", 10, 0.0, 8, 1000, "VQ K=256 int4 shared by 8"), ("T19", 10, 1.0, 8, 1000, "dense fp32"),
-    ("T20", 10, 1.0, 8, 1000, "VQ K=256 int8 shared by 8"), ("T21", 10, 1.0, 8, 1000, "VQ K=256 int4 shared by 8"),
-    ("T22", 10, 1.0, 8, 1000, "VQ K=256 int8 shared by 8, fp16 codebook"),
-    ("T23", 10, 1.0, 8, 1000, "VQ K=256 int4 shared by 8, fp16 codebook"))
+    ("T14", 10, 0.0, 8, "VQ K=256 int8 shared by 8"), ("T15", 10, 0.0, 8, "VQ K=256 int4 shared by 8"))) + tuple(
+    (rid, 10, lam, heads, 1000, variant) for rid, (lam, heads, variant) in zip((f"T{n}" for n in range(16, 32)), (
+        (0.0, 1, "dense fp32"), (0.0, 1, "VQ K=256 int8 (own codebook)"), (0.0, 1, "VQ K=256 int4 (own codebook)"),
+        (1.0, 1, "dense fp32"), (1.0, 1, "VQ K=256 int8 (own codebook)"), (1.0, 1, "VQ K=256 int4 (own codebook)"),
+        (1.0, 1, "VQ K=256 int8 (own codebook), fp16 codebook"), (1.0, 1, "VQ K=256 int4 (own codebook), fp16 codebook"),
+        (0.0, 8, "dense fp32"), (0.0, 8, "VQ K=256 int8 shared by 8"), (0.0, 8, "VQ K=256 int4 shared by 8"),
+        (1.0, 8, "dense fp32"), (1.0, 8, "VQ K=256 int8 shared by 8"), (1.0, 8, "VQ K=256 int4 shared by 8"),
+        (1.0, 8, "VQ K=256 int8 shared by 8, fp16 codebook"), (1.0, 8, "VQ K=256 int4 shared by 8, fp16 codebook"))))
 
 
 def completed(row: dict) -> dict:
@@ -71,7 +74,9 @@ def sweep_rows(result: dict) -> list[dict]:
 
 def shared_rows(result: dict) -> list[dict]:
     """The shared-codebook study's rows: its N dense heads, then each variant shared by the N heads
-    (per-head mAPs kept, so a study of the same seeds at λ = 0 pairs with it)."""
+    (per-head mAPs kept, so a study of the same seeds at λ = 0 pairs with it); and, where the study
+    kept each head's own-codebook values, the same heads as N single heads each with its own
+    codebook (``heads`` 1, their dense heads again): the single-head variant measured N times."""
     p = result["parameters"]
     base = p["base"]
     book = base["compress"].get("codebook_dtype", "fp32")
@@ -79,24 +84,51 @@ def shared_rows(result: dict) -> list[dict]:
               "test_images": base["data"]["n_test"], "codebook_dtype": book, "command": result["command"]}
     seeds = [str(s) for s in p["head_seeds"]]
     dense = {s: result["dense_map50"][s] for s in seeds}
-    out = [{"variant": "dense fp32", "kind": "dense", "k": None, "side_bits": 32, "finetuned": False,
-            "heads": len(seeds), "ratio": 1.0, "storage_bytes": result["rows"][0]["dense_bytes"],
-            "map50_mean": statistics.fmean(dense.values()), "per_seed_map": dense, "reference": None,
-            "delta_map_mean": 0.0, "seeds": [int(s) for s in seeds], **common}]
+    n_bytes = result["rows"][0]["dense_bytes"]
+
+    def dense_row(heads, storage):
+        return {"variant": "dense fp32", "kind": "dense", "k": None, "side_bits": 32, "finetuned": False,
+                "heads": heads, "ratio": 1.0, "storage_bytes": storage, "map50_mean": statistics.fmean(dense.values()),
+                "per_seed_map": dense, "reference": None, "delta_map_mean": 0.0, "seeds": [int(s) for s in seeds],
+                **common}
+
+    def vq_row(r, variant, heads, ratio, storage, per_head):
+        return completed({
+            "variant": variant + (f", {book} codebook" if book != "fp32" else ""), "kind": "vq", "k": r["k"],
+            "side_bits": SIDE_BITS[r["dtype"]], "finetuned": r["finetuned"], "heads": heads, "ratio": ratio,
+            "storage_bytes": storage, "map50_mean": statistics.fmean(dense[s] + d for s, d in per_head.items()),
+            "per_seed_map": {s: dense[s] + d for s, d in per_head.items()}, "reference": "dense head of the same seed",
+            "delta_map_mean": statistics.fmean(per_head.values()), "delta_map_std": statistics.stdev(per_head.values()),
+            "per_seed": per_head, "seeds": [int(s) for s in per_head], **common})
+
+    out = [dense_row(len(seeds), n_bytes)]
     for r in result["rows"]:
-        deltas = list(r["per_head_delta"].values())
-        out.append(completed({
-            "variant": r["variant"] + f" shared by {r['heads']}" + (f", {book} codebook" if book != "fp32" else ""),
-            "kind": "vq", "k": r["k"], "side_bits": SIDE_BITS[r["dtype"]], "finetuned": r["finetuned"],
-            "heads": r["heads"], "ratio": r["ratio"], "storage_bytes": r["shared_bytes"],
-            "map50_mean": statistics.fmean(dense[s] + d for s, d in r["per_head_delta"].items()),
-            "per_seed_map": {s: dense[s] + d for s, d in r["per_head_delta"].items()},
-            "reference": "dense head of the same seed", "delta_map_mean": r["delta_map_mean"],
-            "delta_map_std": statistics.stdev(deltas), "per_seed": r["per_head_delta"],
-            "per_seed_own": r.get("per_head_own_delta"), "delta_map_own_mean": r["delta_map_own_mean"],
-            "transfer_delta": r["transfer_delta"], "transfer_own_delta": r["transfer_own_delta"],
-            "other_domain_delta": r.get("other_domain_delta"), "other_domain_own_delta": r.get("other_domain_own_delta"),
-            "seeds": [int(s) for s in r["per_head_delta"]], **common}))
+        out.append({**vq_row(r, r["variant"] + f" shared by {r['heads']}", r["heads"], r["ratio"], r["shared_bytes"],
+                             r["per_head_delta"]),
+                    "per_seed_own": r.get("per_head_own_delta"), "delta_map_own_mean": r["delta_map_own_mean"],
+                    "transfer_delta": r["transfer_delta"], "transfer_own_delta": r["transfer_own_delta"],
+                    "other_domain_delta": r.get("other_domain_delta"),
+                    "other_domain_own_delta": r.get("other_domain_own_delta")})
+    own = [r for r in result["rows"] if r.get("per_head_own_delta")]
+    if own:
+        out.append(dense_row(1, n_bytes / len(seeds)))
+        out += [vq_row(r, r["variant"] + " (own codebook)", 1, r["separate_ratio"],
+                       n_bytes / len(seeds) / r["separate_ratio"], r["per_head_own_delta"]) for r in own]
+    return out
+
+
+def deduplicated(rows: list[dict]) -> list[dict]:
+    """``rows`` without repeats: two studies of the same heads (a codebook stored fp32 and fp16) both
+    give their dense heads; a repeat must agree seed by seed."""
+    seen, out = {}, []
+    for r in rows:
+        key = (r["variant"], r["grid_size"], r["lipschitz"], r["heads"], r.get("test_images"))
+        if key in seen:
+            if seen[key].get("per_seed_map") != r.get("per_seed_map"):
+                raise ValueError(f"two result files give {key} with different per-seed mAPs")
+            continue
+        seen[key] = r
+        out.append(r)
     return out
 
 
@@ -142,8 +174,7 @@ def readme_table(rows: list[dict]) -> str:
     out = []
     for rid, g, lam, heads, images, variant in SELECTED:
         ptq = find(g, lam, heads, images, variant)
-        tuned = (variant.replace(" shared by", " fine-tuned shared by") if " shared by" in variant
-                 else variant + " fine-tuned")
+        tuned = re.sub(r"^(VQ K=\d+ \w+)", r"\1 fine-tuned", variant)
         ft = find(g, lam, heads, images, tuned)
         if ptq is None:
             raise ValueError(f"row {rid}: no result row {variant!r} at G={g}, λ={lam:g}, {heads} head(s), "
@@ -188,7 +219,7 @@ def main() -> None:
             rows += sweep_rows(json.loads(path.read_text()))
         for path in args.shared:
             rows += shared_rows(json.loads(path.read_text()))
-        rows = against_unpenalised(rows)
+        rows = against_unpenalised(deduplicated(rows))
         args.out.write_text(json.dumps({"rows": rows}, indent=1) + "\n")
         print(f"{len(rows)} rows written to {args.out}")
     if args.readme:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sharekan.kan import KAN
-from sharekan.lutham.geometry import PACKED_NR, packed_launch
+from sharekan.lutham.geometry import LUT_FLOATS, PACKED_NR, packed_launch, row1_launch
 from sharekan.lutham.packed import edge_bytes, pack_layer, reference_forward, unpack_layer
 from sharekan.lutham.plan import LayerSpec, plan_packed
 from sharekan.vq_kan import VQKAN, encode_layer
@@ -75,6 +75,18 @@ def test_packed_plan_holds_two_and_a_half_bytes_an_edge_at_k256_int4():
     assert all(a.offset + a.nbytes <= b.offset for a, b in zip(blocks, blocks[1:]))
 
 
+@pytest.mark.parametrize("in_f,out_f", [(12_544, 1024), (1024, 1024), (1024, 64), (64, 24), (5, 3), (300, 70)])
+@pytest.mark.parametrize("k,ib,sb", [(256, 1, 4), (256, 1, 8), (257, 2, 16), (1024, 2, 4), (16, 1, 4)])
+def test_the_one_row_launch_covers_every_output_and_input_within_shared_memory(in_f, out_f, k, ib, sb):
+    chunk, us, grid, block, smem = row1_launch(in_f, out_f, 132, k, ib, sb)
+    bx, hy = block
+    assert grid[0] * bx * 8 >= out_f and (grid[0] - 1) * bx * 8 < out_f and bx * hy <= 256
+    assert chunk % (us * hy) == 0 and grid[1] * chunk >= in_f and (grid[1] - 1) * chunk < in_f
+    assert us * hy * k <= LUT_FLOATS and smem <= 227 << 10  # a phase's tables; an H100's shared memory a block
+    with pytest.raises(ValueError, match="1024 codewords"):
+        row1_launch(in_f, out_f, 132, 2048, 2, 4)
+
+
 @pytest.mark.parametrize("rows", [1, 2, 4, 5, 8, 9, 49, 63])
 @pytest.mark.parametrize("in_f,out_f", [(12_544, 1024), (256, 64), (64, 24), (5, 3)])
 def test_packed_launch_covers_every_row_output_and_input(rows, in_f, out_f):
@@ -86,9 +98,10 @@ def test_packed_launch_covers_every_row_output_and_input(rows, in_f, out_f):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("one_row", ["row1", "lut"])  # the one-row kernel, or the general one at one row
 @pytest.mark.parametrize("k", [256, 257, 2048])  # uint8 tables, uint16 tables, codebook windows
 @pytest.mark.parametrize("side", WIDTHS)
-def test_packed_kernels_match_the_stored_head_on_every_path(k, side):
+def test_packed_kernels_match_the_stored_head_on_every_path(k, side, one_row):
     """Every row count boundary (1, 4- and 8-row blocks, the slab path from 64 rows), split and
     unsplit inputs, partial groups (70 and 24 outputs), inputs inside and outside the grid, poisoned
     outputs: fp32 everywhere below the slabs, fp16 hi/lo products on them."""
@@ -97,9 +110,11 @@ def test_packed_kernels_match_the_stored_head_on_every_path(k, side):
     from sharekan.lutham.module import LuthamKAN
     from sharekan.lutham.validate import validate
 
-    for sizes in ([300, 70, 24], [1024, 24]):
+    if k > 1024 and one_row == "lut":
+        pytest.skip("K > 1,024 gathers codebook windows at one row either way")
+    for sizes in ([300, 70, 24], [1024, 24], [6000, 1024]):  # the last: several phases a block at one row
         vq = packed_vq(sizes, k, side, device="cuda", seed=2)
-        head = LuthamKAN(vq, max_rows=300, records="auto")
+        head = LuthamKAN(vq, max_rows=300 if sizes[0] < 6000 else 1, records="auto", one_row=one_row)
         assert head.records == "packed"
         report = validate(head, vq)
         assert report["all_written"], report

@@ -136,3 +136,23 @@ def test_a_base_given_in_part_keeps_the_studys_test_split_sizes(study):
     base = cls.model_validate({"base": {"train": {"lipschitz": 1.0}}}).base
     assert (base.data.n_test, base.data.n_ood, base.train.lipschitz) == (1000, 400, 1.0)
     assert cls.model_validate({"base": {"data": {"n_test": 300}}}).base.data.n_test == 300
+
+
+def test_a_shared_study_also_gives_its_heads_as_single_heads_with_their_own_codebooks():
+    rec = _record()
+    lam0 = _shared_result(0.0, {"0": 0.70, "1": 0.74}, {"0": -0.01, "1": -0.03})
+    lam1 = _shared_result(1.0, {"0": 0.72, "1": 0.73}, {"0": -0.01, "1": -0.02})
+    lam1["rows"][0].update(per_head_own_delta={"0": -0.02, "1": 0.0}, separate_ratio=16.0)
+    again = _shared_result(1.0, {"0": 0.72, "1": 0.73}, {"0": -0.01, "1": -0.02}, "fp16")
+    rows = rec.against_unpenalised(rec.deduplicated(
+        rec.shared_rows(lam0) + rec.shared_rows(lam1) + rec.shared_rows(again)))
+    own = [r for r in rows if r["variant"] == "VQ K=256 int4 fine-tuned (own codebook)"]
+    assert len(own) == 1 and own[0]["heads"] == 1 and own[0]["ratio"] == 16.0
+    assert own[0]["per_seed_map"] == pytest.approx({"0": 0.70, "1": 0.73})
+    assert own[0]["storage_bytes"] == pytest.approx(1000 / 2 / 16)
+    assert len([r for r in rows if r["variant"] == "dense fp32" and r["lipschitz"] == 1.0]) == 2  # 2 heads; 1 head
+    # single heads pair with the λ = 0 study's heads only where that study gave single heads too
+    assert "delta_vs_unpenalised_mean" not in own[0]
+    changed = _shared_result(1.0, {"0": 0.72, "1": 0.99}, {"0": -0.01, "1": -0.02})
+    with pytest.raises(ValueError, match="different per-seed mAPs"):
+        rec.deduplicated(rec.shared_rows(lam1) + rec.shared_rows(changed))

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 __all__ = ["TILE_O", "BASE_SLOT", "THREADS", "ROW1_UNROLL", "ROW1_MAX_CHUNK", "TC_TILES", "BASES_BYTES",
            "PRECISIONS", "SLAB_FROM_ROWS", "SLAB_BYTES", "SLAB_IN", "SLAB_ROWS", "BLAS_BYTES", "LUT_FLOATS", "LUT_STEP", "LUT_MAX_K", "PACKED_NR", "PACKED_SLAB_FROM", "KERNELS",
-           "PACKED_KERNELS", "packed_launch",
+           "PACKED_KERNELS", "packed_launch", "row1_launch",
            "defines", "launches", "products", "uses_slab", "fragment_bytes", "bases_scratch", "tc_slabs",
            "slab_slots", "slab_sections", "slab_workspace", "slab_launches"]
 
@@ -45,10 +45,12 @@ LUT_MAX_K = 1024     # packed heads with larger codebooks gather codebook window
 PACKED_NR = (1, 4, 8)  # rows a packed_lut / packed_gather block covers
 PACKED_SLAB_FROM = 64  # rows from which packed heads run as cuBLAS slabs
 _PACKED_WARPS_PER_SM = 32  # packed_lut / packed_gather: warps in flight to aim for
+_ROW1_BLOCKS_PER_SM = 3  # packed_row1: blocks in flight to aim for (its __launch_bounds__)
 KERNELS = ("lutham_row1", *(f"lutham_bases_p{p}" for p in (3, 2, 1)),
            *(f"lutham_tc{n}p{p}" for p in (3, 2, 1) for n in TC_TILES),
            *(f"lutham_slab_p{p}" for p in (3, 2, 1)))
-PACKED_KERNELS = (*(f"packed_lut_i{i}_s{s}_r{r}" for i in (1, 2) for s in (4, 8, 16) for r in PACKED_NR),
+PACKED_KERNELS = (*(f"packed_row1_i{i}_s{s}" for i in (1, 2) for s in (4, 8, 16)),
+                  *(f"packed_lut_i{i}_s{s}_r{r}" for i in (1, 2) for s in (4, 8, 16) for r in PACKED_NR),
                   *(f"packed_gather_i2_s{s}_r{r}" for s in (4, 8, 16) for r in PACKED_NR),
                   *(f"packed_slab_i{i}_s{s}_p{p}" for i in (1, 2) for s in (4, 8, 16) for p in (1, 2, 3)))
 _WARPS_PER_SM = 48   # lutham_row1: warps in flight to aim for
@@ -213,3 +215,29 @@ def packed_launch(rows: int, in_f: int, out_f: int, n_sm: int) -> tuple[int, int
     chunk = _splits(in_f, gx * gz * threads // 32, _PACKED_WARPS_PER_SM * n_sm)
     return nr, chunk, (gx, _cdiv(in_f, chunk), gz), (threads,)
 
+
+
+def _row1_steps(ib: int, sb: int) -> int:
+    """Records a ``packed_row1`` thread holds a phase (the kernel's ``row1_steps``): about 20 words."""
+    words = 2 * ib + 3 * sb // 4
+    return 1 if words >= 20 else 20 // words
+
+
+def row1_launch(in_f: int, out_f: int, n_sm: int, k: int, ib: int, sb: int):
+    """``(chunk, us, grid, block, shared bytes)`` of the ``packed_row1`` launch of one layer at one row:
+    threads over the output groups (x, a power of two up to 256) by threads sharing out each phase's
+    inputs (y, filling the block to 256 while a phase's tables fit ``LUT_FLOATS``), ``us`` inputs a
+    thread a phase (fewer where the layer has too few inputs to give about ``_ROW1_BLOCKS_PER_SM``
+    blocks an SM), and chunks of inputs, a multiple of the phase, over about that many blocks."""
+    if k > LUT_MAX_K:
+        raise ValueError(f"packed_row1 holds tables of up to {LUT_MAX_K} codewords, got K = {k}")
+    groups = _cdiv(out_f, 8)
+    bx = min(THREADS, 1 << (groups - 1).bit_length())
+    hy = max(1, min(THREADS // bx, LUT_FLOATS // k))
+    gx = _cdiv(groups, bx)
+    blocks = max(1, _ROW1_BLOCKS_PER_SM * n_sm // gx)
+    us = max(1, min(_row1_steps(ib, sb), LUT_FLOATS // (hy * k), _cdiv(in_f, blocks * hy)))
+    phase = us * hy
+    chunk = _cdiv(_cdiv(in_f, blocks), phase) * phase
+    smem = chunk * 28 + 4 * max(2 * phase * k, 8 * bx * hy)
+    return chunk, us, (gx, _cdiv(in_f, chunk), 1), (bx, hy), smem

@@ -7,10 +7,12 @@ A layer of a :class:`~sharekan.vq_kan.VQKAN` becomes four planes over ``[in, gro
 - ``gain``, ``bias``, ``base``: the stored values at the stored width, unscaled — int4 as one uint32
   a group (output ``8g + j`` in nibble ``j``, value + 8: storage's code), int8 (8 bytes), fp16 (16 bytes).
 
-The per-output scales of the stored form stay per output: ``scales [3, out_pad]`` float32 holds the
+The per-output scales of the stored form stay per output: ``scales [4, out_pad]`` float32 holds the
 gain scale ``s_g`` and the ratios ``s_b / s_g`` and ``s_w / s_g`` (1 for fp16 side data), so a kernel
 sums ``Σ_i q_g·T + (s_b/s_g)·q_b·ΣB + (s_w/s_g)·q_w·silu`` in one accumulator and multiplies by
-``s_g`` once. LUTHAM computes exactly the stored (and fine-tuned) values: the same ``quantize``
+``s_g`` once; its fourth row is ``Σ_i q_b`` per output, the bias term of a row whose inputs all have
+their four bases (``ΣB = 1``): a kernel adds it once and corrects only for inputs near or outside
+the grid's ends (``Σ_i q_b·ΣB = Σ_i q_b − Σ_i q_b·(1 − ΣB)``). LUTHAM computes exactly the stored (and fine-tuned) values: the same ``quantize``
 output, never re-quantized. Bytes an edge: 2.5 at K ≤ 256 with int4 side data, 4 with int8, 7 with
 fp16; one more with uint16 indices.
 
@@ -52,7 +54,7 @@ class PackedLayer:
     gain: np.ndarray  # [in, groups] uint32 (int4) | [in, groups, 8] int8 | float16
     bias: np.ndarray
     base: np.ndarray
-    scales: np.ndarray  # [3, out_pad] float32: s_g, s_b/s_g, s_w/s_g
+    scales: np.ndarray  # [4, out_pad] float32: s_g, s_b/s_g, s_w/s_g, Σ_i q_b
     t0: np.ndarray  # [in] float32: the first knot
     h: np.ndarray  # [in] float32: the knot spacing
 
@@ -118,19 +120,22 @@ def pack_layer(layer: VQKANLinear) -> PackedLayer:
         raise ValueError(f"LUTHAM indexes codebooks of at most 65,536 entries (uint16); this one has {k:,}")
     out_pad = -(-out_f // GROUP) * GROUP
     idx = _grouped(layer.indices.cpu().numpy().astype(np.uint8 if k <= 256 else np.uint16), out_pad)
-    planes, scales = {}, []
+    planes, scales, sums = {}, [], {}
     for q in SIDES:
         values = layer.stored_values(q).cpu().numpy()  # [out, in], unscaled stored values
+        sums[q] = values.astype(np.float64).sum(1)
         scale = getattr(layer, q + "_scale")
         scales.append(np.ones(out_f, np.float32) if scale is None else scale.detach().float().cpu().numpy().ravel())
         if side == "int4":
             planes[q] = _nibbles(_grouped(values.astype(np.int8), out_pad))
         else:
             planes[q] = _grouped(values.astype(np.int8 if side == "int8" else np.float16), out_pad)
-    s = np.ones((3, out_pad), np.float32)
+    s = np.ones((4, out_pad), np.float32)
     s[0, :out_f] = scales[0]
     s[1, :out_f] = scales[1] / scales[0]
     s[2, :out_f] = scales[2] / scales[0]
+    s[3] = 0.0
+    s[3, :out_f] = sums["bias"]
     return PackedLayer(in_f, out_f, layer.grid.shape[1], k, side, idx, planes["gain"], planes["bias"],
                        planes["base"], s, layer.grid[:, 0].detach().float().cpu().numpy().copy(),
                        pair[1].expand(in_f).numpy().astype(np.float32).copy())
@@ -161,7 +166,8 @@ def codebook_major(codebook: torch.Tensor) -> np.ndarray:
 def reference_forward(p: PackedLayer, codebook: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """The packed layer's forward, ``x [rows, in]`` → ``[rows, out]`` float32, by the kernels' sum:
     per row and input the lookup table ``T[c] = Σ_r B_r(x)·cb[c, first + r]`` over the 4 active
-    bases, then ``y = s_g·Σ_i (q_g·T[idx] + ρ_b·q_b·ΣB + ρ_w·q_w·silu)``. It holds a
+    bases, then ``y = s_g·Σ_i (q_g·T[idx] + ρ_b·q_b·ΣB + ρ_w·q_w·silu)``, the bias term folded as the
+    one-row kernel sums it (``Σ_i q_b`` less ``q_b·(1 − ΣB)`` of inputs without all four bases). It holds a
     ``[rows, in, out, 4]`` gather: a check for small heads, not a runtime."""
     dev = x.device
     u = {k: torch.as_tensor(v, device=dev) for k, v in unpack_layer(p).items()}
@@ -172,7 +178,9 @@ def reference_forward(p: PackedLayer, codebook: torch.Tensor, x: torch.Tensor) -
     pos = (first + 3).unsqueeze(-1) + torch.arange(4, device=dev)  # [rows, in, 4]
     windows = cb[u["indices"].T[None, :, :, None], pos.unsqueeze(2)]  # [rows, in, out, 4]
     lut = (windows * w.unsqueeze(2)).sum(-1)  # T[idx]: [rows, in, out]
-    ratio_b, ratio_w = (torch.as_tensor(p.scales[j, :p.out_features], device=dev) for j in (1, 2))
+    ratio_b, ratio_w, bias_sum = (torch.as_tensor(p.scales[j, :p.out_features], device=dev) for j in (1, 2, 3))
+    full = (first >= 0) & (first + 3 < codebook.shape[1])  # all four bases exist: ΣB = 1
+    corr = torch.where(full, torch.zeros_like(x), 1 - w.sum(-1))  # the folded bias term's correction
     acc = torch.einsum("rio,oi->ro", lut, u["gain"])
-    acc = acc + ratio_b * (w.sum(-1) @ u["bias"].T) + ratio_w * (F.silu(x) @ u["base"].T)
+    acc = acc + ratio_b * (bias_sum - corr @ u["bias"].T) + ratio_w * (F.silu(x) @ u["base"].T)
     return acc * u["gain_scale"]

@@ -18,7 +18,7 @@ import torch
 from .blas import Blas
 from .compile import load_module
 from .geometry import (BLAS_BYTES, LUT_MAX_K, PACKED_KERNELS, PACKED_SLAB_FROM, SLAB_BYTES, packed_launch, products,
-                       slab_workspace)
+                       row1_launch, slab_workspace)
 from .l2 import persist
 from .packed import SIDE_BYTES, codebook_major, pack_layer
 from .plan import LayerSpec, plan_packed
@@ -47,10 +47,13 @@ class PackedHead(ArenaHead):
 
     def __init__(self, model, max_rows: int, persist_l2: bool = True, use_graphs: bool = True,
                  precision: str = "high", slab_from: int | None = None, slab_bytes: int = SLAB_BYTES,
-                 module=None):
+                 module=None, one_row: str = "row1"):
         why = packable(model)
         if why:
             raise ValueError(why)
+        if one_row not in ("row1", "lut"):
+            raise ValueError(f"one_row must be 'row1' or 'lut', got {one_row!r}")
+        self.one_row = one_row
         layers = list(model.layers)
         cb = layers[0].codebook
         self.packed = [pack_layer(lay) for lay in layers]
@@ -99,6 +102,17 @@ class PackedHead(ArenaHead):
                 self._slabs(rows, lay, self.kernels[f"packed_slab_{widths}_p{self.products}"], yout,
                             (xin, np.int32(rows), np.int32(i_f), np.int32(o_f), np.int32(groups)),
                             (*knots, cb, np.int32(cb.shape[1]), *planes, scales))
+                continue
+            if rows == 1 and not self.windows and self.one_row == "row1":
+                chunk, us, grid, block, smem = row1_launch(i_f, o_f, self._sms, self.k, self.ib, self.sb)
+                if grid[1] > 1:
+                    cp.cuda.runtime.memsetAsync(yout.data.ptr, 0, o_f * 4, self.stream.ptr)
+                kernel = self.kernels[f"packed_row1_{widths}"]
+                if smem > 48 << 10:
+                    kernel.max_dynamic_shared_size_bytes = smem
+                kernel(grid, block, (xin, np.int32(i_f), np.int32(o_f), np.int32(groups), np.int32(chunk), np.int32(us),
+                                     *knots, cb, np.int32(self.k), np.int32(cb.shape[1]), *planes, scales, yout),
+                       shared_mem=smem)
                 continue
             nr, chunk, grid, block = packed_launch(rows, i_f, o_f, self._sms)
             if grid[1] > 1:  # split inputs add into the output

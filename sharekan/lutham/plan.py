@@ -122,7 +122,7 @@ def plan_packed(layers: list[LayerSpec], codebook_size: int, side_bytes: int, ma
     """Lay out the arena for a head run from packed planes (LUTHAM v3, ``packed.PackedLayer``): the
     codebook coefficient-major ``[C, K_pad]`` (and as 4-coefficient windows where ``windows``: heads
     whose codebook is too large for lookup tables), per layer the knot constants, the per-output
-    scales ``[3, out_pad]`` and the four edge planes — the index plane at 1 byte an edge where
+    scales ``[4, out_pad]`` and the four edge planes — the index plane at 1 byte an edge where
     ``K ≤ 256`` (2 otherwise), each side plane at ``side_bytes`` bytes a group of 8 outputs — then the
     activations and the slab ``workspace`` (0: none)."""
     n_coef = _check(layers, codebook_size, max_rows)
@@ -134,7 +134,7 @@ def plan_packed(layers: list[LayerSpec], codebook_size: int, side_bytes: int, ma
         groups = -(-lay.out_features // 8)
         specs += [(f"L{n}.t0", "t0", (lay.in_features,), "float32", 4),
                   (f"L{n}.h", "h", (lay.in_features,), "float32", 4),
-                  (f"L{n}.scales", "scales", (3, groups * 8), "float32", 4),
+                  (f"L{n}.scales", "scales", (4, groups * 8), "float32", 4),
                   (f"L{n}.idx", "edges", (lay.in_features, groups * 8 * (1 if codebook_size <= 256 else 2)), "uint8", 1),
                   *((f"L{n}.{q}", "edges", (lay.in_features, groups * side_bytes), "uint8", 1) for q in PLANES[1:])]
     return _layout(specs, layers, codebook_size, n_coef, max_rows, workspace, 0)

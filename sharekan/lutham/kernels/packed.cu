@@ -184,6 +184,183 @@ __device__ __forceinline__ void packed_rows(const float* __restrict__ x, int row
     PACKED_ROWS(packed_##MODE##_i##IB##_s##SB##_r4, IB, SB, 4, GATHER)                                           \
     PACKED_ROWS(packed_##MODE##_i##IB##_s##SB##_r8, IB, SB, 8, GATHER)
 
+// ---- one row: packed_row1<IB, SB> (K <= LUT_MAX_K) ----------------------------------------------------------
+// A block is blockDim.x threads over output groups (a thread a group) by blockDim.y threads that share
+// out each phase's inputs; blockIdx.y is a chunk of inputs. The first phase's records load before
+// anything else; the chunk's bases are computed once; a phase's lookup tables (us * blockDim.y inputs,
+// codebook rows read through L1) are built into one of two buffers while the other is read, and the
+// next phase's records load while this one's are used: one barrier a phase. Side data decode with
+// integer ops and one FADD (no int-to-float conversions, which run at a quarter rate), table reads use
+// 32-bit shared addresses. The bias term is folded: scales' fourth row holds sum_i q_b per output, and
+// only inputs without their four bases (near or outside the grid's ends: sum B < 1) correct it, so an
+// edge inside the grid is one table read and two FMAs. Dynamic shared memory (geometry.row1_launch):
+// bases float4[chunk], first int[chunk], 1 - sum B and silu float[chunk], then max(2 S k, 8 threads)
+// floats of tables (at the end, the threads' partial sums).
+
+template <int IB, int SB>
+__device__ constexpr int row1_steps() {  // records a thread holds a phase: about 20 words of them
+    constexpr int words = 2 * IB + 3 * SB / 4;
+    return words >= 20 ? 1 : 20 / words;
+}
+
+// the 8 side values of a word as floats: magic-number conversions (2^23 + v, less 2^23 + offset)
+__device__ __forceinline__ void decode8(unsigned w, float* v) {  // int4 stored as value + 8
+    const unsigned lo = w & 0x0F0F0F0Fu, hi = (w >> 4) & 0x0F0F0F0Fu;
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+        v[j] = __int_as_float(__byte_perm(j & 1 ? hi : lo, 0x4Bu, 0x4550 | (j >> 1))) - 8388616.f;
+}
+__device__ __forceinline__ void decode8(uint2 w, float* v) {  // int8: value + 128 after xor 0x80
+    const unsigned a = w.x ^ 0x80808080u, b = w.y ^ 0x80808080u;
+#pragma unroll
+    for (int j = 0; j < 8; ++j)
+        v[j] = __int_as_float(__byte_perm(j < 4 ? a : b, 0x4Bu, 0x4550 | (j & 3))) - 8388736.f;
+}
+__device__ __forceinline__ void decode8(uint4 w, float* v) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) v[j] = side_of(w, j);
+}
+// the table offset in bytes (4 * index) of output j
+__device__ __forceinline__ unsigned offset_of(uint2 w, int j) { return (unsigned)__byte_perm(word(w, j >> 2), 0, 0x4440 | (j & 3)) << 2; }
+__device__ __forceinline__ unsigned offset_of(uint4 w, int j) { return (unsigned)index_of(w, j) << 2; }
+__device__ __forceinline__ float lds(unsigned at) {
+    float v;
+    asm volatile("ld.shared.f32 %0, [%1];" : "=f"(v) : "r"(at));
+    return v;
+}
+
+template <int IB, int SB>
+__device__ __forceinline__ void packed_row1(const float* __restrict__ x, int in_f, int out_f, int groups, int chunk,
+                                            int us, const float* __restrict__ t0, const float* __restrict__ hh, int nk,
+                                            int n_coef, const float* __restrict__ cb, int k, int kp, const void* idx,
+                                            const void* gp, const void* bp, const void* wp,
+                                            const float* __restrict__ scales, float* __restrict__ y) {
+    extern __shared__ float4 dyn[];
+    constexpr int U = row1_steps<IB, SB>();
+    using R = Rec<IB, SB>;
+    const int bx = blockDim.x, hy = blockDim.y, ty = threadIdx.y, nt = bx * hy, tid = ty * bx + threadIdx.x;
+    const int grp = blockIdx.x * bx + threadIdx.x;
+    const bool active = grp < groups;
+    const int i_lo = blockIdx.y * chunk, n = min(in_f, i_lo + chunk) - i_lo;
+    const int S = min(us, U) * hy;  // inputs a phase
+    float4* bw = dyn;
+    int* first = reinterpret_cast<int*>(bw + chunk);
+    float* corr = reinterpret_cast<float*>(first + chunk);  // 1 - sum B: 0 where all four bases exist
+    float* silu = corr + chunk;
+    float* tab = silu + chunk;
+
+    R cur[U], nxt[U];
+    auto load = [&](int ph, R* rec) {
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int s = ph * S + ty + hy * u;
+            rec[u] = record<IB, SB>(idx, gp, bp, wp, (long)(i_lo + s) * groups + grp, active && u < us && s < n);
+        }
+    };
+    load(0, cur);  // in flight while the bases and the first tables are made
+    for (int s = tid; s < n; s += nt) {
+        const int i = i_lo + s;
+        const Basis b = basis_of(x[i], t0[i], hh[i], nk, n_coef);
+        bw[s] = make_float4(b.w[0], b.w[1], b.w[2], b.w[3]);
+        first[s] = b.first;
+        corr[s] = (b.first >= 0 && b.first + 3 < n_coef) ? 0.f : 1.f - b.sum;
+        silu[s] = b.silu;
+    }
+    __syncthreads();
+
+    float ag[8], ab[8], aw[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) ag[j] = ab[j] = aw[j] = 0.f;
+    // the tables of phase ph into T: a thread a codeword, an input of the phase at a time
+    auto build = [&](int ph, float* T) {
+        const int s0 = ph * S, ns = min(S, n - s0);
+        for (int sl = 0; sl < ns; ++sl) {
+            const float4 w = bw[s0 + sl];
+            const int f = first[s0 + sl];
+            const float wj[4] = {w.x, w.y, w.z, w.w};
+            const float* rows[4];
+#pragma unroll
+            for (int j = 0; j < 4; ++j)  // a basis that does not exist has weight 0: clamp its row
+                rows[j] = cb + (long)min(max(f + j, 0), n_coef - 1) * kp;
+            for (int c = tid; c < k; c += nt) {
+                float t = 0.f;
+#pragma unroll
+                for (int j = 0; j < 4; ++j) t = fmaf(wj[j], __ldg(rows[j] + c), t);
+                T[sl * k + c] = t;
+            }
+        }
+    };
+    const int phases = (n + S - 1) / S;
+    build(0, tab);
+    __syncthreads();
+    const unsigned tab_at = (unsigned)__cvta_generic_to_shared(tab);
+    for (int ph = 0; ph < phases; ++ph) {
+        const bool more = ph + 1 < phases;
+        if (more) load(ph + 1, nxt);
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            const int sl = ty + hy * u, s = ph * S + sl;
+            if (u < us && s < n) {
+                const unsigned t = tab_at + 4u * (unsigned)(((ph & 1) * S + sl) * k);
+                const float sw = silu[s], cr = corr[s];
+                float g[8], w[8];
+                decode8(cur[u].g, g);
+                decode8(cur[u].w, w);
+#pragma unroll
+                for (int j = 0; j < 8; ++j) {
+                    ag[j] = fmaf(g[j], lds(t + offset_of(cur[u].i, j)), ag[j]);
+                    aw[j] = fmaf(w[j], sw, aw[j]);
+                }
+                if (cr != 0.f) {  // an input without all four bases: its bias term is q_b * sum B, not q_b
+                    float b[8];
+                    decode8(cur[u].b, b);
+#pragma unroll
+                    for (int j = 0; j < 8; ++j) ab[j] = fmaf(b[j], cr, ab[j]);
+                }
+            }
+        }
+        if (more) build(ph + 1, tab + ((ph + 1) & 1) * S * k);
+        __syncthreads();
+#pragma unroll
+        for (int u = 0; u < U; ++u) cur[u] = nxt[u];
+    }
+    const int out_pad = groups * 8;
+    const bool once = blockIdx.y == 0 && ty == 0;  // the folded bias sum goes in once an output
+    float v[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        const int o = min(8 * grp + j, out_pad - 1);
+        v[j] = ag[j] + scales[out_pad + o] * ((once ? scales[3 * out_pad + o] : 0.f) - ab[j]) +
+               scales[2 * out_pad + o] * aw[j];
+    }
+    if (hy > 1) {  // the block's rows of threads add up through shared memory (the loop ended on a barrier)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) tab[j * nt + tid] = v[j];
+        __syncthreads();
+        if (ty > 0) return;
+        for (int h = 1; h < hy; ++h)
+#pragma unroll
+            for (int j = 0; j < 8; ++j) v[j] += tab[j * nt + h * bx + threadIdx.x];
+    }
+    if (!active) return;
+    const bool atomic = gridDim.y > 1;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        const int o = 8 * grp + j;
+        put(y, 0, o, 1, out_f, scales[min(o, out_pad - 1)] * v[j], atomic);
+    }
+}
+
+#define PACKED_ROW1(IB, SB)                                                                                     \
+    extern "C" __global__ void __launch_bounds__(256, 3) packed_row1_i##IB##_s##SB(                             \
+        const float* __restrict__ x, int in_f, int out_f, int groups, int chunk, int us,                         \
+        const float* __restrict__ t0, const float* __restrict__ hh, int nk, int n_coef,                          \
+        const float* __restrict__ cb, int k, int kp, const void* idx, const void* gp, const void* bp,             \
+        const void* wp, const float* __restrict__ scales, float* __restrict__ y) {                              \
+        packed_row1<IB, SB>(x, in_f, out_f, groups, chunk, us, t0, hh, nk, n_coef, cb, k, kp, idx, gp, bp, wp,   \
+                            scales, y);                                                                          \
+    }
+
 // one stored value of output o, input i from a plane of 8-output words
 template <int SB>
 __device__ __forceinline__ float side_at(const void* plane, long i, int o, int groups) {
@@ -245,5 +422,7 @@ __device__ __forceinline__ void packed_weights(__half* st, int tile, int ii0, in
 PACKED_MODE(lut, 1, 4, false) PACKED_MODE(lut, 1, 8, false) PACKED_MODE(lut, 1, 16, false)
 PACKED_MODE(lut, 2, 4, false) PACKED_MODE(lut, 2, 8, false) PACKED_MODE(lut, 2, 16, false)
 PACKED_MODE(gather, 2, 4, true) PACKED_MODE(gather, 2, 8, true) PACKED_MODE(gather, 2, 16, true)
+PACKED_ROW1(1, 4) PACKED_ROW1(1, 8) PACKED_ROW1(1, 16)
+PACKED_ROW1(2, 4) PACKED_ROW1(2, 8) PACKED_ROW1(2, 16)
 PACKED_SLABS(1, 4) PACKED_SLABS(1, 8) PACKED_SLABS(1, 16)
 PACKED_SLABS(2, 4) PACKED_SLABS(2, 8) PACKED_SLABS(2, 16)
