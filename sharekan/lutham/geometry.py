@@ -22,7 +22,7 @@ from __future__ import annotations
 
 __all__ = ["TILE_O", "BASE_SLOT", "THREADS", "ROW1_UNROLL", "ROW1_MAX_CHUNK", "TC_TILES", "BASES_BYTES",
            "PRECISIONS", "SLAB_FROM_ROWS", "SLAB_BYTES", "SLAB_IN", "SLAB_ROWS", "BLAS_BYTES", "LUT_FLOATS", "LUT_STEP", "LUT_MAX_K", "PACKED_NR", "PACKED_SLAB_FROM", "KERNELS",
-           "PACKED_KERNELS", "packed_launch", "row1_launch", "row1_partials",
+           "PACKED_KERNELS", "packed_launch", "row1_launch",
            "defines", "launches", "products", "uses_slab", "fragment_bytes", "bases_scratch", "tc_slabs",
            "slab_slots", "slab_sections", "slab_workspace", "slab_launches"]
 
@@ -45,11 +45,11 @@ LUT_MAX_K = 1024     # packed heads with larger codebooks gather codebook window
 PACKED_NR = (1, 4, 8)  # rows a packed_lut / packed_gather block covers
 PACKED_SLAB_FROM = 64  # rows from which packed heads run as cuBLAS slabs
 _PACKED_WARPS_PER_SM = 32  # packed_lut / packed_gather: warps in flight to aim for
-_ROW1_BLOCKS_PER_SM = 4  # packed_row1: blocks in flight to aim for (its __launch_bounds__)
+_ROW1_BLOCKS_PER_SM = 3  # packed_row1: blocks in flight to aim for (its __launch_bounds__)
 KERNELS = ("lutham_row1", *(f"lutham_bases_p{p}" for p in (3, 2, 1)),
            *(f"lutham_tc{n}p{p}" for p in (3, 2, 1) for n in TC_TILES),
            *(f"lutham_slab_p{p}" for p in (3, 2, 1)))
-PACKED_KERNELS = (*(f"packed_row1_i{i}_s{s}" for i in (1, 2) for s in (4, 8, 16)), "packed_sum",
+PACKED_KERNELS = (*(f"packed_row1_i{i}_s{s}" for i in (1, 2) for s in (4, 8, 16)),
                   *(f"packed_lut_i{i}_s{s}_r{r}" for i in (1, 2) for s in (4, 8, 16) for r in PACKED_NR),
                   *(f"packed_gather_i2_s{s}_r{r}" for s in (4, 8, 16) for r in PACKED_NR),
                   *(f"packed_slab_i{i}_s{s}_p{p}" for i in (1, 2) for s in (4, 8, 16) for p in (1, 2, 3)))
@@ -218,9 +218,9 @@ def packed_launch(rows: int, in_f: int, out_f: int, n_sm: int) -> tuple[int, int
 
 
 def _row1_steps(ib: int, sb: int) -> int:
-    """Records a ``packed_row1`` thread holds a phase (the kernel's ``row1_steps``): about 10 words."""
+    """Records a ``packed_row1`` thread holds a phase (the kernel's ``row1_steps``): about 20 words."""
     words = 2 * ib + 3 * sb // 4
-    return 1 if words >= 10 else 10 // words
+    return 1 if words >= 20 else 20 // words
 
 
 def row1_launch(in_f: int, out_f: int, n_sm: int, k: int, ib: int, sb: int):
@@ -241,14 +241,3 @@ def row1_launch(in_f: int, out_f: int, n_sm: int, k: int, ib: int, sb: int):
     chunk = _cdiv(_cdiv(in_f, blocks), phase) * phase
     smem = chunk * 28 + 4 * max(2 * phase * k, 8 * bx * hy)
     return chunk, us, (gx, _cdiv(in_f, chunk), 1), (bx, hy), smem
-
-
-def row1_partials(layers, n_sm: int, k: int, ib: int, sb: int) -> int:
-    """Floats of the partial sums ``packed_row1`` writes for ``packed_sum`` (chunks × padded outputs),
-    for the layer (``(in, out)`` pairs) that needs the most; 0 where no layer is split."""
-    need = 0
-    for in_f, out_f in layers:
-        _, _, grid, _, _ = row1_launch(in_f, out_f, n_sm, k, ib, sb)
-        if grid[1] > 1:
-            need = max(need, grid[1] * _cdiv(out_f, 8) * 8)
-    return need

@@ -198,9 +198,9 @@ __device__ __forceinline__ void packed_rows(const float* __restrict__ x, int row
 // floats of tables (at the end, the threads' partial sums).
 
 template <int IB, int SB>
-__device__ constexpr int row1_steps() {  // records a thread holds a phase: about 10 words of them
+__device__ constexpr int row1_steps() {  // records a thread holds a phase: about 20 words of them
     constexpr int words = 2 * IB + 3 * SB / 4;
-    return words >= 10 ? 1 : 10 / words;
+    return words >= 20 ? 1 : 20 / words;
 }
 
 // the 8 side values of a word as floats: magic-number conversions (2^23 + v, less 2^23 + offset)
@@ -234,8 +234,7 @@ __device__ __forceinline__ void packed_row1(const float* __restrict__ x, int in_
                                             int us, const float* __restrict__ t0, const float* __restrict__ hh, int nk,
                                             int n_coef, const float* __restrict__ cb, int k, int kp, const void* idx,
                                             const void* gp, const void* bp, const void* wp,
-                                            const float* __restrict__ scales, float* __restrict__ y,
-                                            float* __restrict__ part) {
+                                            const float* __restrict__ scales, float* __restrict__ y) {
     extern __shared__ float4 dyn[];
     constexpr int U = row1_steps<IB, SB>();
     using R = Rec<IB, SB>;
@@ -344,49 +343,22 @@ __device__ __forceinline__ void packed_row1(const float* __restrict__ x, int in_
             for (int j = 0; j < 8; ++j) v[j] += tab[j * nt + h * bx + threadIdx.x];
     }
     if (!active) return;
-    if (gridDim.y > 1) {  // a chunk's partial sums, added by packed_sum (no atomics: they queue at L2)
-        float4* to = reinterpret_cast<float4*>(part + (long)blockIdx.y * out_pad + 8 * grp);
-        to[0] = make_float4(scales[8 * grp] * v[0], scales[8 * grp + 1] * v[1], scales[8 * grp + 2] * v[2],
-                            scales[8 * grp + 3] * v[3]);
-        to[1] = make_float4(scales[8 * grp + 4] * v[4], scales[8 * grp + 5] * v[5], scales[8 * grp + 6] * v[6],
-                            scales[8 * grp + 7] * v[7]);
-        return;
-    }
+    const bool atomic = gridDim.y > 1;
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
         const int o = 8 * grp + j;
-        put(y, 0, o, 1, out_f, scales[o] * v[j], false);
-    }
-}
-
-// y[o] = sum over the chunks of packed_row1's partial sums: 32 outputs a block (x), 8 warps over the chunks
-extern "C" __global__ void __launch_bounds__(256) packed_sum(const float* __restrict__ part, int chunks, int out_pad,
-                                                             int out_f, float* __restrict__ y) {
-    __shared__ float red[8][33];
-    const int o = blockIdx.x * 32 + threadIdx.x;
-    float s = 0.f;
-    if (o < out_pad) {
-#pragma unroll 4
-        for (int c = threadIdx.y; c < chunks; c += 8) s += part[(long)c * out_pad + o];
-    }
-    red[threadIdx.y][threadIdx.x] = s;
-    __syncthreads();
-    if (threadIdx.y == 0 && o < out_f) {
-        float t = 0.f;
-#pragma unroll
-        for (int w = 0; w < 8; ++w) t += red[w][threadIdx.x];
-        y[o] = t;
+        put(y, 0, o, 1, out_f, scales[min(o, out_pad - 1)] * v[j], atomic);
     }
 }
 
 #define PACKED_ROW1(IB, SB)                                                                                     \
-    extern "C" __global__ void __launch_bounds__(256, 4) packed_row1_i##IB##_s##SB(                             \
+    extern "C" __global__ void __launch_bounds__(256, 3) packed_row1_i##IB##_s##SB(                             \
         const float* __restrict__ x, int in_f, int out_f, int groups, int chunk, int us,                         \
         const float* __restrict__ t0, const float* __restrict__ hh, int nk, int n_coef,                          \
         const float* __restrict__ cb, int k, int kp, const void* idx, const void* gp, const void* bp,             \
-        const void* wp, const float* __restrict__ scales, float* __restrict__ y, float* __restrict__ part) {    \
+        const void* wp, const float* __restrict__ scales, float* __restrict__ y) {                              \
         packed_row1<IB, SB>(x, in_f, out_f, groups, chunk, us, t0, hh, nk, n_coef, cb, k, kp, idx, gp, bp, wp,   \
-                            scales, y, part);                                                                    \
+                            scales, y);                                                                          \
     }
 
 // one stored value of output o, input i from a plane of 8-output words
