@@ -175,7 +175,7 @@ def readme_table(rows: list[dict]) -> str:
     for rid, g, lam, heads, images, variant in SELECTED:
         ptq = find(g, lam, heads, images, variant)
         tuned = re.sub(r"^(VQ K=\d+ \w+)", r"\1 fine-tuned", variant)
-        ft = find(g, lam, heads, images, tuned)
+        ft = find(g, lam, heads, images, tuned) if tuned != variant else None
         if ptq is None:
             raise ValueError(f"row {rid}: no result row {variant!r} at G={g}, λ={lam:g}, {heads} head(s), "
                              f"{images} test images")
