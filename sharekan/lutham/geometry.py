@@ -216,7 +216,6 @@ def packed_launch(rows: int, in_f: int, out_f: int, n_sm: int) -> tuple[int, int
     return nr, chunk, (gx, _cdiv(in_f, chunk), gz), (threads,)
 
 
-
 def _row1_steps(ib: int, sb: int) -> int:
     """Records a ``packed_row1`` thread holds a phase (the kernel's ``row1_steps``): about 20 words."""
     words = 2 * ib + 3 * sb // 4

@@ -3,9 +3,11 @@
 :class:`PackedHead` packs each layer of a :class:`~sharekan.vq_kan.VQKAN` as it was stored
 (:func:`~sharekan.lutham.packed.pack_layer`: uint8 indices where K ≤ 256, int4/int8/fp16 side data
 with the storage's per-output scales) into the planned arena (:func:`~sharekan.lutham.plan.plan_packed`)
-and runs each layer as one launch below ``slab_from`` rows — ``packed_lut_*`` (per-input lookup
-tables in shared memory, K ≤ ``geometry.LUT_MAX_K``) or ``packed_gather_*`` (codebook windows from
-L2) — preceded by a memset of the output where inputs are split over blocks (fp32 atomics), and from
+and runs each layer below ``slab_from`` rows as one launch — at one row and K ≤
+``geometry.LUT_MAX_K`` ``packed_row1_*`` (per-input lookup tables double-buffered in shared memory,
+a folded bias term), otherwise ``packed_lut_*`` (the same tables for 1, 4 or 8 rows a block) or
+``packed_gather_*`` (codebook windows from L2) — preceded by a memset of the output where inputs are
+split over blocks (fp32 atomics), and from
 ``slab_from`` rows as slabs expanded from the planes by ``packed_slab_*`` and multiplied by cuBLAS
 (fixed order: deterministic). The launches for a row count are one CUDA graph.
 """
@@ -43,7 +45,9 @@ def packable(model) -> str | None:
 class PackedHead(ArenaHead):
     """A VQ-compressed KAN head in one GPU arena of packed planes, for batches of up to ``max_rows``
     rows. ``precision`` and ``slab_bytes`` are the slab path's (as :class:`~sharekan.lutham.runtime.LuthamHead`);
-    ``slab_from`` the row count from which it is taken (``None``: ``geometry.PACKED_SLAB_FROM``)."""
+    ``slab_from`` the row count from which it is taken (``None``: ``geometry.PACKED_SLAB_FROM``);
+    ``one_row`` the one-row kernel: ``"row1"`` (``packed_row1``) or ``"lut"`` (``packed_lut`` at one
+    row, for comparison)."""
 
     def __init__(self, model, max_rows: int, persist_l2: bool = True, use_graphs: bool = True,
                  precision: str = "high", slab_from: int | None = None, slab_bytes: int = SLAB_BYTES,
