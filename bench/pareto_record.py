@@ -9,10 +9,11 @@ deltas where scored, and — against the best dense head of the same G, the unpe
 seeds). Rows of result files that kept only means and standard deviations get their interval from
 those (the same t-interval).
 
-    python bench/pareto_record.py --sweep S.json --shared H.json [H2.json] --lipschitz L1.json L10.json \
+    python bench/pareto_record.py --sweep S.json [S2.json ...] --shared H.json [H2.json ...] \
         --out OUT.json --readme README.md
 
-Each input is a ``sharekan study pareto|shared`` result (its ``<name>.json``). ``--readme`` rewrites
+Each input is a ``sharekan study pareto|shared`` result (its ``<name>.json``); rows of different
+test-set sizes or numbers of data sets (synthetic data set and backbone) are kept apart. ``--readme`` rewrites
 the table between the README's ``pareto-table`` markers; ``--table-only`` does just that from an
 existing ``--out``. Prints the rows that meet the issue's targets.
 """
@@ -36,21 +37,24 @@ KEYS = ("variant", "kind", "k", "grid_size", "side_bits", "finetuned", "heads", 
         "delta_map_ood_mean", "delta_map_ood_std", "delta_map_ood_ci95", "seeds", "command")
 UNPENALISED = "dense head of the same G trained without the penalty (λ = 0)"
 BEGIN, END = "<!-- pareto-table:begin (bench/pareto_record.py) -->", "<!-- pareto-table:end -->"
-# the README's rows: (id, G, λ, heads, test images, variant without "fine-tuned")
-SELECTED = tuple((rid, g, lam, heads, 200, v) for rid, g, lam, heads, v in (
+# the README's rows: (id, G, λ, heads, test images, data sets, variant without "fine-tuned")
+SELECTED = tuple((rid, g, lam, heads, 200, 1, v) for rid, g, lam, heads, v in (
     ("T1", 10, 0.0, 1, "dense fp32"), ("T2", 10, 0.0, 1, "int8 PTQ"), ("T3", 10, 0.0, 1, "VQ K=256 int8"),
     ("T4", 10, 0.0, 1, "VQ K=256 int4"), ("T5", 10, 0.0, 1, "VQ K=4096 int8"),
     ("T6", 20, 0.0, 1, "dense fp32"), ("T7", 20, 0.0, 1, "VQ K=1024 int8"),
     ("T8", 10, 1.0, 1, "dense fp32"), ("T9", 10, 1.0, 1, "VQ K=256 int8"), ("T10", 10, 1.0, 1, "VQ K=256 int4"),
     ("T11", 10, 10.0, 1, "dense fp32"), ("T12", 10, 10.0, 1, "VQ K=256 int8"), ("T13", 10, 10.0, 1, "VQ K=256 int4"),
     ("T14", 10, 0.0, 8, "VQ K=256 int8 shared by 8"), ("T15", 10, 0.0, 8, "VQ K=256 int4 shared by 8"))) + tuple(
-    (rid, 10, lam, heads, 1000, variant) for rid, (lam, heads, variant) in zip((f"T{n}" for n in range(16, 32)), (
+    (rid, 10, lam, heads, 1000, 1, variant) for rid, (lam, heads, variant) in zip((f"T{n}" for n in range(16, 32)), (
         (0.0, 1, "dense fp32"), (0.0, 1, "VQ K=256 int8 (own codebook)"), (0.0, 1, "VQ K=256 int4 (own codebook)"),
         (1.0, 1, "dense fp32"), (1.0, 1, "VQ K=256 int8 (own codebook)"), (1.0, 1, "VQ K=256 int4 (own codebook)"),
         (1.0, 1, "VQ K=256 int8 (own codebook), fp16 codebook"), (1.0, 1, "VQ K=256 int4 (own codebook), fp16 codebook"),
         (0.0, 8, "dense fp32"), (0.0, 8, "VQ K=256 int8 shared by 8"), (0.0, 8, "VQ K=256 int4 shared by 8"),
         (1.0, 8, "dense fp32"), (1.0, 8, "VQ K=256 int8 shared by 8"), (1.0, 8, "VQ K=256 int4 shared by 8"),
-        (1.0, 8, "VQ K=256 int8 shared by 8, fp16 codebook"), (1.0, 8, "VQ K=256 int4 shared by 8, fp16 codebook"))))
+        (1.0, 8, "VQ K=256 int8 shared by 8, fp16 codebook"), (1.0, 8, "VQ K=256 int4 shared by 8, fp16 codebook")))) + tuple(
+    (f"T{n}", 10, lam, 1, 1000, 2, v) for n, (lam, v) in enumerate(
+        [(0.0, v) for v in ("dense fp32", "int8 PTQ", "pruned 10%", "pruned 30%", "pruned 50%", "VQ K=256 int8",
+                            "VQ K=256 int4")] + [(1.0, v) for v in ("dense fp32", "VQ K=256 int8", "VQ K=256 int4")], 32))
 
 
 def completed(row: dict) -> dict:
@@ -66,9 +70,10 @@ def completed(row: dict) -> dict:
 
 
 def sweep_rows(result: dict) -> list[dict]:
-    base = result["parameters"]["base"]
-    return [completed({**{k: r.get(k) for k in KEYS}, "lipschitz": base["train"]["lipschitz"],
-                       "test_images": base["data"]["n_test"], "command": result["command"]})
+    p = result["parameters"]
+    return [completed({**{k: r.get(k) for k in KEYS}, "lipschitz": p["base"]["train"]["lipschitz"],
+                       "test_images": p["base"]["data"]["n_test"], "data_sets": len(p.get("data_seeds", [0])),
+                       "command": result["command"]})
             for r in result["rows"]]
 
 
@@ -81,7 +86,8 @@ def shared_rows(result: dict) -> list[dict]:
     base = p["base"]
     book = base["compress"].get("codebook_dtype", "fp32")
     common = {"grid_size": base["train"]["grid_size"], "lipschitz": base["train"]["lipschitz"],
-              "test_images": base["data"]["n_test"], "codebook_dtype": book, "command": result["command"]}
+              "test_images": base["data"]["n_test"], "data_sets": 1, "codebook_dtype": book,
+              "command": result["command"]}
     seeds = [str(s) for s in p["head_seeds"]]
     dense = {s: result["dense_map50"][s] for s in seeds}
     n_bytes = result["rows"][0]["dense_bytes"]
@@ -117,12 +123,17 @@ def shared_rows(result: dict) -> list[dict]:
     return out
 
 
+def _setting(r: dict) -> tuple:
+    """What a row is measured on besides its variant and λ: G, head count, test images, data sets."""
+    return r["grid_size"], r["heads"], r.get("test_images", 200), r.get("data_sets", 1)
+
+
 def deduplicated(rows: list[dict]) -> list[dict]:
     """``rows`` without repeats: two studies of the same heads (a codebook stored fp32 and fp16) both
     give their dense heads; a repeat must agree seed by seed."""
     seen, out = {}, []
     for r in rows:
-        key = (r["variant"], r["grid_size"], r["lipschitz"], r["heads"], r.get("test_images"))
+        key = (r["variant"], r["lipschitz"], *_setting(r))
         if key in seen:
             if seen[key].get("per_seed_map") != r.get("per_seed_map"):
                 raise ValueError(f"two result files give {key} with different per-seed mAPs")
@@ -133,14 +144,12 @@ def deduplicated(rows: list[dict]) -> list[dict]:
 
 
 def against_unpenalised(rows: list[dict]) -> list[dict]:
-    """Each row's change against the unpenalised dense head(s) of its G, test set and head count:
-    paired by seed where both rows kept per-seed mAPs, else the difference of the means (no interval)."""
-    def key(r):
-        return r["grid_size"], r["heads"], r.get("test_images")
-
-    dense0 = {key(r): r for r in rows if r["kind"] == "dense" and r["lipschitz"] == 0}
+    """Each row's change against the unpenalised dense head(s) of its G, head count, test set and
+    data sets: paired by seed where both rows kept per-seed mAPs, else the difference of the means
+    (no interval)."""
+    dense0 = {_setting(r): r for r in rows if r["kind"] == "dense" and r["lipschitz"] == 0}
     for r in rows:
-        ref = dense0.get(key(r))
+        ref = dense0.get(_setting(r))
         if ref is None or r["map50_mean"] is None or r is ref:
             continue
         r["unpenalised_reference"] = UNPENALISED
@@ -165,31 +174,35 @@ def _points(mean: float | None, ci: list[float] | None) -> str:
 
 def readme_table(rows: list[dict]) -> str:
     """The README's study table (:data:`SELECTED`) in Markdown: each row's post-training and fine-tuned
-    mAP change with 95 % intervals in points, against its own run's dense head and, for single
-    heads, against the unpenalised dense head of its G."""
-    def find(g, lam, heads, images, variant):
-        return next((r for r in rows if (r["grid_size"], r["lipschitz"], r["heads"], r.get("test_images", 200),
-                                         r["variant"]) == (g, lam, heads, images, variant)), None)
+    mAP change with 95 % intervals in points, against its own run's dense head and against the
+    unpenalised dense head of its setting, and the better variant's change on the shifted split
+    (against the dense head on the same shifted images)."""
+    def find(lam, setting, variant):
+        return next((r for r in rows if (r["lipschitz"], _setting(r), r["variant"]) == (lam, setting, variant)), None)
 
     out = []
-    for rid, g, lam, heads, images, variant in SELECTED:
-        ptq = find(g, lam, heads, images, variant)
+    for rid, g, lam, heads, images, sets, variant in SELECTED:
+        setting = (g, heads, images, sets)
+        ptq = find(lam, setting, variant)
         tuned = re.sub(r"^(VQ K=\d+ \w+)", r"\1 fine-tuned", variant)
-        ft = find(g, lam, heads, images, tuned) if tuned != variant else None
+        ft = find(lam, setting, tuned) if tuned != variant else None
         if ptq is None:
             raise ValueError(f"row {rid}: no result row {variant!r} at G={g}, λ={lam:g}, {heads} head(s), "
-                             f"{images} test images")
+                             f"{images} test images, {sets} data set(s)")
         best = ft or ptq
         dense = ptq["kind"] == "dense"
-        out.append({"row": rid, "G": g, "λ": f"{lam:g}", "heads": heads, "test images": images,
+        out.append({"row": rid, "G": g, "λ": f"{lam:g}", "heads": heads, "test images": images, "data sets": sets,
                     "variant": variant + (f" (mAP {ptq['map50_mean']:.3f})" if dense else ""),
                     "ratio": f"{ptq['ratio']:.1f}", "seeds": len(ptq["seeds"]),
                     "post-training": "—" if dense else _points(ptq["delta_map_mean"], ptq.get("delta_map_ci95")),
                     "fine-tuned": _points(ft["delta_map_mean"], ft.get("delta_map_ci95")) if ft else "—",
                     "best of the two vs unpenalised dense": "—" if dense and lam == 0 else
-                    _points(best.get("delta_vs_unpenalised_mean"), best.get("delta_vs_unpenalised_ci95"))})
+                    _points(best.get("delta_vs_unpenalised_mean"), best.get("delta_vs_unpenalised_ci95")),
+                    "best of the two, shifted split": "—" if dense else
+                    _points(best.get("delta_map_ood_mean"), best.get("delta_map_ood_ci95"))})
     cols = list(out[0])
-    return markdown_table(out, [(c, c, "d" if c in ("G", "heads", "test images", "seeds") else "s") for c in cols])
+    return markdown_table(out, [(c, c, "d" if c in ("G", "heads", "test images", "data sets", "seeds") else "s")
+                                for c in cols])
 
 
 def rewrite_readme(readme: Path, table: str) -> None:
@@ -202,9 +215,8 @@ def rewrite_readme(readme: Path, table: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sweep", type=Path)
-    ap.add_argument("--shared", type=Path, nargs="*", default=[])
-    ap.add_argument("--lipschitz", type=Path, nargs="*", default=[])
+    ap.add_argument("--sweep", type=Path, nargs="*", default=[], help="K×G sweep results (any λ)")
+    ap.add_argument("--shared", type=Path, nargs="*", default=[], help="shared-codebook study results")
     ap.add_argument("--out", type=Path, default=Path("bench/results/pareto.json"))
     ap.add_argument("--readme", type=Path, help="rewrite this README's study table")
     ap.add_argument("--table-only", action="store_true", help="only the README table, from an existing --out")
@@ -212,11 +224,9 @@ def main() -> None:
     if args.table_only:
         rows = json.loads(args.out.read_text())["rows"]
     else:
-        if args.sweep is None:
+        if not args.sweep:
             ap.error("--sweep is required (or --table-only)")
-        rows = sweep_rows(json.loads(args.sweep.read_text()))
-        for path in args.lipschitz:
-            rows += sweep_rows(json.loads(path.read_text()))
+        rows = [r for path in args.sweep for r in sweep_rows(json.loads(path.read_text()))]
         for path in args.shared:
             rows += shared_rows(json.loads(path.read_text()))
         rows = against_unpenalised(deduplicated(rows))

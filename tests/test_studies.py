@@ -129,6 +129,29 @@ def test_a_shared_study_on_penalised_heads_pairs_with_the_unpenalised_heads_of_t
     assert "delta_vs_unpenalised_mean" not in dense0
 
 
+def test_a_sweep_over_two_data_sets_is_kept_apart_from_a_one_backbone_study_of_the_same_heads():
+    """The K×G sweep (2 data sets, seeds "data/head") and a shared study (1 data set) both give a
+    single dense head at G = 10 on 1,000 images: two settings, each row paired with its own."""
+    rec = _record()
+    def row(variant, kind, maps, deltas=None):
+        return {"variant": variant, "kind": kind, "k": 256 if kind == "vq" else None, "grid_size": 10, "heads": 1,
+                "map50_mean": sum(maps.values()) / len(maps), "per_seed_map": maps, "per_seed": deltas,
+                "delta_map_mean": sum(deltas.values()) / len(deltas) if deltas else 0.0, "seeds": list(maps)}
+    sweep = {"command": "sharekan study pareto", "parameters": {
+        "data_seeds": [0, 1], "base": {"train": {"lipschitz": 0.0}, "data": {"n_test": 1000}}}, "rows": [
+        row("dense fp32", "dense", {"0/0": 0.70, "1/0": 0.60}),
+        row("pruned 30%", "pruned", {"0/0": 0.66, "1/0": 0.58}, {"0/0": -0.04, "1/0": -0.02})]}
+    shared = _shared_result(0.0, {"0": 0.70, "1": 0.74}, {"0": -0.01, "1": -0.03})
+    shared["rows"][0] |= {"per_head_own_delta": {"0": -0.02, "1": -0.02}, "separate_ratio": 18.0}  # + single heads
+    rows = rec.sweep_rows(sweep) + rec.shared_rows(shared)
+    rows = rec.against_unpenalised(rec.deduplicated(rows))
+    dense = [r for r in rows if r["variant"] == "dense fp32" and r["heads"] == 1]
+    assert sorted(r["data_sets"] for r in dense) == [1, 2]
+    pruned = next(r for r in rows if r["variant"] == "pruned 30%")
+    assert pruned["delta_vs_unpenalised_mean"] == pytest.approx(-0.03)  # against the sweep's own dense heads
+    assert pruned["delta_vs_unpenalised_ci95"] == pytest.approx(interval95([-0.04, -0.02]))
+
+
 @pytest.mark.parametrize("study", ["ParetoParams", "SharedParams"])
 def test_a_base_given_in_part_keeps_the_studys_test_split_sizes(study):
     import flows.params
