@@ -158,14 +158,26 @@ def database_url(url: str) -> str:
 
 
 class StartingServer:
-    """A ``prefect server start`` process that may not answer yet: :meth:`wait` until it does."""
+    """A ``prefect server start`` process that may not answer yet: :meth:`wait` until it does.
+    ``boot_lock``: the SQLite home's boot lock it holds until then (:func:`_boot_lock`)."""
 
-    def __init__(self, proc: subprocess.Popen, port: int, timeout: float, log: Path | None):
-        self.proc, self.port, self.timeout, self.log = proc, port, timeout, log
+    def __init__(self, proc: subprocess.Popen, port: int, timeout: float, log: Path | None, boot_lock=None):
+        self.proc, self.port, self.timeout, self.log, self.boot_lock = proc, port, timeout, log, boot_lock
         self.url = f"http://127.0.0.1:{port}/api"
+
+    def release(self) -> None:
+        if self.boot_lock is not None:
+            self.boot_lock.close()  # closing the file drops its flock
+            self.boot_lock = None
 
     def wait(self) -> str:
         """Block until the API answers its health check; its URL."""
+        try:
+            return self._wait()
+        finally:
+            self.release()
+
+    def _wait(self) -> str:
         deadline = time.time() + self.timeout
         while True:
             if self.proc.poll() is not None:
@@ -180,6 +192,27 @@ class StartingServer:
             if time.time() > deadline:
                 raise TimeoutError(f"prefect server on port {self.port} not healthy after {self.timeout:.0f}s")
             time.sleep(0.5)
+
+
+def _boot_lock(home: str | None, timeout: float):
+    """An exclusive lock on a SQLite Prefect home, held from launch until healthy: two servers that
+    share a home (``sharekan server`` uses ``~/.prefect`` by default) would otherwise create and
+    migrate its database at once, and one dies ("Online migration expected to match one row")."""
+    import fcntl
+
+    root = Path(home or os.environ.get("PREFECT_HOME") or "~/.prefect").expanduser()
+    root.mkdir(parents=True, exist_ok=True)
+    f = open(root / "sharekan-boot.lock", "a")
+    deadline = time.time() + timeout
+    while True:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return f
+        except BlockingIOError:
+            if time.time() > deadline:
+                f.close()
+                raise TimeoutError(f"another Prefect server on {root} did not finish starting in {timeout:.0f}s")
+            time.sleep(0.2)
 
 
 @contextmanager
@@ -200,13 +233,16 @@ def starting_prefect_server(port: int | None = None, home: str | None = None, ti
         env["PREFECT_HOME"] = home
     if database:
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url(database)
+    lock = None if database else _boot_lock(env.get("PREFECT_HOME"), timeout)
     out = open(log, "ab") if log else subprocess.DEVNULL
     proc = subprocess.Popen([bin_path("prefect"), "server", "start", "--host", host, "--port", str(port)],
                             env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                             preexec_fn=_die_with_parent if die_with_parent and sys.platform == "linux" else None)
+    server = StartingServer(proc, port, timeout, log, lock)
     try:
-        yield StartingServer(proc, port, timeout, log)
+        yield server
     finally:
+        server.release()
         _stop(proc)
         if log:
             out.close()

@@ -108,14 +108,14 @@ def test_a_second_server_refuses_a_port_in_use(tmp_path):
     assert "Prefect UI" not in out.stdout
 
 
-def _start(tmp_path, *args, ignore_sigint: bool = False) -> subprocess.Popen:
+def _start(tmp_path, *args, ignore_sigint: bool = False, **env) -> subprocess.Popen:
     """`sharekan server` with its logs under ``tmp_path``. ``ignore_sigint``: started as a script's
-    background job is (SIGINT ignored when it starts)."""
+    background job is (SIGINT ignored when it starts); ``env``: added to its environment."""
     def background():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     return subprocess.Popen([sys.executable, "-m", "cli.main", "server", "--logs", str(tmp_path / "logs"), *args],
-                            cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=tmp_path, env=_env(**env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, preexec_fn=background if ignore_sigint else None)
 
 
@@ -153,14 +153,18 @@ def _listening(procs: list[psutil.Process]) -> set[int]:
 def test_two_sharekan_servers_side_by_side_each_stop_everything_they_started(tmp_path):
     """Two servers on one host at once: every port each listens on (Prefect, Ray, the client server,
     metrics) is its own; SIGTERM stops one and everything it started within 20 s, the other runs on;
-    the other, started in the background (SIGINT ignored), stops on SIGINT; nothing is left."""
+    the other, started in the background (SIGINT ignored), stops on SIGINT; nothing is left. Both
+    share one new Prefect home, as two servers under one user's ``~/.prefect`` do: its database is
+    created and migrated once, not by both at once (which killed one of them)."""
     before = _client_servers()
+    home = tmp_path / "prefect-home"
     ports = [free_port() for _ in range(4)]
     assert len(set(ports)) == 4
     procs = {}
     for name, (port, ray_port), background in (("a", ports[:2], False), ("b", ports[2:], True)):
         (tmp_path / name).mkdir()
-        procs[name] = _start(tmp_path / name, "--port", str(port), "--ray-port", str(ray_port), ignore_sigint=background)
+        procs[name] = _start(tmp_path / name, "--port", str(port), "--ray-port", str(ray_port), ignore_sigint=background,
+                             PREFECT_HOME=str(home))
     trees = {}
     for name, (port, ray_port) in zip(procs, (ports[:2], ports[2:])):
         lines = _ready(procs[name])
