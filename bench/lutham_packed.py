@@ -112,8 +112,8 @@ def bench(name, kan, vqs, rows_list, modes, device, out: list, save):
                 paths.append(("high", None, "lut"))
             for prec, slab_from, one_row in paths:
                 head, took = built(PackedHead, vq, rows, precision=prec, slab_from=slab_from, one_row=one_row)
-                path = "slabs" if rows >= head.slab_from else ("gather" if head.windows else (
-                    "one-row tables" if rows == 1 and one_row == "row1" else "lookup tables"))
+                path = "slabs" if rows >= head.slab_from else ("one-row kernel" if rows == 1 and one_row == "row1" else (
+                    "gather" if k > LUT_MAX_K else "lookup tables"))
                 vname = f"LUTHAM v3 K={k} {width} ({path}, {prec})"
                 us, cold = timed_cupy(head, inputs), timed_cupy(head, inputs, cold=True)
                 read = sum(head.plan.by_component[c] for c in ("codebook", "edges", "scales"))

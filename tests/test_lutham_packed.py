@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from sharekan.kan import KAN
-from sharekan.lutham.geometry import LUT_FLOATS, PACKED_NR, packed_launch, row1_launch
+from sharekan.lutham.geometry import LUT_FLOATS, PACKED_NR, packed_launch, row1_launch, row1_partials
 from sharekan.lutham.packed import edge_bytes, pack_layer, reference_forward, unpack_layer
 from sharekan.lutham.plan import LayerSpec, plan_packed
 from sharekan.vq_kan import VQKAN, encode_layer
@@ -78,13 +78,16 @@ def test_packed_plan_holds_two_and_a_half_bytes_an_edge_at_k256_int4():
 @pytest.mark.parametrize("in_f,out_f", [(12_544, 1024), (1024, 1024), (1024, 64), (64, 24), (5, 3), (300, 70)])
 @pytest.mark.parametrize("k,ib,sb", [(256, 1, 4), (256, 1, 8), (257, 2, 16), (1024, 2, 4), (16, 1, 4)])
 def test_the_one_row_launch_covers_every_output_and_input_within_shared_memory(in_f, out_f, k, ib, sb):
-    chunk, us, grid, block, smem = row1_launch(in_f, out_f, 132, k, ib, sb)
+    chunk, us, grid, block, smem, gather = row1_launch(in_f, out_f, 132, k, ib, sb)
     bx, hy = block
+    assert gather == (out_f < k)  # tables where each serves at least as many edges as it has entries
     assert grid[0] * bx * 8 >= out_f and (grid[0] - 1) * bx * 8 < out_f and bx * hy <= 256
     assert chunk % (us * hy) == 0 and grid[1] * chunk >= in_f and (grid[1] - 1) * chunk < in_f
-    assert us * hy * k <= LUT_FLOATS and smem <= 227 << 10  # a phase's tables; an H100's shared memory a block
-    with pytest.raises(ValueError, match="1024 codewords"):
-        row1_launch(in_f, out_f, 132, 2048, 2, 4)
+    kp = -(-k // 32) * 32  # the codebook's padded width: a table's span
+    assert (gather or us * hy * kp <= LUT_FLOATS) and smem <= 227 << 10  # a phase's tables; an H100's shared memory a block
+    assert row1_launch(in_f, out_f, 132, 2048, 2, 4)[5]  # K > LUT_MAX_K: windows, whatever the width
+    # the partial sums packed_sum adds: every chunk's padded outputs, none where the layer is one chunk
+    assert row1_partials([(in_f, out_f)], 132, k, ib, sb) == (grid[1] * -(-out_f // 8) * 8 if grid[1] > 1 else 0)
 
 
 @pytest.mark.parametrize("rows", [1, 2, 4, 5, 8, 9, 49, 63])

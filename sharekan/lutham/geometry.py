@@ -22,7 +22,7 @@ from __future__ import annotations
 
 __all__ = ["TILE_O", "BASE_SLOT", "THREADS", "ROW1_UNROLL", "ROW1_MAX_CHUNK", "TC_TILES", "BASES_BYTES",
            "PRECISIONS", "SLAB_FROM_ROWS", "SLAB_BYTES", "SLAB_IN", "SLAB_ROWS", "BLAS_BYTES", "LUT_FLOATS", "LUT_STEP", "LUT_MAX_K", "PACKED_NR", "PACKED_SLAB_FROM", "KERNELS",
-           "PACKED_KERNELS", "packed_launch", "row1_launch",
+           "PACKED_KERNELS", "packed_launch", "row1_gathers", "row1_launch", "row1_partials",
            "defines", "launches", "products", "uses_slab", "fragment_bytes", "bases_scratch", "tc_slabs",
            "slab_slots", "slab_sections", "slab_workspace", "slab_launches"]
 
@@ -49,7 +49,8 @@ _ROW1_BLOCKS_PER_SM = 3  # packed_row1: blocks in flight to aim for (its __launc
 KERNELS = ("lutham_row1", *(f"lutham_bases_p{p}" for p in (3, 2, 1)),
            *(f"lutham_tc{n}p{p}" for p in (3, 2, 1) for n in TC_TILES),
            *(f"lutham_slab_p{p}" for p in (3, 2, 1)))
-PACKED_KERNELS = (*(f"packed_row1_i{i}_s{s}" for i in (1, 2) for s in (4, 8, 16)),
+PACKED_KERNELS = (*(f"packed_row1_{m}_i{i}_s{s}" for m in ("lut", "gather") for i in (1, 2) for s in (4, 8, 16)),
+                  "packed_sum",
                   *(f"packed_lut_i{i}_s{s}_r{r}" for i in (1, 2) for s in (4, 8, 16) for r in PACKED_NR),
                   *(f"packed_gather_i2_s{s}_r{r}" for s in (4, 8, 16) for r in PACKED_NR),
                   *(f"packed_slab_i{i}_s{s}_p{p}" for i in (1, 2) for s in (4, 8, 16) for p in (1, 2, 3)))
@@ -217,26 +218,46 @@ def packed_launch(rows: int, in_f: int, out_f: int, n_sm: int) -> tuple[int, int
 
 
 def _row1_steps(ib: int, sb: int) -> int:
-    """Records a ``packed_row1`` thread holds a phase (the kernel's ``row1_steps``): about 20 words."""
-    words = 2 * ib + 3 * sb // 4
-    return 1 if words >= 20 else 20 // words
+    """Records a ``packed_row1`` thread holds a phase (the kernel's ``row1_steps``): about 16 words of
+    index, gain and base weight (the bias is read on demand)."""
+    words = 2 * ib + 2 * (sb // 4)
+    return 1 if words >= 16 else 16 // words
+
+
+def row1_gathers(out_f: int, k: int) -> bool:
+    """Whether ``packed_row1`` gathers codebook windows for a layer of ``out_f`` outputs at ``K = k``
+    rather than build lookup tables: where tables would not fit (``K > LUT_MAX_K``) or a table (``K``
+    entries an input) would serve fewer edges (``out_f`` an input) than it has entries."""
+    return k > LUT_MAX_K or out_f < k
 
 
 def row1_launch(in_f: int, out_f: int, n_sm: int, k: int, ib: int, sb: int):
-    """``(chunk, us, grid, block, shared bytes)`` of the ``packed_row1`` launch of one layer at one row:
-    threads over the output groups (x, a power of two up to 256) by threads sharing out each phase's
-    inputs (y, filling the block to 256 while a phase's tables fit ``LUT_FLOATS``), ``us`` inputs a
-    thread a phase (fewer where the layer has too few inputs to give about ``_ROW1_BLOCKS_PER_SM``
-    blocks an SM), and chunks of inputs, a multiple of the phase, over about that many blocks."""
-    if k > LUT_MAX_K:
-        raise ValueError(f"packed_row1 holds tables of up to {LUT_MAX_K} codewords, got K = {k}")
-    groups = _cdiv(out_f, 8)
+    """``(chunk, us, grid, block, shared bytes, gather)`` of the ``packed_row1`` launch of one layer at
+    one row: threads over the output groups (x, a power of two up to 256) by threads sharing out each
+    phase's inputs (y, filling the block to 256 while a phase's tables fit ``LUT_FLOATS``), ``us``
+    inputs a thread a phase (fewer where the layer has too few inputs to give about
+    ``_ROW1_BLOCKS_PER_SM`` blocks an SM), and chunks of inputs, a multiple of the phase, over about
+    that many blocks. Tables span the codebook's padded width (``K`` rounded up to 32, as the arena
+    holds it); ``gather`` (:func:`row1_gathers`) runs ``packed_row1_gather`` instead, with no tables."""
+    gather = row1_gathers(out_f, k)
+    groups, kp = _cdiv(out_f, 8), _cdiv(k, 32) * 32
     bx = min(THREADS, 1 << (groups - 1).bit_length())
-    hy = max(1, min(THREADS // bx, LUT_FLOATS // k))
+    hy = max(1, THREADS // bx if gather else min(THREADS // bx, LUT_FLOATS // kp))
     gx = _cdiv(groups, bx)
     blocks = max(1, _ROW1_BLOCKS_PER_SM * n_sm // gx)
-    us = max(1, min(_row1_steps(ib, sb), LUT_FLOATS // (hy * k), _cdiv(in_f, blocks * hy)))
+    us = max(1, min(_row1_steps(ib, sb), _cdiv(in_f, blocks * hy), *(() if gather else (LUT_FLOATS // (hy * kp),))))
     phase = us * hy
     chunk = _cdiv(_cdiv(in_f, blocks), phase) * phase
-    smem = chunk * 28 + 4 * max(2 * phase * k, 8 * bx * hy)
-    return chunk, us, (gx, _cdiv(in_f, chunk), 1), (bx, hy), smem
+    smem = chunk * 40 + 16 * max(0 if gather else 2 * phase * kp // 4, 2 * bx * hy)
+    return chunk, us, (gx, _cdiv(in_f, chunk), 1), (bx, hy), smem, gather
+
+
+def row1_partials(layers, n_sm: int, k: int, ib: int, sb: int) -> int:
+    """Floats of the partial sums ``packed_row1`` writes for ``packed_sum`` (chunks × padded outputs),
+    for the layer (``(in, out)`` pairs) that needs the most; 0 where no layer is split."""
+    need = 0
+    for in_f, out_f in layers:
+        grid = row1_launch(in_f, out_f, n_sm, k, ib, sb)[2]
+        if grid[1] > 1:
+            need = max(need, grid[1] * _cdiv(out_f, 8) * 8)
+    return need

@@ -3,11 +3,13 @@
 :class:`PackedHead` packs each layer of a :class:`~sharekan.vq_kan.VQKAN` as it was stored
 (:func:`~sharekan.lutham.packed.pack_layer`: uint8 indices where K ≤ 256, int4/int8/fp16 side data
 with the storage's per-output scales) into the planned arena (:func:`~sharekan.lutham.plan.plan_packed`)
-and runs each layer below ``slab_from`` rows as one launch — at one row and K ≤
-``geometry.LUT_MAX_K`` ``packed_row1_*`` (per-input lookup tables double-buffered in shared memory,
-a folded bias term), otherwise ``packed_lut_*`` (the same tables for 1, 4 or 8 rows a block) or
-``packed_gather_*`` (codebook windows from L2) — preceded by a memset of the output where inputs are
-split over blocks (fp32 atomics), and from
+and runs each layer below ``slab_from`` rows as: at one row ``packed_row1_*`` — per-input lookup
+tables double-buffered in shared memory, or codebook windows gathered from L1/L2 where a layer has
+fewer outputs than codewords or K > ``geometry.LUT_MAX_K`` (``geometry.row1_gathers``); a folded bias
+term; where inputs are split over blocks each chunk writes partial sums that ``packed_sum`` adds in a
+fixed order; otherwise one launch of ``packed_lut_*`` (the same tables for 1–8 rows a block) or
+``packed_gather_*`` (K > ``LUT_MAX_K``), preceded by a memset of the output where inputs are split
+over blocks (fp32 atomics); from
 ``slab_from`` rows as slabs expanded from the planes by ``packed_slab_*`` and multiplied by cuBLAS
 (fixed order: deterministic). The launches for a row count are one CUDA graph.
 """
@@ -20,7 +22,7 @@ import torch
 from .blas import Blas
 from .compile import load_module
 from .geometry import (BLAS_BYTES, LUT_MAX_K, PACKED_KERNELS, PACKED_SLAB_FROM, SLAB_BYTES, packed_launch, products,
-                       row1_launch, slab_workspace)
+                       row1_gathers, row1_launch, row1_partials, slab_workspace)
 from .l2 import persist
 from .packed import SIDE_BYTES, codebook_major, pack_layer
 from .plan import LayerSpec, plan_packed
@@ -64,7 +66,9 @@ class PackedHead(ArenaHead):
         self.k, self.side_dtype = cb.shape[0], self.packed[0].side_dtype
         # the kernels' names: index bytes, and side bits (= the bytes a group of 8 outputs takes)
         self.ib, self.sb = (1 if self.k <= 256 else 2), SIDE_BYTES[self.side_dtype]
-        self.windows = self.k > LUT_MAX_K
+        shapes = [(lay.in_features, lay.out_features) for lay in layers]
+        # codebook windows in the arena: for gathers (K too large for tables, or one-row layers narrower than K)
+        self.windows = self.k > LUT_MAX_K or (one_row == "row1" and any(row1_gathers(o, self.k) for _, o in shapes))
         self.precision, self.products = precision, products(precision)
         self.slab_from = max(2, PACKED_SLAB_FROM if slab_from is None else slab_from)
         specs = [LayerSpec(lay.in_features, lay.out_features, lay.grid.shape[1]) for lay in layers]
@@ -72,8 +76,12 @@ class PackedHead(ArenaHead):
         if max_rows >= self.slab_from:
             workspace = BLAS_BYTES + slab_workspace([(s.in_features, s.out_features) for s in specs], max_rows,
                                                     self.products, layers[0].n_coef, slab_bytes)
-        self._allocate(plan_packed(specs, self.k, SIDE_BYTES[self.side_dtype], max_rows, self.windows, workspace),
-                       use_graphs)
+        import cupy as cp
+
+        sms = cp.cuda.Device().attributes["MultiProcessorCount"]
+        partials = row1_partials(shapes, sms, self.k, self.ib, self.sb) if one_row == "row1" else 0
+        self._allocate(plan_packed(specs, self.k, SIDE_BYTES[self.side_dtype], max_rows, self.windows, workspace,
+                                   partials), use_graphs)
         self._put("codebook", codebook_major(cb))
         if self.windows:
             self._put("windows", codebook_windows(cb.detach().float().cpu().numpy(), layers[0].n_coef))
@@ -107,21 +115,23 @@ class PackedHead(ArenaHead):
                             (xin, np.int32(rows), np.int32(i_f), np.int32(o_f), np.int32(groups)),
                             (*knots, cb, np.int32(cb.shape[1]), *planes, scales))
                 continue
-            if rows == 1 and not self.windows and self.one_row == "row1":
-                chunk, us, grid, block, smem = row1_launch(i_f, o_f, self._sms, self.k, self.ib, self.sb)
-                if grid[1] > 1:
-                    cp.cuda.runtime.memsetAsync(yout.data.ptr, 0, o_f * 4, self.stream.ptr)
-                kernel = self.kernels[f"packed_row1_{widths}"]
+            if rows == 1 and self.one_row == "row1":
+                chunk, us, grid, block, smem, gather = row1_launch(i_f, o_f, self._sms, self.k, self.ib, self.sb)
+                part = self.view("partials") if grid[1] > 1 else yout
+                kernel = self.kernels[f"packed_row1_{'gather' if gather else 'lut'}_{widths}"]
                 if smem > 48 << 10:
                     kernel.max_dynamic_shared_size_bytes = smem
                 kernel(grid, block, (xin, np.int32(i_f), np.int32(o_f), np.int32(groups), np.int32(chunk), np.int32(us),
-                                     *knots, cb, np.int32(self.k), np.int32(cb.shape[1]), *planes, scales, yout),
-                       shared_mem=smem)
+                                     *knots, cb, np.int32(cb.shape[1]), cbw, np.int32(cbw.shape[1] if gather else 0),
+                                     *planes, scales, yout, part), shared_mem=smem)
+                if grid[1] > 1:  # the chunks' partial sums, added in a fixed order
+                    self.kernels["packed_sum"]((-(-o_f // 32),), (32, 32), (part, np.int32(grid[1]), np.int32(groups * 8),
+                                                                         np.int32(o_f), yout))
                 continue
             nr, chunk, grid, block = packed_launch(rows, i_f, o_f, self._sms)
             if grid[1] > 1:  # split inputs add into the output
                 cp.cuda.runtime.memsetAsync(yout.data.ptr, 0, rows * o_f * 4, self.stream.ptr)
-            mode = "gather" if self.windows else "lut"
+            mode = "gather" if self.k > LUT_MAX_K else "lut"
             self.kernels[f"packed_{mode}_{widths}_r{nr}"](
                 grid, block, (xin, np.int32(rows), np.int32(i_f), np.int32(o_f), np.int32(groups), np.int32(chunk),
                               *knots, cb, np.int32(self.k), np.int32(cb.shape[1]), cbw,

@@ -184,23 +184,36 @@ __device__ __forceinline__ void packed_rows(const float* __restrict__ x, int row
     PACKED_ROWS(packed_##MODE##_i##IB##_s##SB##_r4, IB, SB, 4, GATHER)                                           \
     PACKED_ROWS(packed_##MODE##_i##IB##_s##SB##_r8, IB, SB, 8, GATHER)
 
-// ---- one row: packed_row1<IB, SB> (K <= LUT_MAX_K) ----------------------------------------------------------
+// ---- one row: packed_row1_{lut,gather}<IB, SB> -----------------------------------------------------------------
 // A block is blockDim.x threads over output groups (a thread a group) by blockDim.y threads that share
-// out each phase's inputs; blockIdx.y is a chunk of inputs. The first phase's records load before
-// anything else; the chunk's bases are computed once; a phase's lookup tables (us * blockDim.y inputs,
-// codebook rows read through L1) are built into one of two buffers while the other is read, and the
-// next phase's records load while this one's are used: one barrier a phase. Side data decode with
-// integer ops and one FADD (no int-to-float conversions, which run at a quarter rate), table reads use
-// 32-bit shared addresses. The bias term is folded: scales' fourth row holds sum_i q_b per output, and
-// only inputs without their four bases (near or outside the grid's ends: sum B < 1) correct it, so an
-// edge inside the grid is one table read and two FMAs. Dynamic shared memory (geometry.row1_launch):
-// bases float4[chunk], first int[chunk], 1 - sum B and silu float[chunk], then max(2 S k, 8 threads)
-// floats of tables (at the end, the threads' partial sums).
+// out each phase's inputs (a warp's lanes take the same input: its table address is uniform);
+// blockIdx.y is a chunk of inputs. The first phase's records load before anything else; the chunk's
+// bases are computed once, with each input's four codebook rows (clamped) as float4 offsets; a phase's
+// lookup tables are built four codewords a thread (float4 codebook reads through L1, 16 FMAs, one
+// 16-byte store) into one of two buffers while the other is read, and the next phase's records load
+// while this one's are used: one barrier a phase. An edge is one index PRMT, one LEA, one table read
+// and two decodes and FMAs (magic-number decode: no int-to-float conversions, which run at a quarter
+// rate). The bias term is folded: scales' fourth row holds sum_i q_b per output, and only inputs
+// without their four bases (near or outside the grid's ends: sum B < 1) read their bias word and
+// correct it -- the bias plane is not read for inputs inside the grid. Where inputs are split over
+// blocks, each chunk writes its partial sums and packed_sum adds them in a fixed order (no atomics:
+// they queue at the L2 slices holding the output; the sum is deterministic). Dynamic shared memory
+// (geometry.row1_launch): bases float4[chunk], row offsets int4[chunk], then max(2 S kq, 2 threads)
+// float4 of tables (at the end, the threads' partial sums), then 1 - sum B and silu float[chunk].
+// GATHER (layers with fewer outputs than codewords, where a table would serve fewer edges than it
+// has entries, and K > LUT_MAX_K): no tables and no barrier a phase -- each edge reads the one
+// 16-byte codebook window its input's interval needs (cbw: [K][nwin] float4, plan.window_slot order).
 
 template <int IB, int SB>
-__device__ constexpr int row1_steps() {  // records a thread holds a phase: about 20 words of them
-    constexpr int words = 2 * IB + 3 * SB / 4;
-    return words >= 20 ? 1 : 20 / words;
+struct Rec1 {  // what a phase prefetches of an edge group: index, gain and base weight (bias: on demand)
+    typename IdxWord<IB>::T i;
+    typename SideWord<SB>::T g, w;
+};
+
+template <int IB, int SB>
+__device__ constexpr int row1_steps() {  // records a thread holds a phase: about 16 words of them
+    constexpr int words = 2 * IB + 2 * (SB / 4);
+    return words >= 16 ? 1 : 16 / words;
 }
 
 // the 8 side values of a word as floats: magic-number conversions (2^23 + v, less 2^23 + offset)
@@ -228,33 +241,55 @@ __device__ __forceinline__ float lds(unsigned at) {
     asm volatile("ld.shared.f32 %0, [%1];" : "=f"(v) : "r"(at));
     return v;
 }
+__device__ __forceinline__ unsigned opaque(unsigned v) {  // keeps a table's base out of the per-edge arithmetic
+    asm("mov.b32 %0, %0;" : "+r"(v));
+    return v;
+}
+__device__ __forceinline__ float4 fma4(float w, float4 a, float4 t) {
+    return make_float4(fmaf(w, a.x, t.x), fmaf(w, a.y, t.y), fmaf(w, a.z, t.z), fmaf(w, a.w, t.w));
+}
 
-template <int IB, int SB>
+template <int IB, int SB, bool GATHER>
 __device__ __forceinline__ void packed_row1(const float* __restrict__ x, int in_f, int out_f, int groups, int chunk,
                                             int us, const float* __restrict__ t0, const float* __restrict__ hh, int nk,
-                                            int n_coef, const float* __restrict__ cb, int k, int kp, const void* idx,
+                                            int n_coef, const float* __restrict__ cb, int kp,
+                                            const float4* __restrict__ cbw, int nwin, const void* idx,
                                             const void* gp, const void* bp, const void* wp,
-                                            const float* __restrict__ scales, float* __restrict__ y) {
+                                            const float* __restrict__ scales, float* __restrict__ y,
+                                            float* __restrict__ part) {
     extern __shared__ float4 dyn[];
     constexpr int U = row1_steps<IB, SB>();
-    using R = Rec<IB, SB>;
+    using R = Rec1<IB, SB>;
+    using I = typename IdxWord<IB>::T;
+    using W = typename SideWord<SB>::T;
     const int bx = blockDim.x, hy = blockDim.y, ty = threadIdx.y, nt = bx * hy, tid = ty * bx + threadIdx.x;
-    const int grp = blockIdx.x * bx + threadIdx.x;
+    const int grp = blockIdx.x * bx + threadIdx.x, out_pad = groups * 8;
     const bool active = grp < groups;
     const int i_lo = blockIdx.y * chunk, n = min(in_f, i_lo + chunk) - i_lo;
-    const int S = min(us, U) * hy;  // inputs a phase
+    const int S = min(us, U) * hy, kq = kp >> 2;  // inputs a phase; float4 columns of the codebook
+    const unsigned magic = 0xFFFFFFFFu / (unsigned)kq + 1u;  // e / kq = umulhi(e, magic) for e < 2^16
     float4* bw = dyn;
-    int* first = reinterpret_cast<int*>(bw + chunk);
-    float* corr = reinterpret_cast<float*>(first + chunk);  // 1 - sum B: 0 where all four bases exist
+    int4* rows = reinterpret_cast<int4*>(bw + chunk);  // each input's 4 codebook rows, as float4 offsets
+    float4* tab = reinterpret_cast<float4*>(rows + chunk);
+    const int tab4 = max(GATHER ? 0 : 2 * S * kq, 2 * nt);
+    float* corr = reinterpret_cast<float*>(tab + tab4);  // 1 - sum B: 0 where all four bases exist
     float* silu = corr + chunk;
-    float* tab = silu + chunk;
+    const float4* cb4 = reinterpret_cast<const float4*>(cb);
 
     R cur[U], nxt[U];
+    // this thread's column of each plane; a record's word is at (input) * groups from it (32-bit: planes < 4 G words)
+    const I* pi = reinterpret_cast<const I*>(idx) + grp;
+    const W *pg = reinterpret_cast<const W*>(gp) + grp, *pw = reinterpret_cast<const W*>(wp) + grp;
     auto load = [&](int ph, R* rec) {
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             const int s = ph * S + ty + hy * u;
-            rec[u] = record<IB, SB>(idx, gp, bp, wp, (long)(i_lo + s) * groups + grp, active && u < us && s < n);
+            const unsigned at = (unsigned)(i_lo + s) * (unsigned)groups;
+            if (active && u < us && s < n) {
+                rec[u].i = __ldg(pi + at);
+                rec[u].g = __ldg(pg + at);
+                rec[u].w = __ldg(pw + at);
+            }
         }
     };
     load(0, cur);  // in flight while the bases and the first tables are made
@@ -262,37 +297,38 @@ __device__ __forceinline__ void packed_row1(const float* __restrict__ x, int in_
         const int i = i_lo + s;
         const Basis b = basis_of(x[i], t0[i], hh[i], nk, n_coef);
         bw[s] = make_float4(b.w[0], b.w[1], b.w[2], b.w[3]);
-        first[s] = b.first;
+        int r[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) r[j] = min(max(b.first + j, 0), n_coef - 1) * kq;  // a missing basis weighs 0
+        rows[s] = GATHER ? make_int4(window_slot(b.first + 3), 0, 0, 0) : make_int4(r[0], r[1], r[2], r[3]);
         corr[s] = (b.first >= 0 && b.first + 3 < n_coef) ? 0.f : 1.f - b.sum;
         silu[s] = b.silu;
     }
     __syncthreads();
 
-    float ag[8], ab[8], aw[8];
-#pragma unroll
-    for (int j = 0; j < 8; ++j) ag[j] = ab[j] = aw[j] = 0.f;
-    // the tables of phase ph into T: a thread a codeword, an input of the phase at a time
-    auto build = [&](int ph, float* T) {
-        const int s0 = ph * S, ns = min(S, n - s0);
-        for (int sl = 0; sl < ns; ++sl) {
+    // the tables of phase ph into T: four codewords (one float4 column) a thread an iteration
+    auto build = [&](int ph, float4* T) {
+        const int s0 = ph * S, total = min(S, n - s0) * kq;
+        for (int e = tid; e < total; e += nt) {
+            const int sl = __umulhi((unsigned)e, magic), c = e - sl * kq;
             const float4 w = bw[s0 + sl];
-            const int f = first[s0 + sl];
-            const float wj[4] = {w.x, w.y, w.z, w.w};
-            const float* rows[4];
-#pragma unroll
-            for (int j = 0; j < 4; ++j)  // a basis that does not exist has weight 0: clamp its row
-                rows[j] = cb + (long)min(max(f + j, 0), n_coef - 1) * kp;
-            for (int c = tid; c < k; c += nt) {
-                float t = 0.f;
-#pragma unroll
-                for (int j = 0; j < 4; ++j) t = fmaf(wj[j], __ldg(rows[j] + c), t);
-                T[sl * k + c] = t;
-            }
+            const int4 r = rows[s0 + sl];
+            float4 t = make_float4(0.f, 0.f, 0.f, 0.f);
+            t = fma4(w.x, __ldg(cb4 + (unsigned)(r.x + c)), t);
+            t = fma4(w.y, __ldg(cb4 + (unsigned)(r.y + c)), t);
+            t = fma4(w.z, __ldg(cb4 + (unsigned)(r.z + c)), t);
+            t = fma4(w.w, __ldg(cb4 + (unsigned)(r.w + c)), t);
+            T[e] = t;
         }
     };
+    float ag[8], aw[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) ag[j] = aw[j] = 0.f;
     const int phases = (n + S - 1) / S;
-    build(0, tab);
-    __syncthreads();
+    if (!GATHER) {
+        build(0, tab);
+        __syncthreads();
+    }
     const unsigned tab_at = (unsigned)__cvta_generic_to_shared(tab);
     for (int ph = 0; ph < phases; ++ph) {
         const bool more = ph + 1 < phases;
@@ -300,66 +336,106 @@ __device__ __forceinline__ void packed_row1(const float* __restrict__ x, int in_
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             const int sl = ty + hy * u, s = ph * S + sl;
-            if (u < us && s < n) {
-                const unsigned t = tab_at + 4u * (unsigned)(((ph & 1) * S + sl) * k);
+            if (active && u < us && s < n) {
+                const unsigned t = opaque(tab_at + 16u * (unsigned)(((ph & 1) * S + sl) * kq));
                 const float sw = silu[s], cr = corr[s];
                 float g[8], w[8];
                 decode8(cur[u].g, g);
                 decode8(cur[u].w, w);
+                if (GATHER) {
+                    const float4 bb = bw[s];
+                    const float4* win = cbw + rows[s].x;
 #pragma unroll
-                for (int j = 0; j < 8; ++j) {
-                    ag[j] = fmaf(g[j], lds(t + offset_of(cur[u].i, j)), ag[j]);
-                    aw[j] = fmaf(w[j], sw, aw[j]);
+                    for (int j = 0; j < 8; ++j) {
+                        const float4 c = __ldg(win + (long)index_of(cur[u].i, j) * nwin);
+                        ag[j] = fmaf(g[j], bb.x * c.x + bb.y * c.y + bb.z * c.z + bb.w * c.w, ag[j]);
+                        aw[j] = fmaf(w[j], sw, aw[j]);
+                    }
+                } else {
+#pragma unroll
+                    for (int j = 0; j < 8; ++j) {
+                        ag[j] = fmaf(g[j], lds(t + offset_of(cur[u].i, j)), ag[j]);
+                        aw[j] = fmaf(w[j], sw, aw[j]);
+                    }
                 }
                 if (cr != 0.f) {  // an input without all four bases: its bias term is q_b * sum B, not q_b
                     float b[8];
-                    decode8(cur[u].b, b);
+                    decode8(__ldg(reinterpret_cast<const W*>(bp) + (long)(i_lo + s) * groups + grp), b);
 #pragma unroll
-                    for (int j = 0; j < 8; ++j) ab[j] = fmaf(b[j], cr, ab[j]);
+                    for (int j = 0; j < 8; ++j) ag[j] = fmaf(-scales[out_pad + 8 * grp + j] * cr, b[j], ag[j]);
                 }
             }
         }
-        if (more) build(ph + 1, tab + ((ph + 1) & 1) * S * k);
-        __syncthreads();
+        if (!GATHER) {
+            if (more) build(ph + 1, tab + ((ph + 1) & 1) * S * kq);
+            __syncthreads();
+        }
 #pragma unroll
         for (int u = 0; u < U; ++u) cur[u] = nxt[u];
     }
-    const int out_pad = groups * 8;
     const bool once = blockIdx.y == 0 && ty == 0;  // the folded bias sum goes in once an output
     float v[8];
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
         const int o = min(8 * grp + j, out_pad - 1);
-        v[j] = ag[j] + scales[out_pad + o] * ((once ? scales[3 * out_pad + o] : 0.f) - ab[j]) +
-               scales[2 * out_pad + o] * aw[j];
+        v[j] = ag[j] + scales[2 * out_pad + o] * aw[j] + (once ? scales[out_pad + o] * scales[3 * out_pad + o] : 0.f);
     }
-    if (hy > 1) {  // the block's rows of threads add up through shared memory (the loop ended on a barrier)
+    if (hy > 1) {  // the block's rows of threads add up through shared memory (after the tables' last reads)
+        if (GATHER) __syncthreads();
+        float* red = reinterpret_cast<float*>(tab);
 #pragma unroll
-        for (int j = 0; j < 8; ++j) tab[j * nt + tid] = v[j];
+        for (int j = 0; j < 8; ++j) red[j * nt + tid] = v[j];
         __syncthreads();
         if (ty > 0) return;
         for (int h = 1; h < hy; ++h)
 #pragma unroll
-            for (int j = 0; j < 8; ++j) v[j] += tab[j * nt + h * bx + threadIdx.x];
+            for (int j = 0; j < 8; ++j) v[j] += red[j * nt + h * bx + threadIdx.x];
     }
     if (!active) return;
-    const bool atomic = gridDim.y > 1;
+    const float4 s0 = reinterpret_cast<const float4*>(scales)[2 * grp], s1 = reinterpret_cast<const float4*>(scales)[2 * grp + 1];
+    if (gridDim.y > 1) {  // a chunk's partial sums, added by packed_sum
+        float4* to = reinterpret_cast<float4*>(part + (long)blockIdx.y * out_pad + 8 * grp);
+        to[0] = make_float4(s0.x * v[0], s0.y * v[1], s0.z * v[2], s0.w * v[3]);
+        to[1] = make_float4(s1.x * v[4], s1.y * v[5], s1.z * v[6], s1.w * v[7]);
+        return;
+    }
+    const float s[8] = {s0.x, s0.y, s0.z, s0.w, s1.x, s1.y, s1.z, s1.w};
 #pragma unroll
-    for (int j = 0; j < 8; ++j) {
-        const int o = 8 * grp + j;
-        put(y, 0, o, 1, out_f, scales[min(o, out_pad - 1)] * v[j], atomic);
+    for (int j = 0; j < 8; ++j) put(y, 0, 8 * grp + j, 1, out_f, s[j] * v[j], false);
+}
+
+// y[o] = sum over the chunks of packed_row1's partial sums: 32 outputs a block (x) by 32 lanes over the
+// chunks (y), 8 loads a lane in flight, then the lanes' sums added in shared memory in a fixed order
+extern "C" __global__ void __launch_bounds__(1024) packed_sum(const float* __restrict__ part, int chunks, int out_pad,
+                                                              int out_f, float* __restrict__ y) {
+    __shared__ float red[32][33];
+    const int o = blockIdx.x * 32 + threadIdx.x;
+    float s = 0.f;
+    if (o < out_pad) {
+#pragma unroll 8
+        for (int c = threadIdx.y; c < chunks; c += 32) s += part[(long)c * out_pad + o];
+    }
+    red[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y == 0 && o < out_f) {
+        float t = 0.f;
+#pragma unroll
+        for (int w = 0; w < 32; ++w) t += red[w][threadIdx.x];
+        y[o] = t;
     }
 }
 
-#define PACKED_ROW1(IB, SB)                                                                                     \
-    extern "C" __global__ void __launch_bounds__(256, 3) packed_row1_i##IB##_s##SB(                             \
+#define PACKED_ROW1_MODE(MODE, IB, SB, GATHER)                                                                  \
+    extern "C" __global__ void __launch_bounds__(256, 3) packed_row1_##MODE##_i##IB##_s##SB(                      \
         const float* __restrict__ x, int in_f, int out_f, int groups, int chunk, int us,                         \
         const float* __restrict__ t0, const float* __restrict__ hh, int nk, int n_coef,                          \
-        const float* __restrict__ cb, int k, int kp, const void* idx, const void* gp, const void* bp,             \
-        const void* wp, const float* __restrict__ scales, float* __restrict__ y) {                              \
-        packed_row1<IB, SB>(x, in_f, out_f, groups, chunk, us, t0, hh, nk, n_coef, cb, k, kp, idx, gp, bp, wp,   \
-                            scales, y);                                                                          \
+        const float* __restrict__ cb, int kp, const float4* __restrict__ cbw, int nwin, const void* idx,           \
+        const void* gp, const void* bp, const void* wp, const float* __restrict__ scales, float* __restrict__ y,  \
+        float* __restrict__ part) {                                                                              \
+        packed_row1<IB, SB, GATHER>(x, in_f, out_f, groups, chunk, us, t0, hh, nk, n_coef, cb, kp, cbw, nwin, idx, \
+                                    gp, bp, wp, scales, y, part);                                                \
     }
+#define PACKED_ROW1(IB, SB) PACKED_ROW1_MODE(lut, IB, SB, false) PACKED_ROW1_MODE(gather, IB, SB, true)
 
 // one stored value of output o, input i from a plane of 8-output words
 template <int SB>
