@@ -14,8 +14,10 @@ finishes them. Concurrent committers are rebased onto the new branch head (Icech
 ``ConflictDetector``). On local disk commits are serialised with a file lock, since a filesystem
 has no conditional writes, and each version has a lock of its own held from the check "is it
 stored?" to its commit: of two writers of the same version the second waits, then finds the
-first one's artifact (identical by construction) and writes nothing. On object storage, a writer
-that loses a commit to the same version returns the version that landed.
+first one's artifact (identical by construction) and writes nothing; runs opening a new store at
+once wait on a lock of its folder while the first creates it. On object storage, a writer that
+loses a commit to the same version returns the version that landed, and one that loses the
+store's creation opens the store that was made.
 
 Integrity: every chunk carries a CRC-32C checksum (Zarr's ``crc32c`` codec) written with it and
 verified when read; a flipped or missing byte is a :class:`CorruptArtifact` error naming the
@@ -177,17 +179,23 @@ class ArtifactStore:
             path.mkdir(parents=True, exist_ok=True)
             storage = icechunk.local_filesystem_storage(str(path))
             self._lock_path = path / ".commit.lock"
+        # two runs opening a new local store at once: one creates it and writes its format marker
+        # while the other waits on a lock of the folder (Icechunk creates only in an empty one)
+        with self._flock(self._lock_path.parent if create and self._lock_path else None):
+            self.repo = self._open_repository(storage, create)
+            try:
+                self._check_format()
+            except icechunk.IcechunkError as e:
+                raise StoreError(f"artifact store {location} is damaged or unreadable: {e}") from None
+
+    def _open_repository(self, storage, create: bool) -> icechunk.Repository:
         try:
-            if create:
-                self.repo = icechunk.Repository.open_or_create(storage)
-            else:
-                self.repo = icechunk.Repository.open(storage)
+            return icechunk.Repository.open_or_create(storage) if create else icechunk.Repository.open(storage)
         except Exception as e:
-            raise StoreError(f"cannot open artifact store {location}: {e}") from None
-        try:
-            self._check_format()
-        except icechunk.IcechunkError as e:
-            raise StoreError(f"artifact store {location} is damaged or unreadable: {e}") from None
+            if create:  # object storage: another writer created the repository since we looked
+                with contextlib.suppress(Exception):
+                    return icechunk.Repository.open(storage)
+            raise StoreError(f"cannot open artifact store {self.location}: {e}") from None
 
     # -- reading ---------------------------------------------------------------------------
     def _root(self, snapshot: str | None = None) -> zarr.Group:
@@ -209,8 +217,12 @@ class ArtifactStore:
             if root is not None and (list(root.group_keys()) or list(root.array_keys())):
                 raise StoreError(f"{self.location}: an Icechunk repository but not a SHARe-KAN "
                                  f"artifact store (no format marker)")
-            with self._writing("initialise artifact store", {"format": FORMAT}) as g:
-                g.attrs["format"] = FORMAT
+            try:
+                with self._writing("initialise artifact store", {"format": FORMAT}) as g:
+                    g.attrs["format"] = FORMAT
+            except CommitConflict:  # object storage: another writer initialised it first
+                if self._root().attrs.get("format") != FORMAT:
+                    raise
         elif fmt != FORMAT:
             raise StoreError(f"{self.location}: unsupported store format {fmt!r} (expected {FORMAT!r})")
 
@@ -268,17 +280,20 @@ class ArtifactStore:
     # -- writing ---------------------------------------------------------------------------
     @contextlib.contextmanager
     def _flock(self, path: Path | None) -> Iterator[None]:
-        """An exclusive lock on ``path`` (released if the holder dies); none on object storage."""
+        """An exclusive lock on the file or folder ``path`` (released if the holder dies); none on
+        object storage."""
         if path is None:
             yield
             return
-        path.parent.mkdir(exist_ok=True)
-        with open(path, "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        if not path.is_dir():
+            path.parent.mkdir(exist_ok=True)
+            path.touch()
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
     def _commit_lock(self):
         return self._flock(self._lock_path)
@@ -462,7 +477,8 @@ def open_artifact_group(session, version: str) -> zarr.Group:
 def _folder_problem(path: Path) -> str | None:
     if path.exists() and not path.is_dir():
         return f"artifact store {path} is a file, not a store folder"
-    if path.is_dir() and any(path.iterdir()) and not (path / "repo").exists() and not (path / "refs").exists():
+    if path.is_dir() and any(path.iterdir()) and \
+            not any((path / name).exists() for name in ("repo", "refs", "snapshots")):
         return f"{path} is not an artifact store (no Icechunk repository there)"
     return None
 

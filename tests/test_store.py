@@ -169,6 +169,38 @@ def test_two_writers_commit_at_once(tmp_path):
     assert created.count("True") == 2  # the duplicate waited for its twin and wrote nothing
 
 
+OPEN_SCRIPT = textwrap.dedent("""
+    import sys, time, numpy as np
+    from storage.store import ArtifactStore, parse_location
+    time.sleep(max(0.0, float(sys.argv[3]) - time.time()))
+    store = ArtifactStore(parse_location(sys.argv[1]))
+    a, created = store.put("dataset", {"writer": sys.argv[2]}, [], "c", {"x": np.arange(3.0)})
+    print(a.version, created)
+""")
+
+
+def open_a_new_store_at_once(location: str, tmp_path: Path, env: dict, runs: int = 4) -> list[str]:
+    """``runs`` processes open the store at ``location`` (not yet made) at the same moment and each
+    stores an artifact; every one succeeds (before, all but one failed in Icechunk's create or in the
+    format marker's commit) and their versions."""
+    script = tmp_path / "open.py"
+    script.write_text(OPEN_SCRIPT)
+    env = {**os.environ, **env, "PYTHONPATH": str(ROOT)}
+    start = time.time() + 4
+    procs = [subprocess.Popen([sys.executable, str(script), location, str(i), str(start)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for i in range(runs)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-600:] for p, o in zip(procs, outs) if p.returncode]
+    results = [o[0].split()[-2:] for o in outs]  # the last line (Icechunk may warn before it)
+    assert all(created == "True" for _, created in results), [o[0] for o in outs]
+    return sorted(version for version, _ in results)
+
+
+def test_runs_opening_a_new_store_at_once_all_succeed(tmp_path):
+    versions = open_a_new_store_at_once(str(tmp_path / "store"), tmp_path, {})
+    assert sorted(a.version for a in ArtifactStore(tmp_path / "store", create=False).ls()) == versions
+
+
 SHARDED_SCRIPT = textwrap.dedent("""
     import sys, time, numpy as np
     from storage.store import ArtifactStore, open_artifact_group, version_id

@@ -7,6 +7,7 @@ from storage.shards import put_rows
 from storage.store import ArtifactStore, S3Location, parse_location
 
 from .conftest import S3_CREDS as CREDS
+from .test_store import open_a_new_store_at_once
 
 
 def test_store_round_trip_on_s3(s3_endpoint, monkeypatch):
@@ -33,3 +34,11 @@ def test_missing_bucket_is_named(s3_endpoint):
                      access_key_id="testing", secret_access_key="testing", region="us-east-1")
     with pytest.raises(Exception, match="no-such-bucket"):
         ArtifactStore(loc)
+
+
+def test_runs_opening_a_new_store_on_s3_at_once_all_succeed(s3_endpoint, tmp_path, monkeypatch):
+    env = {**CREDS, "AWS_ENDPOINT_URL": s3_endpoint}
+    versions = open_a_new_store_at_once("s3://artifacts/at-once", tmp_path, env)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert sorted(a.version for a in ArtifactStore(parse_location("s3://artifacts/at-once")).ls()) == versions
