@@ -12,15 +12,17 @@ set -euo pipefail
 out=${1:?usage: device_pipeline.sh OUTDIR [WORKDIR]}
 work=${2:-$(mktemp -d)}
 mkdir -p "$out" "$work"
+out=$(cd "$out" && pwd)
 export PYTHONUNBUFFERED=1
 root=$(cd "$(dirname "$0")/.." && pwd)
-cd "$root"
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+cd "$work"  # paths in the report relative to it: no machine's folders in the results
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 start=$SECONDS
-python3 -m cli.main run --store "$work/store" --out "$work/detection" 2>&1 | tee "$out/run.log"
+python3 -m cli.main run --store store --out detection 2>&1 | tee "$out/run.log"
 echo "sharekan run: $((SECONDS - start)) s" | tee -a "$out/run.log"
-cp "$work/detection/report.json" "$out/pipeline_gpu.json"
-cp "$work/detection/report.md" "$out/report.md"
+cp detection/report.json "$out/pipeline_gpu.json"
+cp detection/report.md "$out/report.md"
 version=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['lutham']['version'])" "$out/pipeline_gpu.json")
-{ python3 -m cli.main artifacts --store "$work/store" ls
-  python3 -m cli.main artifacts --store "$work/store" show "$version"; } > "$out/artifacts.txt" 2>&1
+{ python3 -m cli.main artifacts --store store ls
+  python3 -m cli.main artifacts --store store show "$version"; } > "$out/artifacts.txt" 2>&1

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import click
 
-from sharekan.clustering import MODES
-from sharekan.kmeans_steps import BACKENDS
+from sharekan.kmeans_options import BACKENDS, MODES
 from storage.store import ArtifactStore, StoreError, VersionNotFound, parse_location
 
 

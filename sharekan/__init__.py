@@ -4,11 +4,17 @@ compressed head's file format (``sharekan.load``).
 Pure torch/numpy; FAISS and CuPy are imported lazily where needed; never Prefect or Ray.
 """
 
-from .baselines import Int8KAN, PrunedKAN, prune_edges
-from .encoded import CompressedHead, load
-from .kan import KAN, KANLinear
-from .vq_kan import VQKAN, VQKANLinear, compress_kan, encode_layer
+from importlib import import_module
 
-__all__ = ["KAN", "KANLinear", "VQKAN", "VQKANLinear", "compress_kan", "encode_layer",
-           "Int8KAN", "PrunedKAN", "prune_edges",
-           "CompressedHead", "load"]
+# name -> the module that defines it, imported on first use (``import sharekan.kmeans_options``, as
+# the command line does, loads no torch)
+_HOME = {"KAN": "kan", "KANLinear": "kan", "VQKAN": "vq_kan", "VQKANLinear": "vq_kan", "compress_kan": "vq_kan",
+         "encode_layer": "vq_kan", "Int8KAN": "baselines", "PrunedKAN": "baselines", "prune_edges": "baselines",
+         "CompressedHead": "encoded", "load": "encoded"}
+__all__ = list(_HOME)
+
+
+def __getattr__(name: str):
+    if name in _HOME:
+        return getattr(import_module(f".{_HOME[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -23,11 +23,11 @@ import torch
 
 from .checks import check_finite, check_positive_int
 from .codebook_size import check_k
+from .kmeans_options import MODES
 from .kmeans_steps import assign_stats, init_centroids, lloyd, minibatch_update, pick_backend, split_k
 
 __all__ = ["MODES", "Source", "InMemory", "kmeans", "fit_codebook", "fine_centroids", "minibatch_seed", "check_mode"]
 
-MODES = ("full", "minibatch", "two-level")
 
 Stats = tuple[np.ndarray, np.ndarray, float, int]  # sums [k, d] float64, counts [k], objective, moved
 

@@ -17,12 +17,12 @@ import torch
 from . import nearest
 from .checks import check_positive_int
 from .codebook_size import check_k
+from .kmeans_options import BACKENDS
 
 __all__ = ["BACKENDS", "check_backend", "pick_backend", "assign_stats", "update_centroids", "reseed_empty",
            "init_centroids", "minibatch_update", "lloyd", "split_k", "gpu_nearest",
            "cap_gpu_memory"]
 
-BACKENDS = ("cpu", "cuda", "faiss-gpu")
 _BLOCK = 1 << 28  # distances per GPU block of the torch path (1 GiB of fp32)
 _STATS_ROWS = 1 << 21  # points per block of the float64 sums (~200 MB at d = 13)
 

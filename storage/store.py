@@ -238,7 +238,10 @@ class ArtifactStore:
 
     def get(self, version: str, snapshot: str | None = None) -> Artifact:
         """The artifact ``version`` (at the branch head, or at an older ``snapshot``)."""
-        group = self._find(version, self._root(snapshot))
+        return self._artifact(version, self._root(snapshot))
+
+    def _artifact(self, version: str, root: zarr.Group) -> Artifact:
+        group = self._find(version, root)
         if group is None:
             raise VersionNotFound(f"artifact version {version!r} not found in {self.location}")
         a = dict(group.attrs)
@@ -251,7 +254,7 @@ class ArtifactStore:
     def ls(self, stage: str | None = None) -> list[Artifact]:
         """Complete versions (of ``stage``), oldest first."""
         root = self._root()
-        out = [self.get(v) for v in sorted(root.group_keys())
+        out = [self._artifact(v, root) for v in sorted(root.group_keys())
                if root[v].attrs.get("complete") and (stage is None or root[v].attrs.get("stage") == stage)]
         return sorted(out, key=lambda a: a.created)
 
@@ -271,8 +274,14 @@ class ArtifactStore:
 
     def lineage(self, version: str) -> dict:
         """``{"version", "stage", "inputs": [lineage of each input]}``, recursively."""
-        a = self.get(version)
-        return {"version": version, "stage": a.stage, "inputs": [self.lineage(v) for v in a.inputs]}
+        root, seen = self._root(), {}
+
+        def walk(v: str) -> dict:  # one snapshot read once; a shared input's tree built once
+            if v not in seen:
+                a = self._artifact(v, root)
+                seen[v] = {"version": v, "stage": a.stage, "inputs": [walk(i) for i in a.inputs]}
+            return seen[v]
+        return walk(version)
 
     def history(self) -> list[icechunk.SnapshotInfo]:
         return list(self.repo.ancestry(branch=BRANCH))

@@ -165,37 +165,46 @@ def test_two_sharekan_servers_side_by_side_each_stop_everything_they_started(tmp
         (tmp_path / name).mkdir()
         procs[name] = _start(tmp_path / name, "--port", str(port), "--ray-port", str(ray_port), ignore_sigint=background,
                              PREFECT_HOME=str(home))
-    trees = {}
-    for name, (port, ray_port) in zip(procs, (ports[:2], ports[2:])):
-        lines = _ready(procs[name])
-        assert any(f"Ray head:    127.0.0.1:{ray_port}" in x for x in lines), "".join(lines)[-3000:]
-        assert port_in_use(port) and port_in_use(ray_port)
-    ours = {pid: args for pid, args in _client_servers().items() if pid not in before}
-    assert len(ours) == 2 and not any("--port=10001" in a for a in ours.values())  # free ports, not Ray's fixed one
-    for (name, proc), (_, ray_port) in zip(procs.items(), (ports[:2], ports[2:])):
-        client = [pid for pid, a in ours.items() if any(x.endswith(f":{ray_port}") for x in a)]  # its GCS address
-        assert len(client) == 1, ours
-        trees[name] = psutil.Process(proc.pid).children(recursive=True) + [psutil.Process(client[0])]
-    a_ports, b_ports = _listening(trees["a"]), _listening(trees["b"])
-    assert a_ports and b_ports and not a_ports & b_ports, (a_ports, b_ports)
+    try:
+        trees = {}
+        for name, (port, ray_port) in zip(procs, (ports[:2], ports[2:])):
+            lines = _ready(procs[name])
+            assert any(f"Ray head:    127.0.0.1:{ray_port}" in x for x in lines), "".join(lines)[-3000:]
+            assert port_in_use(port) and port_in_use(ray_port)
+        ours = {pid: args for pid, args in _client_servers().items() if pid not in before}
+        assert len(ours) == 2 and not any("--port=10001" in a for a in ours.values())  # free ports, not Ray's fixed one
+        for (name, proc), (_, ray_port) in zip(procs.items(), (ports[:2], ports[2:])):
+            client = [pid for pid, a in ours.items() if any(x.endswith(f":{ray_port}") for x in a)]  # its GCS address
+            assert len(client) == 1, ours
+            trees[name] = psutil.Process(proc.pid).children(recursive=True) + [psutil.Process(client[0])]
+        a_ports, b_ports = _listening(trees["a"]), _listening(trees["b"])
+        assert a_ports and b_ports and not a_ports & b_ports, (a_ports, b_ports)
 
-    procs["a"].send_signal(signal.SIGTERM)
-    assert procs["a"].wait(timeout=120) == 0
-    _, alive = psutil.wait_procs(trees["a"], timeout=20)
-    assert not alive, [p.cmdline() for p in alive]
-    assert not any(port_in_use(p) for p in a_ports)
-    assert all(p.is_running() for p in trees["b"]) and all(port_in_use(p) for p in ports[2:])  # b runs on
+        procs["a"].send_signal(signal.SIGTERM)
+        assert procs["a"].wait(timeout=120) == 0
+        _, alive = psutil.wait_procs(trees["a"], timeout=20)
+        assert not alive, [p.cmdline() for p in alive]
+        assert not any(port_in_use(p) for p in a_ports)
+        assert all(p.is_running() for p in trees["b"]) and all(port_in_use(p) for p in ports[2:])  # b runs on
 
-    procs["b"].send_signal(signal.SIGINT)
-    assert procs["b"].wait(timeout=120) == 0
-    _, alive = psutil.wait_procs(trees["b"], timeout=20)
-    for p in alive:
-        p.kill()
-    assert not alive, [p.info for p in alive]
-    assert not any(port_in_use(p) for p in b_ports)
-    for name in procs:
-        assert (tmp_path / name / "logs" / "prefect-server.log").is_file()
-        assert not (tmp_path / name / "artifacts").exists()
+        procs["b"].send_signal(signal.SIGINT)
+        assert procs["b"].wait(timeout=120) == 0
+        _, alive = psutil.wait_procs(trees["b"], timeout=20)
+        for p in alive:
+            p.kill()
+        assert not alive, [p.info for p in alive]
+        assert not any(port_in_use(p) for p in b_ports)
+        for name in procs:
+            assert (tmp_path / name / "logs" / "prefect-server.log").is_file()
+            assert not (tmp_path / name / "artifacts").exists()
+    finally:  # a failed assertion leaves no server running
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)  # stops everything that server started
+                try:
+                    proc.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
 
 
 def test_sharekan_server_stops_everything_when_its_prefect_server_dies(tmp_path):

@@ -312,6 +312,18 @@ def _damage(store_path: Path, cut: bool) -> None:
     chunk.write_bytes(bytes(raw))
 
 
+def test_the_artifacts_commands_load_no_torch(tmp_path):
+    """`sharekan artifacts …` reads the store only: loading torch (≈ 1.4 s) made each call ≈ 2.5 s."""
+    path = tmp_path / "s"
+    d, _ = ArtifactStore(path).put("dataset", {"n": 1}, [], "c", {"x": np.ones(2)})
+    probe = ("import runpy, sys; sys.argv = ['sharekan', 'artifacts', '--store', sys.argv[1], 'lineage', sys.argv[2]]\n"
+             "try:\n    runpy.run_module('cli.main', run_name='__main__')\nexcept SystemExit as e:\n"
+             "    assert not e.code, e.code\nassert 'torch' not in sys.modules, 'torch was imported'")
+    done = subprocess.run([sys.executable, "-c", probe, str(path), d.version], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == d.version, done.stderr[-1000:]
+
+
 @pytest.mark.parametrize("cut", [False, True], ids=["flipped-byte", "cut-chunk"])
 def test_corrupt_bytes_are_named_on_read_never_returned(tmp_path, cut):
     from storage.store import CorruptArtifact
