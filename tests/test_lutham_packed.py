@@ -7,10 +7,8 @@ import pytest
 import torch
 
 from sharekan.kan import KAN
-from sharekan.lutham.geometry import (HEAD1_CLUSTER, HEAD1_MAX_EDGES, LUT_FLOATS, PACKED_NR, THREADS, head1_launch,
-                                      packed_launch, row1_launch, row1_partials)
+from sharekan.lutham.geometry import LUT_FLOATS, PACKED_NR, packed_launch, row1_launch, row1_partials
 from sharekan.lutham.packed import edge_bytes, pack_layer, reference_forward, unpack_layer
-from sharekan.lutham.packed_head import ONE_ROW
 from sharekan.lutham.plan import LayerSpec, plan_packed
 from sharekan.vq_kan import VQKAN, encode_layer
 
@@ -92,22 +90,6 @@ def test_the_one_row_launch_covers_every_output_and_input_within_shared_memory(i
     assert row1_partials([(in_f, out_f)], 132, k, ib, sb) == (grid[1] * -(-out_f // 8) * 8 if grid[1] > 1 else 0)
 
 
-@pytest.mark.parametrize("layers", [[(1024, 64), (64, 24)], [(300, 70), (70, 24)], [(5, 3)], [(4096, 2048), (2048, 8)],
-                                    [(12_544, 1024), (1024, 1024)], [(512, 512)]])
-def test_the_one_launch_head_takes_small_heads_on_sm90_within_shared_memory(layers):
-    got = head1_launch(layers, (9, 0))
-    edges = sum(i * o for i, o in layers)
-    assert head1_launch(layers, (8, 0)) is None  # no clusters before sm_90
-    assert (got is not None) == (edges <= HEAD1_MAX_EDGES)  # the large head runs a kernel a layer
-    if got is None:
-        return
-    width, part, chunk, smem = got
-    assert all(i <= width for i, _ in layers) and all(o <= width for _, o in layers[:-1])  # each layer's input
-    assert all(o <= part and part % 8 == 0 for _, o in layers)
-    assert all(chunk * HEAD1_CLUSTER >= i for i, _ in layers)  # the cluster's chunks cover every input
-    assert smem == 16 * chunk + 4 * (width + part + 3 * chunk + 8 * THREADS) and smem <= 227 << 10
-
-
 @pytest.mark.parametrize("rows", [1, 2, 4, 5, 8, 9, 49, 63])
 @pytest.mark.parametrize("in_f,out_f", [(12_544, 1024), (256, 64), (64, 24), (5, 3)])
 def test_packed_launch_covers_every_row_output_and_input(rows, in_f, out_f):
@@ -119,7 +101,7 @@ def test_packed_launch_covers_every_row_output_and_input(rows, in_f, out_f):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("one_row", ONE_ROW)  # the one-launch head where it applies, the one-row kernel, the general one
+@pytest.mark.parametrize("one_row", ["row1", "lut"])  # the one-row kernel, or the general one at one row
 @pytest.mark.parametrize("k", [256, 257, 2048])  # uint8 tables, uint16 tables, codebook windows
 @pytest.mark.parametrize("side", WIDTHS)
 def test_packed_kernels_match_the_stored_head_on_every_path(k, side, one_row):
@@ -137,9 +119,6 @@ def test_packed_kernels_match_the_stored_head_on_every_path(k, side, one_row):
         vq = packed_vq(sizes, k, side, device="cuda", seed=2)
         head = LuthamKAN(vq, max_rows=300 if sizes[0] < 6000 else 1, records="auto", one_row=one_row)
         assert head.records == "packed"
-        edges = sum(i * o for i, o in zip(sizes, sizes[1:]))  # the small heads run in one launch on sm_90
-        one_launch = one_row == "auto" and torch.cuda.get_device_capability() >= (9, 0) and edges <= HEAD1_MAX_EDGES
-        assert (head.lut.head1 is not None) == one_launch
         report = validate(head, vq)
         assert report["all_written"], report
         assert report["max_rel_error"] < 2e-4, [c for c in report["cases"] if c["max_rel_error"] >= 2e-4]

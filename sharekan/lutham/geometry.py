@@ -22,8 +22,7 @@ from __future__ import annotations
 
 __all__ = ["TILE_O", "BASE_SLOT", "THREADS", "ROW1_UNROLL", "ROW1_MAX_CHUNK", "TC_TILES", "BASES_BYTES",
            "PRECISIONS", "SLAB_FROM_ROWS", "SLAB_BYTES", "SLAB_IN", "SLAB_ROWS", "BLAS_BYTES", "LUT_FLOATS", "LUT_STEP", "LUT_MAX_K", "PACKED_NR", "PACKED_SLAB_FROM", "KERNELS",
-           "PACKED_KERNELS", "HEAD1_KERNELS", "packed_launch", "row1_gathers", "row1_launch", "row1_partials",
-           "head1_launch",
+           "PACKED_KERNELS", "packed_launch", "row1_gathers", "row1_launch", "row1_partials",
            "defines", "launches", "products", "uses_slab", "fragment_bytes", "bases_scratch", "tc_slabs",
            "slab_slots", "slab_sections", "slab_workspace", "slab_launches"]
 
@@ -47,13 +46,9 @@ PACKED_NR = (1, 4, 8)  # rows a packed_lut / packed_gather block covers
 PACKED_SLAB_FROM = 64  # rows from which packed heads run as cuBLAS slabs
 _PACKED_WARPS_PER_SM = 32  # packed_lut / packed_gather: warps in flight to aim for
 _ROW1_BLOCKS_PER_SM = 3  # packed_row1: blocks in flight to aim for (its __launch_bounds__)
-HEAD1_CLUSTER = 8      # packed_head1: blocks of the cluster that runs a small head (the portable cluster size)
-HEAD1_MAX_EDGES = 1 << 18  # packed_head1: the largest head (edges) run in one launch on HEAD1_CLUSTER SMs
-HEAD1_DESC = 10        # packed_head1: 64-bit words describing a layer (the kernel's HEAD1_DESC)
 KERNELS = ("lutham_row1", *(f"lutham_bases_p{p}" for p in (3, 2, 1)),
            *(f"lutham_tc{n}p{p}" for p in (3, 2, 1) for n in TC_TILES),
            *(f"lutham_slab_p{p}" for p in (3, 2, 1)))
-HEAD1_KERNELS = tuple(f"packed_head1_i{i}_s{s}" for i in (1, 2) for s in (4, 8, 16))  # sm_90 and later only
 PACKED_KERNELS = (*(f"packed_row1_{m}_i{i}_s{s}" for m in ("lut", "gather") for i in (1, 2) for s in (4, 8, 16)),
                   "packed_sum",
                   *(f"packed_lut_i{i}_s{s}_r{r}" for i in (1, 2) for s in (4, 8, 16) for r in PACKED_NR),
@@ -61,7 +56,6 @@ PACKED_KERNELS = (*(f"packed_row1_{m}_i{i}_s{s}" for m in ("lut", "gather") for 
                   *(f"packed_slab_i{i}_s{s}_p{p}" for i in (1, 2) for s in (4, 8, 16) for p in (1, 2, 3)))
 _WARPS_PER_SM = 48   # lutham_row1: warps in flight to aim for
 _TC_WARPS_PER_SM = 16  # lutham_tc: warps in flight to aim for (2 blocks of 8 at 128 registers)
-_MAX_SHARED = 227 << 10  # shared memory a block may opt in to (sm_90)
 _MIN_SPLIT = 16      # inputs a split holds at least
 _STEP = 8            # a split is a multiple of this many inputs (every kernel's step divides it)
 
@@ -71,7 +65,7 @@ def defines() -> list[str]:
     return [f"-D{k}={v}" for k, v in (("TILE_O", TILE_O), ("BASE_SLOT", BASE_SLOT), ("ROW1_UNROLL", ROW1_UNROLL),
                                       ("ROW1_MAX_CHUNK", ROW1_MAX_CHUNK), ("SLAB_IN", SLAB_IN),
                                       ("SLAB_ROWS", SLAB_ROWS), ("LUT_FLOATS", LUT_FLOATS),
-                                      ("LUT_STEP", LUT_STEP), ("HEAD1_CLUSTER", HEAD1_CLUSTER), ("HEAD1_DESC", HEAD1_DESC))]
+                                      ("LUT_STEP", LUT_STEP))]
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -267,19 +261,3 @@ def row1_partials(layers, n_sm: int, k: int, ib: int, sb: int) -> int:
         if grid[1] > 1:
             need = max(need, grid[1] * _cdiv(out_f, 8) * 8)
     return need
-
-
-def head1_launch(layers, capability: tuple[int, int]) -> tuple[int, int, int, int] | None:
-    """``(width, partials, chunk, shared bytes)`` of ``packed_head1``, which runs a whole head of
-    ``layers`` (``(in, out)`` pairs) at one row in one launch on a cluster of ``HEAD1_CLUSTER`` blocks:
-    the widest layer input a block holds, the padded outputs of its partial sums, the inputs of the
-    largest chunk; ``None`` where it does not apply — before sm_90 (no clusters), above
-    ``HEAD1_MAX_EDGES`` edges (the head's work is better spread over every SM), or beyond a block's
-    shared memory."""
-    if capability < (9, 0) or sum(i * o for i, o in layers) > HEAD1_MAX_EDGES:
-        return None
-    width = max([layers[0][0]] + [i for i, _ in layers] + [o for _, o in layers[:-1]])
-    part = max(_cdiv(o, 8) * 8 for _, o in layers)
-    chunk = max(_cdiv(i, HEAD1_CLUSTER) for i, _ in layers)
-    smem = 16 * chunk + 4 * (width + part + 3 * chunk + 8 * THREADS)
-    return (width, part, chunk, smem) if smem <= _MAX_SHARED else None
