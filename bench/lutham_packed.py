@@ -38,7 +38,7 @@ from lutham_gpu import (SIZES as GPU_SIZES, built, copy_bandwidth, dense_variant
                         timed, timed_cupy)
 from sharekan.clustering import fit_codebook  # noqa: E402
 from sharekan.kan import KAN  # noqa: E402
-from sharekan.lutham.geometry import LUT_MAX_K  # noqa: E402
+from sharekan.lutham.geometry import LUT_MAX_K, head1_launch  # noqa: E402
 from sharekan.lutham.packed_head import PackedHead  # noqa: E402
 from sharekan.table import format_table  # noqa: E402
 from sharekan.vq_kan import VQKAN, edge_shapes, encode_layer  # noqa: E402
@@ -67,6 +67,16 @@ def heads(names, trained, iters, points=POINTS):
                           for k, w in points}
 
 
+def one_row_paths(vq, k: int) -> list[str]:
+    """The one-row paths worth timing for ``vq``: the default, the kernel a layer where the default is
+    the one-launch head, and the general lookup-table kernel where K allows tables."""
+    import cupy as cp
+
+    shapes = [(lay.in_features, lay.out_features) for lay in vq.layers]
+    one_launch = head1_launch(shapes, divmod(int(cp.cuda.Device().compute_capability), 10)) is not None
+    return ["auto"] + (["row1"] if one_launch else []) + (["lut"] if k <= LUT_MAX_K else [])
+
+
 def profile(vqs: dict, rows_list, calls: int) -> None:
     """Only LUTHAM v3, ``calls`` forwards on one arena per point and row count (for ncu: is a
     repeated inference served from L2?)."""
@@ -74,7 +84,7 @@ def profile(vqs: dict, rows_list, calls: int) -> None:
 
     for (k, width), vq in vqs.items():
         for rows in rows_list:
-            for one_row in (("row1", "lut") if rows == 1 and k <= LUT_MAX_K else ("row1",)):
+            for one_row in (one_row_paths(vq, k) if rows == 1 else ["auto"]):
                 head = PackedHead(vq, max_rows=rows, one_row=one_row)
                 x = cp.asarray(torch.rand(rows, head.plan.layers[0].in_features, device="cuda") * 2 - 1)
                 for _ in range(calls):
@@ -107,13 +117,13 @@ def bench(name, kan, vqs, rows_list, modes, device, out: list, save):
         for (k, width), vq in vqs.items():
             with torch.no_grad():
                 ref = vq.decoded().eval()(inputs[0])
-            paths = [("high", None, "row1")] + ([("low", 2, "row1")] if rows > 1 else [])
-            if rows == 1 and k <= LUT_MAX_K:  # the one-row kernel against the general lookup-table kernel
-                paths.append(("high", None, "lut"))
+            paths = ([("high", None, p) for p in one_row_paths(vq, k)] if rows == 1 else
+                     [("high", None, "auto"), ("low", 2, "auto")])
             for prec, slab_from, one_row in paths:
                 head, took = built(PackedHead, vq, rows, precision=prec, slab_from=slab_from, one_row=one_row)
-                path = "slabs" if rows >= head.slab_from else ("one-row kernel" if rows == 1 and one_row == "row1" else (
-                    "gather" if k > LUT_MAX_K else "lookup tables"))
+                path = ("slabs" if rows >= head.slab_from else "one-launch head" if rows == 1 and head.head1 else
+                        "one-row kernel" if rows == 1 and one_row != "lut" else
+                        "gather" if k > LUT_MAX_K else "lookup tables")
                 vname = f"LUTHAM v3 K={k} {width} ({path}, {prec})"
                 us, cold = timed_cupy(head, inputs), timed_cupy(head, inputs, cold=True)
                 read = sum(head.plan.by_component[c] for c in ("codebook", "edges", "scales"))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sharekan.kan import KAN
-from sharekan.lutham.compile import KERNELS, PACKED_KERNELS, nvrtc_compile
+from sharekan.lutham.compile import KERNELS, PACKED_KERNELS, kernel_names, nvrtc_compile
 from sharekan.lutham.plan import ALIGN, L2_BYTES, LayerSpec, plan_arena
 from sharekan.vq_kan import VQKAN, encode_layer
 
@@ -188,8 +188,10 @@ def test_the_kernels_refuse_to_compile_without_the_geometry(monkeypatch):
 def test_every_kernel_compiles_with_nvrtc(arch, source, names):
     cubin = nvrtc_compile(arch, source)
     assert cubin[:4] == b"\x7fELF"
-    for name in names:
+    assert set(kernel_names(source, arch)) >= set(names)
+    for name in kernel_names(source, arch):
         assert name.encode() in cubin
+    assert (b"packed_head1" in cubin) == (source == "packed" and arch == "sm_90")  # clusters: sm_90 only
 
 
 def test_lutham_task_on_a_worker_without_a_gpu_refuses_instead_of_faking(tmp_path):

@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from sharekan.kan import KAN
-from sharekan.lutham.geometry import LUT_FLOATS, PACKED_NR, packed_launch, row1_launch, row1_partials
+from sharekan.lutham.geometry import (HEAD1_CLUSTER, HEAD1_MAX_EDGES, LUT_FLOATS, PACKED_NR, ROW1_CLUSTER, THREADS, head1_launch,
+                                      packed_launch, row1_launch, row1_partials)
 from sharekan.lutham.packed import edge_bytes, pack_layer, reference_forward, unpack_layer
+from sharekan.lutham.packed_head import ONE_ROW
 from sharekan.lutham.plan import LayerSpec, plan_packed
 from sharekan.vq_kan import VQKAN, encode_layer
 
@@ -78,7 +80,8 @@ def test_packed_plan_holds_two_and_a_half_bytes_an_edge_at_k256_int4():
 @pytest.mark.parametrize("in_f,out_f", [(12_544, 1024), (1024, 1024), (1024, 64), (64, 24), (5, 3), (300, 70)])
 @pytest.mark.parametrize("k,ib,sb", [(256, 1, 4), (256, 1, 8), (257, 2, 16), (1024, 2, 4), (16, 1, 4)])
 def test_the_one_row_launch_covers_every_output_and_input_within_shared_memory(in_f, out_f, k, ib, sb):
-    chunk, us, grid, block, smem, gather = row1_launch(in_f, out_f, 132, k, ib, sb)
+    chunk, us, grid, block, smem, gather, cl = row1_launch(in_f, out_f, 132, k, ib, sb)
+    assert cl == 1
     bx, hy = block
     assert gather == (out_f < k)  # tables where each serves at least as many edges as it has entries
     assert grid[0] * bx * 8 >= out_f and (grid[0] - 1) * bx * 8 < out_f and bx * hy <= 256
@@ -88,6 +91,28 @@ def test_the_one_row_launch_covers_every_output_and_input_within_shared_memory(i
     assert row1_launch(in_f, out_f, 132, 2048, 2, 4)[5]  # K > LUT_MAX_K: windows, whatever the width
     # the partial sums packed_sum adds: every chunk's padded outputs, none where the layer is one chunk
     assert row1_partials([(in_f, out_f)], 132, k, ib, sb) == (grid[1] * -(-out_f // 8) * 8 if grid[1] > 1 else 0)
+    # sm_90: a split table layer in clusters of ROW1_CLUSTER chunks, a partial row a cluster (none for one cluster)
+    *_, cgrid, _, _, _, ccl = row1_launch(in_f, out_f, 132, k, ib, sb, ROW1_CLUSTER)
+    assert ccl == (ROW1_CLUSTER if grid[1] > 1 and not gather else 1) and cgrid[1] % ccl == 0
+    assert cgrid[1] - ccl < grid[1] <= cgrid[1]  # the chunks, rounded up to whole clusters
+    rows = cgrid[1] // ccl
+    assert row1_partials([(in_f, out_f)], 132, k, ib, sb, ROW1_CLUSTER) == (rows * -(-out_f // 8) * 8 if rows > 1 else 0)
+
+
+@pytest.mark.parametrize("layers", [[(1024, 64), (64, 24)], [(300, 70), (70, 24)], [(5, 3)], [(4096, 2048), (2048, 8)],
+                                    [(12_544, 1024), (1024, 1024)], [(512, 512)]])
+def test_the_one_launch_head_takes_small_heads_on_sm90_within_shared_memory(layers):
+    got = head1_launch(layers, (9, 0))
+    edges = sum(i * o for i, o in layers)
+    assert head1_launch(layers, (8, 0)) is None  # no clusters before sm_90
+    assert (got is not None) == (edges <= HEAD1_MAX_EDGES)  # the large head runs a kernel a layer
+    if got is None:
+        return
+    width, part, chunk, smem = got
+    assert all(i <= width for i, _ in layers) and all(o <= width for _, o in layers[:-1])  # each layer's input
+    assert all(o <= part and part % 8 == 0 for _, o in layers)
+    assert all(chunk * HEAD1_CLUSTER >= i for i, _ in layers)  # the cluster's chunks cover every input
+    assert smem == 16 * chunk + 4 * (width + part + 3 * chunk + 8 * THREADS) and smem <= 227 << 10
 
 
 @pytest.mark.parametrize("rows", [1, 2, 4, 5, 8, 9, 49, 63])
@@ -101,7 +126,7 @@ def test_packed_launch_covers_every_row_output_and_input(rows, in_f, out_f):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("one_row", ["row1", "lut"])  # the one-row kernel, or the general one at one row
+@pytest.mark.parametrize("one_row", ONE_ROW)  # the one-launch head where it applies, the one-row kernel, the general one
 @pytest.mark.parametrize("k", [256, 257, 2048])  # uint8 tables, uint16 tables, codebook windows
 @pytest.mark.parametrize("side", WIDTHS)
 def test_packed_kernels_match_the_stored_head_on_every_path(k, side, one_row):
@@ -119,6 +144,11 @@ def test_packed_kernels_match_the_stored_head_on_every_path(k, side, one_row):
         vq = packed_vq(sizes, k, side, device="cuda", seed=2)
         head = LuthamKAN(vq, max_rows=300 if sizes[0] < 6000 else 1, records="auto", one_row=one_row)
         assert head.records == "packed"
+        edges = sum(i * o for i, o in zip(sizes, sizes[1:]))  # the small heads run in one launch on sm_90
+        one_launch = one_row == "auto" and torch.cuda.get_device_capability() >= (9, 0) and edges <= HEAD1_MAX_EDGES
+        assert (head.lut.head1 is not None) == one_launch
+        # split table layers (6000 → 1024 at K ≤ 1,024) in clusters of chunks on sm_90: packed_row1_lutc
+        assert head.lut.cluster == (ROW1_CLUSTER if torch.cuda.get_device_capability() >= (9, 0) else 1)
         report = validate(head, vq)
         assert report["all_written"], report
         assert report["max_rel_error"] < 2e-4, [c for c in report["cases"] if c["max_rel_error"] >= 2e-4]

@@ -11,14 +11,13 @@ import os
 import sys
 from pathlib import Path
 
-from .geometry import KERNELS, PACKED_KERNELS, defines
+from .geometry import HEAD1_KERNELS, KERNELS, PACKED_KERNELS, defines
 
 __all__ = ["SOURCES", "KERNELS", "PACKED_KERNELS", "ARCHS", "source", "include_dirs", "nvrtc_compile", "load_module",
-           "load_cubin", "source_hash"]
+           "load_cubin", "source_hash", "kernel_names"]
 
 _DIR = Path(__file__).with_name("kernels")
 SOURCES = {"lutham": _DIR / "lutham.cu", "packed": _DIR / "packed.cu"}
-NAMES = {"lutham": KERNELS, "packed": PACKED_KERNELS}
 HEADER = _DIR / "common.cuh"
 ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90")
 OPTIONS = ("-std=c++17", "--use_fast_math", *defines())
@@ -39,6 +38,13 @@ def source_hash() -> str:
     options (tile constants)."""
     data = b"".join(p.read_bytes() for p in (*SOURCES.values(), HEADER)) + " ".join(OPTIONS).encode()
     return hashlib.sha256(data).hexdigest()[:16]
+
+
+def kernel_names(name: str, arch: str) -> tuple[str, ...]:
+    """The kernels of source ``name`` compiled for ``arch`` (``packed_head1`` needs sm_90's clusters)."""
+    if name == "lutham":
+        return KERNELS
+    return PACKED_KERNELS + (HEAD1_KERNELS if int(arch.removeprefix("sm_")) >= 90 else ())
 
 
 def include_dirs() -> list[str]:
@@ -90,6 +96,6 @@ def load_cubin(cubin: bytes, name: str = "lutham"):
         f.write(cubin)
         f.flush()
         module = cupy.RawModule(path=f.name)
-        for kernel in NAMES[name]:  # load now, while the file exists
+        for kernel in kernel_names(name, f"sm_{cupy.cuda.Device().compute_capability}"):  # now, while the file exists
             module.get_function(kernel)
     return module

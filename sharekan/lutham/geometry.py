@@ -22,7 +22,8 @@ from __future__ import annotations
 
 __all__ = ["TILE_O", "BASE_SLOT", "THREADS", "ROW1_UNROLL", "ROW1_MAX_CHUNK", "TC_TILES", "BASES_BYTES",
            "PRECISIONS", "SLAB_FROM_ROWS", "SLAB_BYTES", "SLAB_IN", "SLAB_ROWS", "BLAS_BYTES", "LUT_FLOATS", "LUT_STEP", "LUT_MAX_K", "PACKED_NR", "PACKED_SLAB_FROM", "KERNELS",
-           "PACKED_KERNELS", "packed_launch", "row1_gathers", "row1_launch", "row1_partials",
+           "PACKED_KERNELS", "HEAD1_KERNELS", "packed_launch", "row1_gathers", "row1_launch", "row1_partials",
+           "head1_launch",
            "defines", "launches", "products", "uses_slab", "fragment_bytes", "bases_scratch", "tc_slabs",
            "slab_slots", "slab_sections", "slab_workspace", "slab_launches"]
 
@@ -46,9 +47,14 @@ PACKED_NR = (1, 4, 8)  # rows a packed_lut / packed_gather block covers
 PACKED_SLAB_FROM = 64  # rows from which packed heads run as cuBLAS slabs
 _PACKED_WARPS_PER_SM = 32  # packed_lut / packed_gather: warps in flight to aim for
 _ROW1_BLOCKS_PER_SM = 3  # packed_row1: blocks in flight to aim for (its __launch_bounds__)
+ROW1_CLUSTER = 8       # packed_row1_lutc (sm_90): chunks a cluster adds up before one partial row is written
+HEAD1_CLUSTER = 8      # packed_head1: blocks of the cluster that runs a small head (the portable cluster size)
+HEAD1_MAX_EDGES = 1 << 18  # packed_head1: the largest head (edges) run in one launch on HEAD1_CLUSTER SMs
+HEAD1_DESC = 10        # packed_head1: 64-bit words describing a layer (the kernel's HEAD1_DESC)
 KERNELS = ("lutham_row1", *(f"lutham_bases_p{p}" for p in (3, 2, 1)),
            *(f"lutham_tc{n}p{p}" for p in (3, 2, 1) for n in TC_TILES),
            *(f"lutham_slab_p{p}" for p in (3, 2, 1)))
+HEAD1_KERNELS = tuple(f"packed_{m}_i{i}_s{s}" for m in ("head1", "row1_lutc") for i in (1, 2) for s in (4, 8, 16))  # sm_90+
 PACKED_KERNELS = (*(f"packed_row1_{m}_i{i}_s{s}" for m in ("lut", "gather") for i in (1, 2) for s in (4, 8, 16)),
                   "packed_sum",
                   *(f"packed_lut_i{i}_s{s}_r{r}" for i in (1, 2) for s in (4, 8, 16) for r in PACKED_NR),
@@ -56,6 +62,7 @@ PACKED_KERNELS = (*(f"packed_row1_{m}_i{i}_s{s}" for m in ("lut", "gather") for 
                   *(f"packed_slab_i{i}_s{s}_p{p}" for i in (1, 2) for s in (4, 8, 16) for p in (1, 2, 3)))
 _WARPS_PER_SM = 48   # lutham_row1: warps in flight to aim for
 _TC_WARPS_PER_SM = 16  # lutham_tc: warps in flight to aim for (2 blocks of 8 at 128 registers)
+_MAX_SHARED = 227 << 10  # shared memory a block may opt in to (sm_90)
 _MIN_SPLIT = 16      # inputs a split holds at least
 _STEP = 8            # a split is a multiple of this many inputs (every kernel's step divides it)
 
@@ -65,7 +72,8 @@ def defines() -> list[str]:
     return [f"-D{k}={v}" for k, v in (("TILE_O", TILE_O), ("BASE_SLOT", BASE_SLOT), ("ROW1_UNROLL", ROW1_UNROLL),
                                       ("ROW1_MAX_CHUNK", ROW1_MAX_CHUNK), ("SLAB_IN", SLAB_IN),
                                       ("SLAB_ROWS", SLAB_ROWS), ("LUT_FLOATS", LUT_FLOATS),
-                                      ("LUT_STEP", LUT_STEP))]
+                                      ("LUT_STEP", LUT_STEP), ("HEAD1_CLUSTER", HEAD1_CLUSTER), ("HEAD1_DESC", HEAD1_DESC),
+                                      ("ROW1_CLUSTER", ROW1_CLUSTER))]
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -231,14 +239,18 @@ def row1_gathers(out_f: int, k: int) -> bool:
     return k > LUT_MAX_K or out_f < k
 
 
-def row1_launch(in_f: int, out_f: int, n_sm: int, k: int, ib: int, sb: int):
-    """``(chunk, us, grid, block, shared bytes, gather)`` of the ``packed_row1`` launch of one layer at
-    one row: threads over the output groups (x, a power of two up to 256) by threads sharing out each
-    phase's inputs (y, filling the block to 256 while a phase's tables fit ``LUT_FLOATS``), ``us``
-    inputs a thread a phase (fewer where the layer has too few inputs to give about
+def row1_launch(in_f: int, out_f: int, n_sm: int, k: int, ib: int, sb: int, cluster: int = 1):
+    """``(chunk, us, grid, block, shared bytes, gather, cluster)`` of the ``packed_row1`` launch of one
+    layer at one row: threads over the output groups (x, a power of two up to 256) by threads sharing
+    out each phase's inputs (y, filling the block to 256 while a phase's tables fit ``LUT_FLOATS``),
+    ``us`` inputs a thread a phase (fewer where the layer has too few inputs to give about
     ``_ROW1_BLOCKS_PER_SM`` blocks an SM), and chunks of inputs, a multiple of the phase, over about
     that many blocks. Tables span the codebook's padded width (``K`` rounded up to 32, as the arena
-    holds it); ``gather`` (:func:`row1_gathers`) runs ``packed_row1_gather`` instead, with no tables."""
+    holds it); ``gather`` (:func:`row1_gathers`) runs ``packed_row1_gather`` instead, with no tables.
+    ``cluster`` (``ROW1_CLUSTER`` on sm_90, else 1): a table layer split into chunks runs
+    ``packed_row1_lutc``, clusters of that many chunks (the grid's y rounded up to a multiple; the
+    extra chunks are empty) whose sums are added before one partial row a cluster is written; the
+    last element is the cluster size taken (1: none)."""
     gather = row1_gathers(out_f, k)
     groups, kp = _cdiv(out_f, 8), _cdiv(k, 32) * 32
     bx = min(THREADS, 1 << (groups - 1).bit_length())
@@ -249,15 +261,35 @@ def row1_launch(in_f: int, out_f: int, n_sm: int, k: int, ib: int, sb: int):
     phase = us * hy
     chunk = _cdiv(_cdiv(in_f, blocks), phase) * phase
     smem = chunk * 40 + 16 * max(0 if gather else 2 * phase * kp // 4, 2 * bx * hy)
-    return chunk, us, (gx, _cdiv(in_f, chunk), 1), (bx, hy), smem, gather
+    chunks = _cdiv(in_f, chunk)
+    cl = cluster if cluster > 1 and not gather and chunks > 1 else 1
+    return chunk, us, (gx, _cdiv(chunks, cl) * cl, 1), (bx, hy), smem, gather, cl
 
 
-def row1_partials(layers, n_sm: int, k: int, ib: int, sb: int) -> int:
-    """Floats of the partial sums ``packed_row1`` writes for ``packed_sum`` (chunks × padded outputs),
-    for the layer (``(in, out)`` pairs) that needs the most; 0 where no layer is split."""
+def row1_partials(layers, n_sm: int, k: int, ib: int, sb: int, cluster: int = 1) -> int:
+    """Floats of the partial sums ``packed_row1`` writes for ``packed_sum`` (partial rows × padded
+    outputs: a row a chunk, or a cluster of chunks), for the layer (``(in, out)`` pairs) that needs the
+    most; 0 where no layer writes more than one row."""
     need = 0
     for in_f, out_f in layers:
-        grid = row1_launch(in_f, out_f, n_sm, k, ib, sb)[2]
-        if grid[1] > 1:
-            need = max(need, grid[1] * _cdiv(out_f, 8) * 8)
+        launch = row1_launch(in_f, out_f, n_sm, k, ib, sb, cluster)
+        grid, cl = launch[2], launch[6]
+        if grid[1] > cl:
+            need = max(need, grid[1] // cl * _cdiv(out_f, 8) * 8)
     return need
+
+
+def head1_launch(layers, capability: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """``(width, partials, chunk, shared bytes)`` of ``packed_head1``, which runs a whole head of
+    ``layers`` (``(in, out)`` pairs) at one row in one launch on a cluster of ``HEAD1_CLUSTER`` blocks:
+    the widest layer input a block holds, the padded outputs of its partial sums, the inputs of the
+    largest chunk; ``None`` where it does not apply — before sm_90 (no clusters), above
+    ``HEAD1_MAX_EDGES`` edges (the head's work is better spread over every SM), or beyond a block's
+    shared memory."""
+    if capability < (9, 0) or sum(i * o for i, o in layers) > HEAD1_MAX_EDGES:
+        return None
+    width = max([layers[0][0]] + [i for i, _ in layers] + [o for _, o in layers[:-1]])
+    part = max(_cdiv(o, 8) * 8 for _, o in layers)
+    chunk = max(_cdiv(i, HEAD1_CLUSTER) for i, _ in layers)
+    smem = 16 * chunk + 4 * (width + part + 3 * chunk + 8 * THREADS)
+    return (width, part, chunk, smem) if smem <= _MAX_SHARED else None

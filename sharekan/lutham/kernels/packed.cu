@@ -17,7 +17,7 @@
 // packed_slab<IB, SB, P>: common.cuh's large-batch expansion with these planes' weights.
 #include "common.cuh"
 
-#if !defined(LUT_FLOATS) || !defined(LUT_STEP)
+#if !defined(LUT_FLOATS) || !defined(LUT_STEP) || !defined(HEAD1_CLUSTER) || !defined(HEAD1_DESC) || !defined(ROW1_CLUSTER)
 #error "compile with the -D options of sharekan.lutham.geometry.defines()"
 #endif
 
@@ -197,7 +197,10 @@ __device__ __forceinline__ void packed_rows(const float* __restrict__ x, int row
 // without their four bases (near or outside the grid's ends: sum B < 1) read their bias word and
 // correct it -- the bias plane is not read for inputs inside the grid. Where inputs are split over
 // blocks, each chunk writes its partial sums and packed_sum adds them in a fixed order (no atomics:
-// they queue at the L2 slices holding the output; the sum is deterministic). Dynamic shared memory
+// they queue at the L2 slices holding the output; the sum is deterministic); on sm_90 a split table
+// layer runs packed_row1_lutc, clusters of ROW1_CLUSTER chunks that first add their sums through
+// distributed shared memory, so a partial row is written a cluster (a cluster alone writes the output).
+// Dynamic shared memory
 // (geometry.row1_launch): bases float4[chunk], row offsets int4[chunk], then max(2 S kq, 2 threads)
 // float4 of tables (at the end, the threads' partial sums), then 1 - sum B and silu float[chunk].
 // GATHER (layers with fewer outputs than codewords, where a table would serve fewer edges than it
@@ -249,7 +252,25 @@ __device__ __forceinline__ float4 fma4(float w, float4 a, float4 t) {
     return make_float4(fmaf(w, a.x, t.x), fmaf(w, a.y, t.y), fmaf(w, a.z, t.z), fmaf(w, a.w, t.w));
 }
 
-template <int IB, int SB, bool GATHER>
+// thread-block clusters (sm_90): a barrier of the cluster, the block's rank, a read of a float in
+// another block's shared memory
+__device__ __forceinline__ void cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+__device__ __forceinline__ unsigned cluster_rank() {
+    unsigned r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+}
+__device__ __forceinline__ float ld_cluster(const float* p, unsigned rank) {  // p in block `rank`'s shared memory
+    unsigned at;
+    float v;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(at) : "r"((unsigned)__cvta_generic_to_shared(p)), "r"(rank));
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(at) : "memory");
+    return v;
+}
+
+template <int IB, int SB, bool GATHER, int CL>
 __device__ __forceinline__ void packed_row1(const float* __restrict__ x, int in_f, int out_f, int groups, int chunk,
                                             int us, const float* __restrict__ t0, const float* __restrict__ hh, int nk,
                                             int n_coef, const float* __restrict__ cb, int kp,
@@ -380,16 +401,41 @@ __device__ __forceinline__ void packed_row1(const float* __restrict__ x, int in_
         const int o = min(8 * grp + j, out_pad - 1);
         v[j] = ag[j] + scales[2 * out_pad + o] * aw[j] + (once ? scales[out_pad + o] * scales[3 * out_pad + o] : 0.f);
     }
+    float* red = reinterpret_cast<float*>(tab);
     if (hy > 1) {  // the block's rows of threads add up through shared memory (after the tables' last reads)
         if (GATHER) __syncthreads();
-        float* red = reinterpret_cast<float*>(tab);
 #pragma unroll
         for (int j = 0; j < 8; ++j) red[j * nt + tid] = v[j];
         __syncthreads();
-        if (ty > 0) return;
-        for (int h = 1; h < hy; ++h)
+        if (CL == 1 && ty > 0) return;
+        if (ty == 0)
+            for (int h = 1; h < hy; ++h)
 #pragma unroll
-            for (int j = 0; j < 8; ++j) v[j] += red[j * nt + h * bx + threadIdx.x];
+                for (int j = 0; j < 8; ++j) v[j] += red[j * nt + h * bx + threadIdx.x];
+    }
+    if (CL > 1) {  // a cluster of CL chunks: their sums added through distributed shared memory, in rank order
+        const int gs = min(grp, groups - 1);
+        const float4 s0 = reinterpret_cast<const float4*>(scales)[2 * gs], s1 = reinterpret_cast<const float4*>(scales)[2 * gs + 1];
+        const float s[8] = {s0.x, s0.y, s0.z, s0.w, s1.x, s1.y, s1.z, s1.w};
+        __syncthreads();  // the rows' sums are read: red is this block's 8 bx outputs now
+        if (ty == 0)
+#pragma unroll
+            for (int j = 0; j < 8; ++j) red[8 * threadIdx.x + j] = active ? s[j] * v[j] : 0.f;
+        cluster_sync();
+        const int per = 8 * bx / CL, at = (int)cluster_rank() * per + tid;  // rank q adds outputs q per ... of the 8 bx
+        const int o = blockIdx.x * 8 * bx + at;
+        float t = 0.f;
+        if (tid < per)
+            for (int r = 0; r < CL; ++r) t += ld_cluster(red + at, r);
+        cluster_sync();  // every block has read the others' sums: now each may leave
+        if (tid < per && o < out_pad) {
+            if (gridDim.y == CL) {
+                if (o < out_f) y[o] = t;
+            } else {
+                part[(long)(blockIdx.y / CL) * out_pad + o] = t;
+            }
+        }
+        return;
     }
     if (!active) return;
     const float4 s0 = reinterpret_cast<const float4*>(scales)[2 * grp], s1 = reinterpret_cast<const float4*>(scales)[2 * grp + 1];
@@ -425,17 +471,165 @@ extern "C" __global__ void __launch_bounds__(1024) packed_sum(const float* __res
     }
 }
 
-#define PACKED_ROW1_MODE(MODE, IB, SB, GATHER)                                                                  \
-    extern "C" __global__ void __launch_bounds__(256, 3) packed_row1_##MODE##_i##IB##_s##SB(                      \
+#define PACKED_ROW1_MODE(MODE, IB, SB, GATHER, CL, ATTRS)                                                       \
+    extern "C" __global__ void ATTRS __launch_bounds__(256, 3) packed_row1_##MODE##_i##IB##_s##SB(                \
         const float* __restrict__ x, int in_f, int out_f, int groups, int chunk, int us,                         \
         const float* __restrict__ t0, const float* __restrict__ hh, int nk, int n_coef,                          \
         const float* __restrict__ cb, int kp, const float4* __restrict__ cbw, int nwin, const void* idx,           \
         const void* gp, const void* bp, const void* wp, const float* __restrict__ scales, float* __restrict__ y,  \
         float* __restrict__ part) {                                                                              \
-        packed_row1<IB, SB, GATHER>(x, in_f, out_f, groups, chunk, us, t0, hh, nk, n_coef, cb, kp, cbw, nwin, idx, \
+        packed_row1<IB, SB, GATHER, CL>(x, in_f, out_f, groups, chunk, us, t0, hh, nk, n_coef, cb, kp, cbw, nwin, idx, \
                                     gp, bp, wp, scales, y, part);                                                \
     }
-#define PACKED_ROW1(IB, SB) PACKED_ROW1_MODE(lut, IB, SB, false) PACKED_ROW1_MODE(gather, IB, SB, true)
+#define PACKED_ROW1(IB, SB) PACKED_ROW1_MODE(lut, IB, SB, false, 1, ) PACKED_ROW1_MODE(gather, IB, SB, true, 1, )
+// split layers on sm_90: clusters of ROW1_CLUSTER chunks (the grid's y a multiple of it)
+#define PACKED_ROW1C(IB, SB) PACKED_ROW1_MODE(lutc, IB, SB, false, ROW1_CLUSTER, __cluster_dims__(1, ROW1_CLUSTER, 1))
+
+// ---- a small head in one launch: packed_head1<IB, SB> (sm_90) -------------------------------------------------
+// One cluster of HEAD1_CLUSTER blocks runs every layer of a head at one row: block r of the cluster
+// takes the r-th chunk of each layer's inputs, a thread a group of 8 outputs (x) by blockDim / bx
+// threads over the chunk's inputs (y), gathering each edge's 16-byte codebook window (as
+// packed_row1's gather mode). A layer's partial sums stay in each block's shared memory; after a
+// cluster barrier every block adds the cluster's partials through distributed shared memory, in
+// rank order (deterministic), into its copy of the next layer's input; a second barrier keeps each
+// block's partials alive until every block has read them. No global memory between the layers, one
+// launch for the head: what a small head's time is made of is launch and dependency latency.
+// desc: HEAD1_DESC 64-bit words a layer (geometry.head1_descriptors): in_f, out_f, n_knots, then the
+// addresses of t0, h, the index, gain, bias and base planes and the scales. Dynamic shared memory
+// (geometry.head1_launch): the layer input xs[width], the partials part[out_pad], then per chunk
+// input its bases float4, window slot, 1 - sum B and silu, then red[8 x blockDim].
+#if __CUDA_ARCH__ >= 900
+template <int IB, int SB>
+__device__ __forceinline__ void packed_head1(const float* __restrict__ x, const long long* __restrict__ desc,
+                                             int n_layers, int n_coef, int width, int part_pad, int chunk_max,
+                                             const float4* __restrict__ cbw, int nwin, float* __restrict__ y) {
+    extern __shared__ float4 dyn[];
+    using I = typename IdxWord<IB>::T;
+    using W = typename SideWord<SB>::T;
+    constexpr int U = 4;  // inputs a thread loads together
+    const int tid = threadIdx.x, nt = blockDim.x;
+    const unsigned rank = cluster_rank();
+    float4* bw = dyn;
+    float* xs = reinterpret_cast<float*>(bw + chunk_max);
+    float* part = xs + width;
+    int* slot = reinterpret_cast<int*>(part + part_pad);
+    float* corr = reinterpret_cast<float*>(slot + chunk_max);
+    float* silu = corr + chunk_max;
+    float* red = silu + chunk_max;
+    for (int i = tid; i < (int)desc[0]; i += nt) xs[i] = x[i];
+    __syncthreads();
+    for (int l = 0; l < n_layers; ++l) {
+        const long long* d = desc + HEAD1_DESC * l;
+        const int in_f = (int)d[0], out_f = (int)d[1], nk = (int)d[2], groups = (out_f + 7) >> 3, out_pad = groups * 8;
+        const float* t0 = reinterpret_cast<const float*>(d[3]);
+        const float* hh = reinterpret_cast<const float*>(d[4]);
+        const float* scales = reinterpret_cast<const float*>(d[9]);
+        int bx = 1;
+        while (bx < groups && bx < nt) bx <<= 1;
+        const int hy = nt / bx, tx = tid % bx, ty = tid / bx;
+        const int chunk = (in_f + HEAD1_CLUSTER - 1) / HEAD1_CLUSTER, i_lo = (int)rank * chunk;
+        const int n = max(0, min(in_f, i_lo + chunk) - i_lo);
+        for (int s = tid; s < n; s += nt) {
+            const int i = i_lo + s;
+            const Basis b = basis_of(xs[i], t0[i], hh[i], nk, n_coef);
+            bw[s] = make_float4(b.w[0], b.w[1], b.w[2], b.w[3]);
+            slot[s] = window_slot(b.first + 3);
+            corr[s] = (b.first >= 0 && b.first + 3 < n_coef) ? 0.f : 1.f - b.sum;
+            silu[s] = b.silu;
+        }
+        __syncthreads();
+        // a pass a bx output groups (one pass unless the layer has more groups than threads); every
+        // thread takes every pass (the barriers), those past the last group with nothing to add
+        for (int g0 = 0; g0 < groups; g0 += bx) {
+            const int grp = g0 + tx;
+            const bool active = grp < groups;
+            const I* pi = reinterpret_cast<const I*>(d[5]) + grp;
+            const W *pg = reinterpret_cast<const W*>(d[6]) + grp, *pw = reinterpret_cast<const W*>(d[8]) + grp;
+            float ag[8], aw[8];
+#pragma unroll
+            for (int j = 0; j < 8; ++j) ag[j] = aw[j] = 0.f;
+            for (int s0 = ty; s0 < n; s0 += U * hy) {
+                I ri[U];
+                W rg[U], rw[U];
+#pragma unroll
+                for (int u = 0; u < U; ++u) {  // the records first: U loads of each plane in flight
+                    const int s = s0 + u * hy;
+                    if (active && s < n) {
+                        const unsigned at = (unsigned)(i_lo + s) * (unsigned)groups;
+                        ri[u] = __ldg(pi + at);
+                        rg[u] = __ldg(pg + at);
+                        rw[u] = __ldg(pw + at);
+                    }
+                }
+#pragma unroll
+                for (int u = 0; u < U; ++u) {
+                    const int s = s0 + u * hy;
+                    if (!active || s >= n) break;
+                    const float4 bb = bw[s];
+                    const float4* win = cbw + slot[s];
+                    const float sw = silu[s], cr = corr[s];
+                    float g[8], w[8];
+                    decode8(rg[u], g);
+                    decode8(rw[u], w);
+#pragma unroll
+                    for (int j = 0; j < 8; ++j) {
+                        const float4 c = __ldg(win + (long)index_of(ri[u], j) * nwin);
+                        ag[j] = fmaf(g[j], bb.x * c.x + bb.y * c.y + bb.z * c.z + bb.w * c.w, ag[j]);
+                        aw[j] = fmaf(w[j], sw, aw[j]);
+                    }
+                    if (cr != 0.f) {  // an input without all four bases: its bias term is q_b * sum B, not q_b
+                        float b[8];
+                        decode8(__ldg(reinterpret_cast<const W*>(d[7]) + (long)(i_lo + s) * groups + grp), b);
+#pragma unroll
+                        for (int j = 0; j < 8; ++j) ag[j] = fmaf(-scales[out_pad + 8 * grp + j] * cr, b[j], ag[j]);
+                    }
+                }
+            }
+            const bool once = rank == 0 && ty == 0;  // the folded bias sum goes in once an output
+            float v[8];
+#pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                const int o = min(8 * grp + j, out_pad - 1);
+                v[j] = active ? ag[j] + scales[2 * out_pad + o] * aw[j] +
+                                    (once ? scales[out_pad + o] * scales[3 * out_pad + o] : 0.f) : 0.f;
+            }
+            // the block's rows of threads add up through shared memory, then the gain scale
+#pragma unroll
+            for (int j = 0; j < 8; ++j) red[j * nt + tid] = v[j];
+            __syncthreads();
+            if (ty == 0 && active) {
+                for (int h = 1; h < hy; ++h)
+#pragma unroll
+                    for (int j = 0; j < 8; ++j) v[j] += red[j * nt + h * bx + tx];
+#pragma unroll
+                for (int j = 0; j < 8; ++j) part[8 * grp + j] = scales[8 * grp + j] * v[j];
+            }
+            __syncthreads();
+        }
+        cluster_sync();  // every block's partials of this layer are in its shared memory
+        const bool last = l + 1 == n_layers;
+        for (int o = tid; o < out_f; o += nt) {
+            float t = 0.f;
+            for (int q = 0; q < HEAD1_CLUSTER; ++q) t += ld_cluster(part + o, q);
+            if (!last) xs[o] = t;
+            else if (rank == 0) y[o] = t;
+        }
+        cluster_sync();  // every block has read the partials: they may be overwritten, or the block leave
+    }
+}
+
+#define PACKED_HEAD1(IB, SB)                                                                                    \
+    extern "C" __global__ void __cluster_dims__(HEAD1_CLUSTER, 1, 1) __launch_bounds__(256, 1)                  \
+        packed_head1_i##IB##_s##SB(const float* __restrict__ x, const long long* __restrict__ desc, int n_layers,  \
+                                   int n_coef, int width, int part_pad, int chunk_max,                           \
+                                   const float4* __restrict__ cbw, int nwin, float* __restrict__ y) {            \
+        packed_head1<IB, SB>(x, desc, n_layers, n_coef, width, part_pad, chunk_max, cbw, nwin, y);              \
+    }
+PACKED_ROW1C(1, 4) PACKED_ROW1C(1, 8) PACKED_ROW1C(1, 16)
+PACKED_ROW1C(2, 4) PACKED_ROW1C(2, 8) PACKED_ROW1C(2, 16)
+PACKED_HEAD1(1, 4) PACKED_HEAD1(1, 8) PACKED_HEAD1(1, 16)
+PACKED_HEAD1(2, 4) PACKED_HEAD1(2, 8) PACKED_HEAD1(2, 16)
+#endif
 
 // one stored value of output o, input i from a plane of 8-output words
 template <int SB>
