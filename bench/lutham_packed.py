@@ -10,8 +10,10 @@ iterations; side data quantized by ``quantize`` as the pipeline stores it). Rows
 Dense variants (``bench/lutham_gpu.dense_variants``: eager fp32, ``DenseKAN`` and closed-form bases
 compiled, our sparse-basis kernel) are timed once per head and row count; every ratio is against the
 fastest fp16 one ("best dense"). LUTHAM v3 is timed warm (repeated inference on one arena: L2 holds
-what fits) and cold (a 256 MB write flushes L2 before every call), on the path its row count picks
-and, from 49 rows, on the slab path at ``low`` precision (a dense fp16 head's rounding) too.
+what fits) and cold (a 256 MB write flushes L2 before every call): at one row on each one-row path;
+from 2 rows on the tensor-core path at ``high`` and ``low`` precision (``low``: a dense fp16 head's
+rounding) whatever the row count, on the slab path at ``low``, and below the slabs' threshold on the
+lookup-table (or gather) kernels.
 Per row: ``head``, ``k``, ``side_dtype``, ``rows``, ``variant``, ``precision``, ``us`` (warm median),
 ``us_cold``, ``peak_bytes`` (arena + what construction and the first call took), ``bytes_read``
 (records + codebook + scales), ``vs_best_dense``, ``max_rel_error`` (LUTHAM: against the fp32 VQ
@@ -38,7 +40,7 @@ from lutham_gpu import (SIZES as GPU_SIZES, built, copy_bandwidth, dense_variant
                         timed, timed_cupy)
 from sharekan.clustering import fit_codebook  # noqa: E402
 from sharekan.kan import KAN  # noqa: E402
-from sharekan.lutham.geometry import LUT_MAX_K, head1_launch  # noqa: E402
+from sharekan.lutham.geometry import LUT_MAX_K, PACKED_SLAB_FROM  # noqa: E402
 from sharekan.lutham.packed_head import PackedHead  # noqa: E402
 from sharekan.table import format_table  # noqa: E402
 from sharekan.vq_kan import VQKAN, edge_shapes, encode_layer  # noqa: E402
@@ -67,14 +69,10 @@ def heads(names, trained, iters, points=POINTS):
                           for k, w in points}
 
 
-def one_row_paths(vq, k: int) -> list[str]:
-    """The one-row paths worth timing for ``vq``: the default, the kernel a layer where the default is
-    the one-launch head, and the general lookup-table kernel where K allows tables."""
-    import cupy as cp
-
-    shapes = [(lay.in_features, lay.out_features) for lay in vq.layers]
-    one_launch = head1_launch(shapes, divmod(int(cp.cuda.Device().compute_capability), 10)) is not None
-    return ["auto"] + (["row1"] if one_launch else []) + (["lut"] if k <= LUT_MAX_K else [])
+def one_row_paths(k: int) -> list[str]:
+    """The one-row paths worth timing: the default kernel a layer, and the general lookup-table kernel
+    where K allows tables."""
+    return ["row1"] + (["lut"] if k <= LUT_MAX_K else [])
 
 
 def profile(vqs: dict, rows_list, calls: int) -> None:
@@ -84,13 +82,14 @@ def profile(vqs: dict, rows_list, calls: int) -> None:
 
     for (k, width), vq in vqs.items():
         for rows in rows_list:
-            for one_row in (one_row_paths(vq, k) if rows == 1 else ["auto"]):
-                head = PackedHead(vq, max_rows=rows, one_row=one_row)
+            for one_row, prec in ([(p, "high") for p in one_row_paths(k)] if rows == 1 else
+                                  [("row1", "high"), ("row1", "low")]):  # from 2 rows: tensor cores
+                head = PackedHead(vq, max_rows=rows, one_row=one_row, precision=prec, slab_from=1 << 30)
                 x = cp.asarray(torch.rand(rows, head.plan.layers[0].in_features, device="cuda") * 2 - 1)
                 for _ in range(calls):
                     head.forward(x)
                 head.stream.synchronize()
-                print(f"K={k} {width} rows {rows} ({one_row}): arena {head.plan.total:,} B; "
+                print(f"K={k} {width} rows {rows} ({one_row}, {prec}): arena {head.plan.total:,} B; "
                       f"L2 window {head.plan.l2_persisting}")
                 del head
 
@@ -117,13 +116,16 @@ def bench(name, kan, vqs, rows_list, modes, device, out: list, save):
         for (k, width), vq in vqs.items():
             with torch.no_grad():
                 ref = vq.decoded().eval()(inputs[0])
-            paths = ([("high", None, p) for p in one_row_paths(vq, k)] if rows == 1 else
-                     [("high", None, "auto"), ("low", 2, "auto")])
-            for prec, slab_from, one_row in paths:
-                head, took = built(PackedHead, vq, rows, precision=prec, slab_from=slab_from, one_row=one_row)
-                path = ("slabs" if rows >= head.slab_from else "one-launch head" if rows == 1 and head.head1 else
-                        "one-row kernel" if rows == 1 and one_row != "lut" else
-                        "gather" if k > LUT_MAX_K else "lookup tables")
+            # from 2 rows: tensor cores at every row count (slabs never), at hi/lo and fp16 products; slabs at fp16;
+            # below the slabs' threshold the lookup tables too
+            paths = ([("high", None, p, "tc") for p in one_row_paths(k)] if rows == 1 else
+                     [("high", 1 << 30, "row1", "tc"), ("low", 1 << 30, "row1", "tc"), ("low", 2, "row1", "tc")] +
+                     ([("high", None, "row1", "lut")] if rows < PACKED_SLAB_FROM else []))
+            for prec, slab_from, one_row, few_rows in paths:
+                head, took = built(PackedHead, vq, rows, precision=prec, slab_from=slab_from, one_row=one_row,
+                                   few_rows=few_rows)
+                path = ("slabs" if rows >= head.slab_from else "one-row kernel" if rows == 1 and one_row != "lut" else
+                        "tensor cores" if rows > 1 and head.tc else "gather" if k > LUT_MAX_K else "lookup tables")
                 vname = f"LUTHAM v3 K={k} {width} ({path}, {prec})"
                 us, cold = timed_cupy(head, inputs), timed_cupy(head, inputs, cold=True)
                 read = sum(head.plan.by_component[c] for c in ("codebook", "edges", "scales"))

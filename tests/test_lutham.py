@@ -191,7 +191,7 @@ def test_every_kernel_compiles_with_nvrtc(arch, source, names):
     assert set(kernel_names(source, arch)) >= set(names)
     for name in kernel_names(source, arch):
         assert name.encode() in cubin
-    assert (b"packed_head1" in cubin) == (source == "packed" and arch == "sm_90")  # clusters: sm_90 only
+    assert (b"packed_row1_lutc" in cubin) == (source == "packed" and arch == "sm_90")  # clusters: sm_90 only
 
 
 def test_lutham_task_on_a_worker_without_a_gpu_refuses_instead_of_faking(tmp_path):

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from sharekan.kan import KAN
-from sharekan.lutham.geometry import (HEAD1_CLUSTER, HEAD1_MAX_EDGES, LUT_FLOATS, PACKED_NR, ROW1_CLUSTER, THREADS, head1_launch,
-                                      packed_launch, row1_launch, row1_partials)
+from sharekan.lutham.geometry import (LUT_FLOATS, PACKED_KERNELS, PACKED_NR, PACKED_TC_STEP, ROW1_CLUSTER, THREADS,
+                                      packed_launch, packed_tc_launch, packed_tc_partials, row1_launch,
+                                      row1_partials)
 from sharekan.lutham.packed import edge_bytes, pack_layer, reference_forward, unpack_layer
 from sharekan.lutham.packed_head import ONE_ROW
 from sharekan.lutham.plan import LayerSpec, plan_packed
@@ -99,22 +100,6 @@ def test_the_one_row_launch_covers_every_output_and_input_within_shared_memory(i
     assert row1_partials([(in_f, out_f)], 132, k, ib, sb, ROW1_CLUSTER) == (rows * -(-out_f // 8) * 8 if rows > 1 else 0)
 
 
-@pytest.mark.parametrize("layers", [[(1024, 64), (64, 24)], [(300, 70), (70, 24)], [(5, 3)], [(4096, 2048), (2048, 8)],
-                                    [(12_544, 1024), (1024, 1024)], [(512, 512)]])
-def test_the_one_launch_head_takes_small_heads_on_sm90_within_shared_memory(layers):
-    got = head1_launch(layers, (9, 0))
-    edges = sum(i * o for i, o in layers)
-    assert head1_launch(layers, (8, 0)) is None  # no clusters before sm_90
-    assert (got is not None) == (edges <= HEAD1_MAX_EDGES)  # the large head runs a kernel a layer
-    if got is None:
-        return
-    width, part, chunk, smem = got
-    assert all(i <= width for i, _ in layers) and all(o <= width for _, o in layers[:-1])  # each layer's input
-    assert all(o <= part and part % 8 == 0 for _, o in layers)
-    assert all(chunk * HEAD1_CLUSTER >= i for i, _ in layers)  # the cluster's chunks cover every input
-    assert smem == 16 * chunk + 4 * (width + part + 3 * chunk + 8 * THREADS) and smem <= 227 << 10
-
-
 @pytest.mark.parametrize("rows", [1, 2, 4, 5, 8, 9, 49, 63])
 @pytest.mark.parametrize("in_f,out_f", [(12_544, 1024), (256, 64), (64, 24), (5, 3)])
 def test_packed_launch_covers_every_row_output_and_input(rows, in_f, out_f):
@@ -126,13 +111,13 @@ def test_packed_launch_covers_every_row_output_and_input(rows, in_f, out_f):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("one_row", ONE_ROW)  # the one-launch head where it applies, the one-row kernel, the general one
+@pytest.mark.parametrize("one_row", ONE_ROW)  # the one-row kernel, the general one
 @pytest.mark.parametrize("k", [256, 257, 2048])  # uint8 tables, uint16 tables, codebook windows
 @pytest.mark.parametrize("side", WIDTHS)
 def test_packed_kernels_match_the_stored_head_on_every_path(k, side, one_row):
-    """Every row count boundary (1, 4- and 8-row blocks, the slab path from 64 rows), split and
-    unsplit inputs, partial groups (70 and 24 outputs), inputs inside and outside the grid, poisoned
-    outputs: fp32 everywhere below the slabs, fp16 hi/lo products on them."""
+    """Every row count boundary (one row, the tensor cores' 64-row blocks, the slabs from
+    64 rows), split and unsplit inputs, partial groups (70 and 24 outputs), inputs inside and outside
+    the grid, poisoned outputs: fp32 at one row, fp16 hi/lo products from 2 rows."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
     from sharekan.lutham.module import LuthamKAN
@@ -144,9 +129,6 @@ def test_packed_kernels_match_the_stored_head_on_every_path(k, side, one_row):
         vq = packed_vq(sizes, k, side, device="cuda", seed=2)
         head = LuthamKAN(vq, max_rows=300 if sizes[0] < 6000 else 1, records="auto", one_row=one_row)
         assert head.records == "packed"
-        edges = sum(i * o for i, o in zip(sizes, sizes[1:]))  # the small heads run in one launch on sm_90
-        one_launch = one_row == "auto" and torch.cuda.get_device_capability() >= (9, 0) and edges <= HEAD1_MAX_EDGES
-        assert (head.lut.head1 is not None) == one_launch
         # split table layers (6000 → 1024 at K ≤ 1,024) in clusters of chunks on sm_90: packed_row1_lutc
         assert head.lut.cluster == (ROW1_CLUSTER if torch.cuda.get_device_capability() >= (9, 0) else 1)
         report = validate(head, vq)
@@ -177,3 +159,44 @@ def test_the_record_format_is_chosen_by_what_the_head_stores():
     assert resolve_records(packed_vq([6, 4], 16, "int4")) == DEFAULT_RECORDS
     with pytest.raises(ValueError, match="records must be one of"):
         resolve_records(packed_vq([6, 4], 16, "int4"), "v3")
+
+
+@pytest.mark.parametrize("rows", [2, 8, 9, 49, 63, 64, 65, 300, 3136])
+@pytest.mark.parametrize("in_f,out_f", [(12_544, 1024), (1024, 1024), (300, 70), (64, 24), (5, 3)])
+@pytest.mark.parametrize("ib,sb,p", [(1, 4, 1), (1, 8, 3), (2, 16, 3), (2, 4, 2)])
+def test_the_tensor_core_launch_covers_every_row_output_and_input_within_shared_memory(rows, in_f, out_f, ib, sb, p):
+    chunk, grid, block, smem, wide = packed_tc_launch(rows, in_f, out_f, 132, ib, sb, p)
+    assert f"packed_tc_i{ib}_s{sb}_p{p}" in PACKED_KERNELS
+    warps = THREADS // 32
+    assert block == (THREADS,) and grid[0] * warps * 16 >= out_f > (grid[0] - 1) * warps * 16
+    assert chunk % PACKED_TC_STEP == 0 and grid[1] * chunk >= in_f > (grid[1] - 1) * chunk
+    assert grid[2] * 64 >= rows > (grid[2] - 1) * 64  # 64-row blocks
+    assert smem <= 227 << 10  # an H100's shared memory a block
+    groups = -(-out_f // 8)  # 16-byte copies exactly where every block's run of words in every plane is 16-byte aligned
+    aligned = all((i * groups + 2 * warps * bx) * wb % 16 == 0 for i in range(min(in_f, 8)) for bx in range(grid[0])
+                  for wb in (8 * ib, sb))
+    assert wide == aligned and (wide or out_f != 1024)
+    assert packed_tc_partials([(in_f, out_f)], rows, 132, ib, sb, p) == (grid[1] * rows * out_f if grid[1] > 1 else 0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["high", "medium", "low"])
+@pytest.mark.parametrize("k,side", [(256, "int4"), (257, "int8"), (2048, "fp16")])
+def test_the_tensor_core_path_matches_the_stored_head_at_every_precision(k, side, precision):
+    """``packed_tc`` at every row count of ``validate`` (slabs never: 64-row blocks past 64 rows), every
+    width, uint8 and uint16 indices, 16-byte copies (1,024 outputs) and 4-byte ones (70), split and
+    unsplit inputs, partial tiles, inputs inside and outside the grid, poisoned outputs."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    from sharekan.lutham.packed_head import PackedHead
+    from sharekan.lutham.validate import ROWS, validate
+
+    vq = packed_vq([300, 1024, 70], k, side, device="cuda", seed=3)
+    head = PackedHead(vq, max_rows=max(ROWS), precision=precision, slab_from=1 << 30)
+    assert head.tc and "workspace" not in head.plan.by_component
+    report = validate(head, vq)
+    # hi/lo weights and bases: near fp32; fp16 ones carry a dense fp16 head's rounding
+    bound = 2e-4 if precision == "high" else 1e-2
+    assert report["all_written"] and report["max_rel_error"] <= bound, (bound, report)
+    lut = PackedHead(vq, max_rows=max(ROWS), few_rows="lut", slab_from=1 << 30)  # the table path, for comparison
+    assert not lut.tc and validate(lut, vq)["max_rel_error"] < 2e-4

@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from .geometry import HEAD1_KERNELS, KERNELS, PACKED_KERNELS, defines
+from .geometry import CLUSTER_KERNELS, KERNELS, PACKED_KERNELS, defines
 
 __all__ = ["SOURCES", "KERNELS", "PACKED_KERNELS", "ARCHS", "source", "include_dirs", "nvrtc_compile", "load_module",
            "load_cubin", "source_hash", "kernel_names"]
@@ -41,10 +41,10 @@ def source_hash() -> str:
 
 
 def kernel_names(name: str, arch: str) -> tuple[str, ...]:
-    """The kernels of source ``name`` compiled for ``arch`` (``packed_head1`` needs sm_90's clusters)."""
+    """The kernels of source ``name`` compiled for ``arch`` (``packed_row1_lutc`` needs sm_90's clusters)."""
     if name == "lutham":
         return KERNELS
-    return PACKED_KERNELS + (HEAD1_KERNELS if int(arch.removeprefix("sm_")) >= 90 else ())
+    return PACKED_KERNELS + (CLUSTER_KERNELS if int(arch.removeprefix("sm_")) >= 90 else ())
 
 
 def include_dirs() -> list[str]:

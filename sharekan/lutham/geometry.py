@@ -22,8 +22,8 @@ from __future__ import annotations
 
 __all__ = ["TILE_O", "BASE_SLOT", "THREADS", "ROW1_UNROLL", "ROW1_MAX_CHUNK", "TC_TILES", "BASES_BYTES",
            "PRECISIONS", "SLAB_FROM_ROWS", "SLAB_BYTES", "SLAB_IN", "SLAB_ROWS", "BLAS_BYTES", "LUT_FLOATS", "LUT_STEP", "LUT_MAX_K", "PACKED_NR", "PACKED_SLAB_FROM", "KERNELS",
-           "PACKED_KERNELS", "HEAD1_KERNELS", "packed_launch", "row1_gathers", "row1_launch", "row1_partials",
-           "head1_launch",
+           "PACKED_KERNELS", "CLUSTER_KERNELS", "PACKED_TC_STEP", "PACKED_TC_STAGES",  "packed_launch", "packed_tc_launch",
+           "packed_tc_partials", "row1_gathers", "row1_launch", "row1_partials",
            "defines", "launches", "products", "uses_slab", "fragment_bytes", "bases_scratch", "tc_slabs",
            "slab_slots", "slab_sections", "slab_workspace", "slab_launches"]
 
@@ -45,21 +45,22 @@ LUT_STEP = 8         # packed_*: inputs a phase covers at most
 LUT_MAX_K = 1024     # packed heads with larger codebooks gather codebook windows instead of tables
 PACKED_NR = (1, 4, 8)  # rows a packed_lut / packed_gather block covers
 PACKED_SLAB_FROM = 64  # rows from which packed heads run as cuBLAS slabs
+PACKED_TC_STEP = 8    # packed_tc: inputs a phase
+PACKED_TC_STAGES = 4  # packed_tc: phases in the cp.async ring (TC_STAGES - 1 in flight)
+_PACKED_TC_BLOCKS_PER_SM = 2  # packed_tc: blocks in flight to aim for (its __launch_bounds__)
 _PACKED_WARPS_PER_SM = 32  # packed_lut / packed_gather: warps in flight to aim for
 _ROW1_BLOCKS_PER_SM = 3  # packed_row1: blocks in flight to aim for (its __launch_bounds__)
 ROW1_CLUSTER = 8       # packed_row1_lutc (sm_90): chunks a cluster adds up before one partial row is written
-HEAD1_CLUSTER = 8      # packed_head1: blocks of the cluster that runs a small head (the portable cluster size)
-HEAD1_MAX_EDGES = 1 << 18  # packed_head1: the largest head (edges) run in one launch on HEAD1_CLUSTER SMs
-HEAD1_DESC = 10        # packed_head1: 64-bit words describing a layer (the kernel's HEAD1_DESC)
 KERNELS = ("lutham_row1", *(f"lutham_bases_p{p}" for p in (3, 2, 1)),
            *(f"lutham_tc{n}p{p}" for p in (3, 2, 1) for n in TC_TILES),
            *(f"lutham_slab_p{p}" for p in (3, 2, 1)))
-HEAD1_KERNELS = tuple(f"packed_{m}_i{i}_s{s}" for m in ("head1", "row1_lutc") for i in (1, 2) for s in (4, 8, 16))  # sm_90+
+CLUSTER_KERNELS = tuple(f"packed_row1_lutc_i{i}_s{s}" for i in (1, 2) for s in (4, 8, 16))  # sm_90+
 PACKED_KERNELS = (*(f"packed_row1_{m}_i{i}_s{s}" for m in ("lut", "gather") for i in (1, 2) for s in (4, 8, 16)),
                   "packed_sum",
                   *(f"packed_lut_i{i}_s{s}_r{r}" for i in (1, 2) for s in (4, 8, 16) for r in PACKED_NR),
                   *(f"packed_gather_i2_s{s}_r{r}" for s in (4, 8, 16) for r in PACKED_NR),
-                  *(f"packed_slab_i{i}_s{s}_p{p}" for i in (1, 2) for s in (4, 8, 16) for p in (1, 2, 3)))
+                  *(f"packed_slab_i{i}_s{s}_p{p}" for i in (1, 2) for s in (4, 8, 16) for p in (1, 2, 3)),
+                  *(f"packed_tc_i{i}_s{s}_p{p}" for i in (1, 2) for s in (4, 8, 16) for p in (1, 2, 3)))
 _WARPS_PER_SM = 48   # lutham_row1: warps in flight to aim for
 _TC_WARPS_PER_SM = 16  # lutham_tc: warps in flight to aim for (2 blocks of 8 at 128 registers)
 _MAX_SHARED = 227 << 10  # shared memory a block may opt in to (sm_90)
@@ -72,8 +73,10 @@ def defines() -> list[str]:
     return [f"-D{k}={v}" for k, v in (("TILE_O", TILE_O), ("BASE_SLOT", BASE_SLOT), ("ROW1_UNROLL", ROW1_UNROLL),
                                       ("ROW1_MAX_CHUNK", ROW1_MAX_CHUNK), ("SLAB_IN", SLAB_IN),
                                       ("SLAB_ROWS", SLAB_ROWS), ("LUT_FLOATS", LUT_FLOATS),
-                                      ("LUT_STEP", LUT_STEP), ("HEAD1_CLUSTER", HEAD1_CLUSTER), ("HEAD1_DESC", HEAD1_DESC),
-                                      ("ROW1_CLUSTER", ROW1_CLUSTER))]
+                                      ("LUT_STEP", LUT_STEP),
+                                      ("ROW1_CLUSTER", ROW1_CLUSTER),
+                                      ("TC_WARPS", THREADS // 32), ("TC_STEP", PACKED_TC_STEP),
+                                      ("TC_STAGES", PACKED_TC_STAGES))]
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -225,6 +228,38 @@ def packed_launch(rows: int, in_f: int, out_f: int, n_sm: int) -> tuple[int, int
     return nr, chunk, (gx, _cdiv(in_f, chunk), gz), (threads,)
 
 
+def packed_tc_launch(rows: int, in_f: int, out_f: int, n_sm: int, ib: int, sb: int, p: int):
+    """``(chunk, grid, block, shared bytes, wide)`` of the ``packed_tc`` launch of one layer at ``rows``
+    rows and ``p`` products: 8 warps a block on consecutive 16-output tiles (x), chunks of inputs, a
+    multiple of ``PACKED_TC_STEP``, over about ``_PACKED_TC_BLOCKS_PER_SM`` blocks an SM (y: partial
+    rows for ``packed_sum`` where there are several), 64-row blocks (z). Shared memory: the cp.async
+    ring (a phase's words of 16 groups of every plane and its inputs of 64 rows a stage), then two
+    buffers of a phase's B fragments. ``wide``: every block's run of words is 16-byte aligned (16-byte
+    copies; else 4-byte)."""
+    if rows < 1:
+        raise ValueError(f"rows must be ≥ 1, got {rows}")
+    if p not in PRECISIONS.values():
+        raise ValueError(f"products must be one of {sorted(PRECISIONS.values())}, got {p}")
+    warps, groups = THREADS // 32, _cdiv(out_f, 8)
+    gx, gz = _cdiv(_cdiv(out_f, TILE_O), warps), _cdiv(rows, 64)
+    chunk = _splits(in_f, gx * gz, _PACKED_TC_BLOCKS_PER_SM * n_sm)
+    stage = PACKED_TC_STEP * (2 * warps * (8 * ib + 3 * sb) + 64 * 4)
+    smem = PACKED_TC_STAGES * stage + 2 * PACKED_TC_STEP * min(8, _cdiv(rows, 8)) * 32 * 8 * (2 if p == 3 else 1)
+    wide = groups * sb % 16 == 0 and groups * 8 * ib % 16 == 0
+    return chunk, (gx, _cdiv(in_f, chunk), gz), (THREADS,), smem, wide
+
+
+def packed_tc_partials(layers, rows: int, n_sm: int, ib: int, sb: int, p: int) -> int:
+    """Floats of the partial rows ``packed_tc`` writes for ``packed_sum`` at ``rows`` rows (chunks ×
+    rows × outputs) for the layer (``(in, out)`` pairs) that needs the most; 0 where none is split."""
+    need = 0
+    for in_f, out_f in layers:
+        grid = packed_tc_launch(rows, in_f, out_f, n_sm, ib, sb, p)[1]
+        if grid[1] > 1:
+            need = max(need, grid[1] * rows * out_f)
+    return need
+
+
 def _row1_steps(ib: int, sb: int) -> int:
     """Records a ``packed_row1`` thread holds a phase (the kernel's ``row1_steps``): about 16 words of
     index, gain and base weight (the bias is read on demand)."""
@@ -277,19 +312,3 @@ def row1_partials(layers, n_sm: int, k: int, ib: int, sb: int, cluster: int = 1)
         if grid[1] > cl:
             need = max(need, grid[1] // cl * _cdiv(out_f, 8) * 8)
     return need
-
-
-def head1_launch(layers, capability: tuple[int, int]) -> tuple[int, int, int, int] | None:
-    """``(width, partials, chunk, shared bytes)`` of ``packed_head1``, which runs a whole head of
-    ``layers`` (``(in, out)`` pairs) at one row in one launch on a cluster of ``HEAD1_CLUSTER`` blocks:
-    the widest layer input a block holds, the padded outputs of its partial sums, the inputs of the
-    largest chunk; ``None`` where it does not apply — before sm_90 (no clusters), above
-    ``HEAD1_MAX_EDGES`` edges (the head's work is better spread over every SM), or beyond a block's
-    shared memory."""
-    if capability < (9, 0) or sum(i * o for i, o in layers) > HEAD1_MAX_EDGES:
-        return None
-    width = max([layers[0][0]] + [i for i, _ in layers] + [o for _, o in layers[:-1]])
-    part = max(_cdiv(o, 8) * 8 for _, o in layers)
-    chunk = max(_cdiv(i, HEAD1_CLUSTER) for i, _ in layers)
-    smem = 16 * chunk + 4 * (width + part + 3 * chunk + 8 * THREADS)
-    return (width, part, chunk, smem) if smem <= _MAX_SHARED else None

@@ -118,14 +118,14 @@ def plan_arena(layers: list[LayerSpec], codebook_size: int, max_rows: int, works
 
 
 def plan_packed(layers: list[LayerSpec], codebook_size: int, side_bytes: int, max_rows: int, windows: bool,
-                workspace: int = 0, partials: int = 0, descriptors: int = 0) -> Plan:
+                workspace: int = 0, partials: int = 0) -> Plan:
     """Lay out the arena for a head run from packed planes (LUTHAM v3, ``packed.PackedLayer``): the
     codebook coefficient-major ``[C, K_pad]`` (and as 4-coefficient windows where ``windows``: heads
-    with a layer that gathers windows instead of building lookup tables), per layer the knot constants, the per-output
+    with a layer that gathers windows instead of building lookup tables, or tensor cores), per layer the knot constants, the per-output
     scales ``[4, out_pad]`` and the four edge planes — the index plane at 1 byte an edge where
     ``K ≤ 256`` (2 otherwise), each side plane at ``side_bytes`` bytes a group of 8 outputs — then the
-    activations, the one-row kernel's ``partials`` (floats; 0: none) and the slab ``workspace`` (0: none);
-    ``descriptors``: 64-bit words describing the layers to the one-launch head kernel (0: none)."""
+    activations, the partial sums of split inputs (``partials`` floats; 0: none) and the slab ``workspace``
+    (0: none)."""
     n_coef = _check(layers, codebook_size, max_rows)
     specs: list[tuple[str, str, tuple[int, ...], str, int]] = [
         ("codebook", "codebook", (n_coef, -(-codebook_size // 32) * 32), "float32", 4)]
@@ -140,8 +140,6 @@ def plan_packed(layers: list[LayerSpec], codebook_size: int, side_bytes: int, ma
                   *((f"L{n}.{q}", "edges", (lay.in_features, groups * side_bytes), "uint8", 1) for q in PLANES[1:])]
     if partials:
         specs.append(("partials", "activations", (partials,), "float32", 4))
-    if descriptors:
-        specs.append(("head1", "t0", (descriptors,), "int64", 8))
     return _layout(specs, layers, codebook_size, n_coef, max_rows, workspace, 0)
 
 

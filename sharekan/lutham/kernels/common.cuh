@@ -32,6 +32,12 @@ __device__ __forceinline__ Basis basis_of(float v, float t0, float h, int nk, in
     return b;
 }
 
+// slot s of a basis as K slots: the 4 cubic bases at their coefficients, SiLU at `silu_slot`, else 0
+__device__ __forceinline__ float slot_value(const Basis& b, int s, int silu_slot) {
+    const int d = s - b.first;
+    return s == silu_slot ? b.silu : d == 0 ? b.w[0] : d == 1 ? b.w[1] : d == 2 ? b.w[2] : d == 3 ? b.w[3] : 0.f;
+}
+
 // where window p (its coefficients c[p-3 .. p]) sits in a codeword: the aligned windows 3, 7, 11, 15
 // first, then the others in order (plan.window_slot, the host side, is the same function)
 __device__ __forceinline__ int window_slot(int p) {
@@ -59,6 +65,14 @@ __device__ __forceinline__ void pack_split(float a, float b, unsigned& hi, unsig
     const float2 f = __half22float2(h);
     hi = *reinterpret_cast<const unsigned*>(&h);
     lo = pack(a - f.x, b - f.y);
+}
+
+// D += A.B on the tensor cores: A 16 x 16 fp16 (row), B 16 x 8 fp16 (col), D fp32
+__device__ __forceinline__ void mma16816(float* d, const unsigned* a, unsigned b0, unsigned b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
 static_assert(SLAB_IN % 16 == 0 && SLAB_IN * SLAB_ROWS == 256 && SLAB_ROWS <= 16, "slab block shape");

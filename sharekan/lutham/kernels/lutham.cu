@@ -89,14 +89,7 @@ lutham_row1(const float* __restrict__ x, int in_f, int out_f, int chunk, const f
 // Several rows: tensor cores (lutham_bases_p<P> builds the B fragments, lutham_tc<NT>p<P> multiplies).
 // mma.m16n8k16 fragment slots: thread (g = lane / 4, q = lane % 4) holds K columns 2q, 2q+1, 2q+8, 2q+9;
 // here those are slots 4q .. 4q+3 of the input (K's order is ours to choose), so a lane's weights are one
-// 4-coefficient window (8 bytes) and its basis values one group of four.
-__device__ __forceinline__ void mma16816(float* d, const unsigned* a, unsigned b0, unsigned b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
+// 4-coefficient window (8 bytes) and its basis values one group of four (common.cuh: mma16816).
 
 // the weights of slots 4q .. 4q+3 of one edge from its record and codeword window q (fp32), as
 // fp16 hi/lo pairs: (slots 4q, 4q+1) and (4q+2, 4q+3). Slots C .. 14 keep gain*0 + bias unmasked:
@@ -108,12 +101,6 @@ __device__ __forceinline__ void decode(uint2 rec, float4 c, float gs, float bs, 
     if (q == 3) w[3] = ws * hi_half(rec.y);
     pack_split(w[0], w[1], hi[0], lo[0]);
     pack_split(w[2], w[3], hi[1], lo[1]);
-}
-
-// slot s of a basis as K slots: the 4 cubic bases at their coefficients, SiLU at `silu_slot`, else 0
-__device__ __forceinline__ float slot_value(const Basis& b, int s, int silu_slot) {
-    const int d = s - b.first;
-    return s == silu_slot ? b.silu : d == 0 ? b.w[0] : d == 1 ? b.w[1] : d == 2 ? b.w[2] : d == 3 ? b.w[3] : 0.f;
 }
 
 __device__ __forceinline__ void slots_of(const Basis& b, int silu_slot, float (&v)[16]) {

@@ -17,7 +17,8 @@
 // packed_slab<IB, SB, P>: common.cuh's large-batch expansion with these planes' weights.
 #include "common.cuh"
 
-#if !defined(LUT_FLOATS) || !defined(LUT_STEP) || !defined(HEAD1_CLUSTER) || !defined(HEAD1_DESC) || !defined(ROW1_CLUSTER)
+#if !defined(LUT_FLOATS) || !defined(LUT_STEP) || !defined(ROW1_CLUSTER) || \
+    !defined(TC_WARPS) || !defined(TC_STEP) || !defined(TC_STAGES)
 #error "compile with the -D options of sharekan.lutham.geometry.defines()"
 #endif
 
@@ -358,7 +359,6 @@ __device__ __forceinline__ void packed_row1(const float* __restrict__ x, int in_
         for (int u = 0; u < U; ++u) {
             const int sl = ty + hy * u, s = ph * S + sl;
             if (active && u < us && s < n) {
-                const unsigned t = opaque(tab_at + 16u * (unsigned)(((ph & 1) * S + sl) * kq));
                 const float sw = silu[s], cr = corr[s];
                 float g[8], w[8];
                 decode8(cur[u].g, g);
@@ -373,6 +373,7 @@ __device__ __forceinline__ void packed_row1(const float* __restrict__ x, int in_
                         aw[j] = fmaf(w[j], sw, aw[j]);
                     }
                 } else {
+                    const unsigned t = opaque(tab_at + 16u * (unsigned)(((ph & 1) * S + sl) * kq));
 #pragma unroll
                     for (int j = 0; j < 8; ++j) {
                         ag[j] = fmaf(g[j], lds(t + offset_of(cur[u].i, j)), ag[j]);
@@ -485,151 +486,223 @@ extern "C" __global__ void __launch_bounds__(1024) packed_sum(const float* __res
 // split layers on sm_90: clusters of ROW1_CLUSTER chunks (the grid's y a multiple of it)
 #define PACKED_ROW1C(IB, SB) PACKED_ROW1_MODE(lutc, IB, SB, false, ROW1_CLUSTER, __cluster_dims__(1, ROW1_CLUSTER, 1))
 
-// ---- a small head in one launch: packed_head1<IB, SB> (sm_90) -------------------------------------------------
-// One cluster of HEAD1_CLUSTER blocks runs every layer of a head at one row: block r of the cluster
-// takes the r-th chunk of each layer's inputs, a thread a group of 8 outputs (x) by blockDim / bx
-// threads over the chunk's inputs (y), gathering each edge's 16-byte codebook window (as
-// packed_row1's gather mode). A layer's partial sums stay in each block's shared memory; after a
-// cluster barrier every block adds the cluster's partials through distributed shared memory, in
-// rank order (deterministic), into its copy of the next layer's input; a second barrier keeps each
-// block's partials alive until every block has read them. No global memory between the layers, one
-// launch for the head: what a small head's time is made of is launch and dependency latency.
-// desc: HEAD1_DESC 64-bit words a layer (geometry.head1_descriptors): in_f, out_f, n_knots, then the
-// addresses of t0, h, the index, gain, bias and base planes and the scales. Dynamic shared memory
-// (geometry.head1_launch): the layer input xs[width], the partials part[out_pad], then per chunk
-// input its bases float4, window slot, 1 - sum B and silu, then red[8 x blockDim].
 #if __CUDA_ARCH__ >= 900
+PACKED_ROW1C(1, 4) PACKED_ROW1C(1, 8) PACKED_ROW1C(1, 16)
+PACKED_ROW1C(2, 4) PACKED_ROW1C(2, 8) PACKED_ROW1C(2, 16)
+#endif
+
+// ---- several rows: packed_tc<IB, SB, P> (tensor cores) ------------------------------------------------------
+// mma.m16n8k16 (common.cuh: mma16816) with K = the 16 slots of one input: lane (g = lane / 4, q = lane % 4)
+// of a warp holds the A values of outputs g and g + 8 of its 16-output tile (groups 2t and 2t + 1: value g
+// of each group's words) at slots 4q .. 4q+3, and the B values of row g of an n-tile (8 rows) at those
+// slots. A block is TC_WARPS warps on consecutive output tiles (blockIdx.x) over a chunk of inputs
+// (blockIdx.y, a multiple of TC_STEP) for up to 8 n-tiles of rows from row 64 blockIdx.z. A phase is
+// TC_STEP inputs: the block's words of every plane (2 TC_WARPS groups) and the rows' inputs arrive by
+// cp.async TC_STAGES - 1 phases ahead into a ring in shared memory (no registers held: Marlin's
+// pipeline), and while one phase is multiplied the next phase's B fragments are built, a thread per
+// (input, row), into the other of two buffers: one barrier a phase. An edge's weights, w_s = q_g c_s +
+// (s_b/s_g) q_b (s < 15: slots past C meet zero bases) and w_15 = (s_w/s_g) q_w, come from its
+// codeword's aligned window q (cbw, through L1) straight into A fragments used by every n-tile; P
+// products as v12's (1: fp16; 2: weights hi + lo; 3: bases hi + lo too, each input's products added in
+// fp32). y = s_g * the sum; chunks write partial rows that packed_sum adds in a fixed order. Dynamic
+// shared memory (geometry.packed_tc_launch): TC_STAGES stages of (TC_STEP inputs' words, then the rows'
+// inputs), then the two fragment buffers.
+__device__ __forceinline__ void cp_async(void* to, const void* from, int bytes, bool valid) {
+    const unsigned at = (unsigned)__cvta_generic_to_shared(to);
+    if (bytes == 16)
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(at), "l"(from), "r"(valid ? 16 : 0) : "memory");
+    else
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(at), "l"(from), "r"(valid ? 4 : 0) : "memory");
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
+
 template <int IB, int SB>
-__device__ __forceinline__ void packed_head1(const float* __restrict__ x, const long long* __restrict__ desc,
-                                             int n_layers, int n_coef, int width, int part_pad, int chunk_max,
-                                             const float4* __restrict__ cbw, int nwin, float* __restrict__ y) {
-    extern __shared__ float4 dyn[];
-    using I = typename IdxWord<IB>::T;
-    using W = typename SideWord<SB>::T;
-    constexpr int U = 4;  // inputs a thread loads together
-    const int tid = threadIdx.x, nt = blockDim.x;
-    const unsigned rank = cluster_rank();
-    float4* bw = dyn;
-    float* xs = reinterpret_cast<float*>(bw + chunk_max);
-    float* part = xs + width;
-    int* slot = reinterpret_cast<int*>(part + part_pad);
-    float* corr = reinterpret_cast<float*>(slot + chunk_max);
-    float* silu = corr + chunk_max;
-    float* red = silu + chunk_max;
-    for (int i = tid; i < (int)desc[0]; i += nt) xs[i] = x[i];
+struct TcWords {  // bytes of one input's words a block holds: 2 TC_WARPS groups of each plane
+    static constexpr int GROUPS = 2 * TC_WARPS, IDX = GROUPS * 8 * IB, SIDE = GROUPS * SB, ALL = IDX + 3 * SIDE;
+};
+
+// value g of group h's word in a staged side plane (stored unscaled: int4 as value + 8)
+template <int SB>
+__device__ __forceinline__ float staged_side(const unsigned char* plane, int h, int g) {
+    if (SB == 4) {
+        const unsigned w = *reinterpret_cast<const unsigned*>(plane + 4 * h);
+        return __int_as_float(0x4B000000u | ((w >> (4 * g)) & 15u)) - 8388616.f;
+    }
+    if (SB == 8) return (float)reinterpret_cast<const signed char*>(plane)[8 * h + g];
+    return __half2float(reinterpret_cast<const __half*>(plane)[8 * h + g]);
+}
+
+template <int IB, int SB, int P>
+__device__ __forceinline__ void packed_tc(const float* __restrict__ x, int rows, int in_f, int out_f, int groups,
+                                          int chunk, int wide, const float* __restrict__ t0,
+                                          const float* __restrict__ hh, int nk, int n_coef,
+                                          const float4* __restrict__ cbw, int nwin, const void* idx, const void* gp,
+                                          const void* bp, const void* wp, const float* __restrict__ scales,
+                                          float* __restrict__ y) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    using Wd = TcWords<IB, SB>;
+    constexpr int LB = P == 3 ? 2 : 1;  // uint2 a lane's B fragment takes (hi, lo)
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, q = lane & 3;
+    const int r0 = blockIdx.z * 64, nts = min(8, (rows - r0 + 7) >> 3), nrow = min(64, rows - r0);
+    const int i_lo = blockIdx.y * chunk, n = min(in_f, i_lo + chunk) - i_lo, phases = (n + TC_STEP - 1) / TC_STEP;
+    const int gx0 = blockIdx.x * Wd::GROUPS, tile = blockIdx.x * TC_WARPS + warp;
+    const bool live = 16 * tile < out_f;
+    constexpr int WORDS = TC_STEP * Wd::ALL;  // bytes of a stage's words; then the rows' inputs
+    const int stage = WORDS + TC_STEP * 64 * 4;
+    uint2* F = reinterpret_cast<uint2*>(smem + TC_STAGES * stage);  // [2][TC_STEP][nts][32] x LB
+    const int fbuf = TC_STEP * nts * 32 * LB;
+
+    // a phase's words and inputs into stage ph % TC_STAGES (zero past the chunk, the groups, the rows)
+    auto fetch = [&](int ph) {
+        if (ph >= phases) return;
+        unsigned char* st = smem + (ph % TC_STAGES) * stage;
+        const int s0 = ph * TC_STEP, unit = wide ? 16 : 4;
+        for (int e = tid; e < WORDS / unit; e += blockDim.x) {
+            const int s = e / (Wd::ALL / unit), off = (e - s * (Wd::ALL / unit)) * unit;
+            const int pl = off < Wd::IDX ? 0 : 1 + (off - Wd::IDX) / Wd::SIDE;
+            const int within = pl == 0 ? off : (off - Wd::IDX) - (pl - 1) * Wd::SIDE;
+            const int wb = pl == 0 ? 8 * IB : SB;  // bytes of a group's word in this plane
+            const void* base = pl == 0 ? idx : pl == 1 ? gp : pl == 2 ? bp : wp;
+            const bool valid = s0 + s < n && gx0 + within / wb < groups;
+            const unsigned char* from = reinterpret_cast<const unsigned char*>(base) +
+                                        ((long)(i_lo + s0 + s) * groups + gx0) * wb + within;
+            cp_async(st + s * Wd::ALL + off, valid ? from : base, unit, valid);
+        }
+        float* xs = reinterpret_cast<float*>(st + WORDS);
+        for (int e = tid; e < TC_STEP * nrow; e += blockDim.x) {
+            const int rl = e / TC_STEP, s = e - rl * TC_STEP;
+            const bool valid = s0 + s < n;
+            cp_async(xs + e, valid ? x + (long)(r0 + rl) * in_f + i_lo + s0 + s : x, 4, valid);
+        }
+    };
+    // the B fragments of phase ph into buffer ph & 1: a thread per (input, row); zero past the chunk, rows
+    auto build = [&](int ph) {
+        if (ph >= phases) return;
+        const float* xs = reinterpret_cast<const float*>(smem + (ph % TC_STAGES) * stage + WORDS);
+        uint2* fb = F + (ph & 1) * fbuf;
+        const int s0 = ph * TC_STEP;
+        for (int e = tid; e < TC_STEP * nts * 8; e += blockDim.x) {
+            const int rl = e / TC_STEP, s = e - rl * TC_STEP, i = i_lo + s0 + s;
+            float v[16];
+#pragma unroll
+            for (int k = 0; k < 16; ++k) v[k] = 0.f;
+            if (s0 + s < n && rl < nrow) {
+                const Basis b = basis_of(xs[e], t0[i], hh[i], nk, n_coef);
+#pragma unroll
+                for (int k = 0; k < 16; ++k) v[k] = slot_value(b, k, BASE_SLOT);
+            }
+            uint2* at = fb + ((s * nts + (rl >> 3)) * 32 + (rl & 7) * 4) * LB;  // lanes 4 (row % 8) + q
+#pragma unroll
+            for (int qq = 0; qq < 4; ++qq) {
+                if (P == 3) {
+                    uint4 f;
+                    pack_split(v[4 * qq], v[4 * qq + 1], f.x, f.z);
+                    pack_split(v[4 * qq + 2], v[4 * qq + 3], f.y, f.w);
+                    reinterpret_cast<uint4*>(at)[qq] = f;
+                } else {
+                    at[qq] = make_uint2(pack(v[4 * qq], v[4 * qq + 1]), pack(v[4 * qq + 2], v[4 * qq + 3]));
+                }
+            }
+        }
+    };
+
+    const int out_pad = groups * 8, oa = min(16 * tile + g, out_pad - 1), ob = min(16 * tile + 8 + g, out_pad - 1);
+    const float rba = scales[out_pad + oa], rwa = scales[2 * out_pad + oa];
+    const float rbb = scales[out_pad + ob], rwb = scales[2 * out_pad + ob];
+    float acc[8][4];
+#pragma unroll
+    for (int t = 0; t < 8; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.f;
+
+#pragma unroll
+    for (int ph = 0; ph < TC_STAGES - 1; ++ph) {
+        fetch(ph);
+        cp_commit();
+    }
+    cp_wait<TC_STAGES - 2>();  // phase 0 is in
     __syncthreads();
-    for (int l = 0; l < n_layers; ++l) {
-        const long long* d = desc + HEAD1_DESC * l;
-        const int in_f = (int)d[0], out_f = (int)d[1], nk = (int)d[2], groups = (out_f + 7) >> 3, out_pad = groups * 8;
-        const float* t0 = reinterpret_cast<const float*>(d[3]);
-        const float* hh = reinterpret_cast<const float*>(d[4]);
-        const float* scales = reinterpret_cast<const float*>(d[9]);
-        int bx = 1;
-        while (bx < groups && bx < nt) bx <<= 1;
-        const int hy = nt / bx, tx = tid % bx, ty = tid / bx;
-        const int chunk = (in_f + HEAD1_CLUSTER - 1) / HEAD1_CLUSTER, i_lo = (int)rank * chunk;
-        const int n = max(0, min(in_f, i_lo + chunk) - i_lo);
-        for (int s = tid; s < n; s += nt) {
-            const int i = i_lo + s;
-            const Basis b = basis_of(xs[i], t0[i], hh[i], nk, n_coef);
-            bw[s] = make_float4(b.w[0], b.w[1], b.w[2], b.w[3]);
-            slot[s] = window_slot(b.first + 3);
-            corr[s] = (b.first >= 0 && b.first + 3 < n_coef) ? 0.f : 1.f - b.sum;
-            silu[s] = b.silu;
-        }
-        __syncthreads();
-        // a pass a bx output groups (one pass unless the layer has more groups than threads); every
-        // thread takes every pass (the barriers), those past the last group with nothing to add
-        for (int g0 = 0; g0 < groups; g0 += bx) {
-            const int grp = g0 + tx;
-            const bool active = grp < groups;
-            const I* pi = reinterpret_cast<const I*>(d[5]) + grp;
-            const W *pg = reinterpret_cast<const W*>(d[6]) + grp, *pw = reinterpret_cast<const W*>(d[8]) + grp;
-            float ag[8], aw[8];
+    build(0);
+    for (int ph = 0; ph < phases; ++ph) {
+        cp_wait<TC_STAGES - 3>();  // phase ph + 1 is in (this thread's copies)
+        __syncthreads();  // ... everyone's; phase ph - 1 is done with: its stage and buffer may be reused
+        fetch(ph + TC_STAGES - 1);
+        cp_commit();
+        build(ph + 1);
+        if (!live) continue;
+        const unsigned char* st = smem + (ph % TC_STAGES) * stage;
+        const uint2* fb = F + (ph & 1) * fbuf + lane * LB;
 #pragma unroll
-            for (int j = 0; j < 8; ++j) ag[j] = aw[j] = 0.f;
-            for (int s0 = ty; s0 < n; s0 += U * hy) {
-                I ri[U];
-                W rg[U], rw[U];
+        for (int s = 0; s < TC_STEP; ++s) {
+            const unsigned char* w = st + s * Wd::ALL;
+            int ia, ibx;
+            if (IB == 1) {
+                ia = w[(2 * warp) * 8 + g];
+                ibx = w[(2 * warp + 1) * 8 + g];
+            } else {
+                ia = reinterpret_cast<const unsigned short*>(w)[(2 * warp) * 8 + g];
+                ibx = reinterpret_cast<const unsigned short*>(w)[(2 * warp + 1) * 8 + g];
+            }
+            const float4 ca = __ldg(cbw + (long)ia * nwin + q), cbv = __ldg(cbw + (long)ibx * nwin + q);
+            const unsigned char* sg = w + Wd::IDX + 2 * warp * SB;
+            const float ga = staged_side<SB>(sg, 0, g), gb = staged_side<SB>(sg, 1, g);
+            const float ba = rba * staged_side<SB>(sg + Wd::SIDE, 0, g), bb = rbb * staged_side<SB>(sg + Wd::SIDE, 1, g);
+            float wa[4] = {fmaf(ga, ca.x, ba), fmaf(ga, ca.y, ba), fmaf(ga, ca.z, ba), fmaf(ga, ca.w, ba)};
+            float wv[4] = {fmaf(gb, cbv.x, bb), fmaf(gb, cbv.y, bb), fmaf(gb, cbv.z, bb), fmaf(gb, cbv.w, bb)};
+            if (q == 3) {
+                wa[3] = rwa * staged_side<SB>(sg + 2 * Wd::SIDE, 0, g);
+                wv[3] = rwb * staged_side<SB>(sg + 2 * Wd::SIDE, 1, g);
+            }
+            unsigned ahi[4], alo[4];  // rows g (regs 0, 2) and g + 8 (regs 1, 3)
+            pack_split(wa[0], wa[1], ahi[0], alo[0]);
+            pack_split(wv[0], wv[1], ahi[1], alo[1]);
+            pack_split(wa[2], wa[3], ahi[2], alo[2]);
+            pack_split(wv[2], wv[3], ahi[3], alo[3]);
 #pragma unroll
-                for (int u = 0; u < U; ++u) {  // the records first: U loads of each plane in flight
-                    const int s = s0 + u * hy;
-                    if (active && s < n) {
-                        const unsigned at = (unsigned)(i_lo + s) * (unsigned)groups;
-                        ri[u] = __ldg(pi + at);
-                        rg[u] = __ldg(pg + at);
-                        rw[u] = __ldg(pw + at);
-                    }
-                }
+            for (int t = 0; t < 8; ++t) {
+                if (t < nts) {
+                    const uint2* src = fb + (s * nts + t) * 32 * LB;
+                    const uint2 bh = src[0];
+                    if (P == 3) {
+                        const uint2 bl = src[1];
+                        float d[4] = {0.f, 0.f, 0.f, 0.f};
+                        mma16816(d, ahi, bh.x, bh.y);
+                        mma16816(d, alo, bh.x, bh.y);
+                        mma16816(d, ahi, bl.x, bl.y);
 #pragma unroll
-                for (int u = 0; u < U; ++u) {
-                    const int s = s0 + u * hy;
-                    if (!active || s >= n) break;
-                    const float4 bb = bw[s];
-                    const float4* win = cbw + slot[s];
-                    const float sw = silu[s], cr = corr[s];
-                    float g[8], w[8];
-                    decode8(rg[u], g);
-                    decode8(rw[u], w);
-#pragma unroll
-                    for (int j = 0; j < 8; ++j) {
-                        const float4 c = __ldg(win + (long)index_of(ri[u], j) * nwin);
-                        ag[j] = fmaf(g[j], bb.x * c.x + bb.y * c.y + bb.z * c.z + bb.w * c.w, ag[j]);
-                        aw[j] = fmaf(w[j], sw, aw[j]);
-                    }
-                    if (cr != 0.f) {  // an input without all four bases: its bias term is q_b * sum B, not q_b
-                        float b[8];
-                        decode8(__ldg(reinterpret_cast<const W*>(d[7]) + (long)(i_lo + s) * groups + grp), b);
-#pragma unroll
-                        for (int j = 0; j < 8; ++j) ag[j] = fmaf(-scales[out_pad + 8 * grp + j] * cr, b[j], ag[j]);
+                        for (int j = 0; j < 4; ++j) acc[t][j] += d[j];
+                    } else {
+                        mma16816(acc[t], ahi, bh.x, bh.y);
+                        if (P == 2) mma16816(acc[t], alo, bh.x, bh.y);
                     }
                 }
             }
-            const bool once = rank == 0 && ty == 0;  // the folded bias sum goes in once an output
-            float v[8];
-#pragma unroll
-            for (int j = 0; j < 8; ++j) {
-                const int o = min(8 * grp + j, out_pad - 1);
-                v[j] = active ? ag[j] + scales[2 * out_pad + o] * aw[j] +
-                                    (once ? scales[out_pad + o] * scales[3 * out_pad + o] : 0.f) : 0.f;
-            }
-            // the block's rows of threads add up through shared memory, then the gain scale
-#pragma unroll
-            for (int j = 0; j < 8; ++j) red[j * nt + tid] = v[j];
-            __syncthreads();
-            if (ty == 0 && active) {
-                for (int h = 1; h < hy; ++h)
-#pragma unroll
-                    for (int j = 0; j < 8; ++j) v[j] += red[j * nt + h * bx + tx];
-#pragma unroll
-                for (int j = 0; j < 8; ++j) part[8 * grp + j] = scales[8 * grp + j] * v[j];
-            }
-            __syncthreads();
         }
-        cluster_sync();  // every block's partials of this layer are in its shared memory
-        const bool last = l + 1 == n_layers;
-        for (int o = tid; o < out_f; o += nt) {
-            float t = 0.f;
-            for (int q = 0; q < HEAD1_CLUSTER; ++q) t += ld_cluster(part + o, q);
-            if (!last) xs[o] = t;
-            else if (rank == 0) y[o] = t;
-        }
-        cluster_sync();  // every block has read the partials: they may be overwritten, or the block leave
+    }
+    if (!live) return;
+    const float sa = scales[oa], sb = scales[ob];
+    float* to = gridDim.y > 1 ? y + (long)blockIdx.y * rows * out_f : y;  // a chunk's partial rows
+#pragma unroll
+    for (int t = 0; t < 8; ++t) {
+        if (t >= nts) break;
+        const int r = r0 + 8 * t + 2 * q, o = 16 * tile + g;
+        put(to, r, o, rows, out_f, sa * acc[t][0], false);
+        put(to, r + 1, o, rows, out_f, sa * acc[t][1], false);
+        put(to, r, o + 8, rows, out_f, sb * acc[t][2], false);
+        put(to, r + 1, o + 8, rows, out_f, sb * acc[t][3], false);
     }
 }
 
-#define PACKED_HEAD1(IB, SB)                                                                                    \
-    extern "C" __global__ void __cluster_dims__(HEAD1_CLUSTER, 1, 1) __launch_bounds__(256, 1)                  \
-        packed_head1_i##IB##_s##SB(const float* __restrict__ x, const long long* __restrict__ desc, int n_layers,  \
-                                   int n_coef, int width, int part_pad, int chunk_max,                           \
-                                   const float4* __restrict__ cbw, int nwin, float* __restrict__ y) {            \
-        packed_head1<IB, SB>(x, desc, n_layers, n_coef, width, part_pad, chunk_max, cbw, nwin, y);              \
+#define PACKED_TC(IB, SB, P)                                                                                    \
+    extern "C" __global__ void __launch_bounds__(256, 2) packed_tc_i##IB##_s##SB##_p##P(                        \
+        const float* __restrict__ x, int rows, int in_f, int out_f, int groups, int chunk, int wide,             \
+        const float* __restrict__ t0, const float* __restrict__ hh, int nk, int n_coef,                          \
+        const float4* __restrict__ cbw, int nwin, const void* idx, const void* gp, const void* bp, const void* wp, \
+        const float* __restrict__ scales, float* __restrict__ y) {                                               \
+        packed_tc<IB, SB, P>(x, rows, in_f, out_f, groups, chunk, wide, t0, hh, nk, n_coef, cbw, nwin, idx, gp,  \
+                             bp, wp, scales, y);                                                                 \
     }
-PACKED_ROW1C(1, 4) PACKED_ROW1C(1, 8) PACKED_ROW1C(1, 16)
-PACKED_ROW1C(2, 4) PACKED_ROW1C(2, 8) PACKED_ROW1C(2, 16)
-PACKED_HEAD1(1, 4) PACKED_HEAD1(1, 8) PACKED_HEAD1(1, 16)
-PACKED_HEAD1(2, 4) PACKED_HEAD1(2, 8) PACKED_HEAD1(2, 16)
-#endif
+#define PACKED_TCS(IB, SB) PACKED_TC(IB, SB, 1) PACKED_TC(IB, SB, 2) PACKED_TC(IB, SB, 3)
 
 // one stored value of output o, input i from a plane of 8-output words
 template <int SB>
@@ -696,3 +769,5 @@ PACKED_ROW1(1, 4) PACKED_ROW1(1, 8) PACKED_ROW1(1, 16)
 PACKED_ROW1(2, 4) PACKED_ROW1(2, 8) PACKED_ROW1(2, 16)
 PACKED_SLABS(1, 4) PACKED_SLABS(1, 8) PACKED_SLABS(1, 16)
 PACKED_SLABS(2, 4) PACKED_SLABS(2, 8) PACKED_SLABS(2, 16)
+PACKED_TCS(1, 4) PACKED_TCS(1, 8) PACKED_TCS(1, 16)
+PACKED_TCS(2, 4) PACKED_TCS(2, 8) PACKED_TCS(2, 16)
