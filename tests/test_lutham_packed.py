@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from sharekan.kan import KAN
-from sharekan.lutham.geometry import (LUT_FLOATS, PACKED_KERNELS, PACKED_NR, PACKED_TC_STEP, PACKED_TC_THREADS,
-                                      PACKED_TC_TILES, ROW1_CLUSTER, packed_launch, packed_tc_launch,
-                                      packed_tc_partials, row1_launch, row1_partials)
+from sharekan.lutham.geometry import (LUT_FLOATS, PACKED_KERNELS, PACKED_NR, PACKED_TC_STEP, ROW1_CLUSTER, THREADS,
+                                      packed_launch, packed_tc_launch, packed_tc_partials, row1_launch,
+                                      row1_partials)
 from sharekan.lutham.packed import edge_bytes, pack_layer, reference_forward, unpack_layer
 from sharekan.lutham.packed_head import ONE_ROW
 from sharekan.lutham.plan import LayerSpec, plan_packed
@@ -115,7 +115,7 @@ def test_packed_launch_covers_every_row_output_and_input(rows, in_f, out_f):
 @pytest.mark.parametrize("k", [256, 257, 2048])  # uint8 tables, uint16 tables, codebook windows
 @pytest.mark.parametrize("side", WIDTHS)
 def test_packed_kernels_match_the_stored_head_on_every_path(k, side, one_row):
-    """Every row count boundary (one row, the tensor cores' 16-, 32- and 64-row blocks, the slabs from
+    """Every row count boundary (one row, the tensor cores' 64-row blocks, the slabs from
     64 rows), split and unsplit inputs, partial groups (70 and 24 outputs), inputs inside and outside
     the grid, poisoned outputs: fp32 at one row, fp16 hi/lo products from 2 rows."""
     if not torch.cuda.is_available():
@@ -165,14 +165,12 @@ def test_the_record_format_is_chosen_by_what_the_head_stores():
 @pytest.mark.parametrize("in_f,out_f", [(12_544, 1024), (1024, 1024), (300, 70), (64, 24), (5, 3)])
 @pytest.mark.parametrize("ib,sb,p", [(1, 4, 1), (1, 8, 3), (2, 16, 3), (2, 4, 2)])
 def test_the_tensor_core_launch_covers_every_row_output_and_input_within_shared_memory(rows, in_f, out_f, ib, sb, p):
-    suffix, chunk, grid, block, smem, wide = packed_tc_launch(rows, in_f, out_f, 132, ib, sb, p)
-    nt = int(suffix.split("_n")[1])
-    assert suffix == f"p{p}_n{nt}" and nt in PACKED_TC_TILES and f"packed_tc_i{ib}_s{sb}_{suffix}" in PACKED_KERNELS
-    assert nt == PACKED_TC_TILES[-1] or 8 * nt >= rows > 4 * nt or nt == PACKED_TC_TILES[0]  # the fewest n-tiles
-    warps = PACKED_TC_THREADS // 32
-    assert block == (PACKED_TC_THREADS,) and grid[0] * warps * 16 >= out_f > (grid[0] - 1) * warps * 16
+    chunk, grid, block, smem, wide = packed_tc_launch(rows, in_f, out_f, 132, ib, sb, p)
+    assert f"packed_tc_i{ib}_s{sb}_p{p}" in PACKED_KERNELS
+    warps = THREADS // 32
+    assert block == (THREADS,) and grid[0] * warps * 16 >= out_f > (grid[0] - 1) * warps * 16
     assert chunk % PACKED_TC_STEP == 0 and grid[1] * chunk >= in_f > (grid[1] - 1) * chunk
-    assert grid[2] * 8 * nt >= rows > (grid[2] - 1) * 8 * nt  # blocks of 8 NT rows
+    assert grid[2] * 64 >= rows > (grid[2] - 1) * 64  # 64-row blocks
     assert smem <= 227 << 10  # an H100's shared memory a block
     groups = -(-out_f // 8)  # 16-byte copies exactly where every block's run of words in every plane is 16-byte aligned
     aligned = all((i * groups + 2 * warps * bx) * wb % 16 == 0 for i in range(min(in_f, 8)) for bx in range(grid[0])

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 __all__ = ["TILE_O", "BASE_SLOT", "THREADS", "ROW1_UNROLL", "ROW1_MAX_CHUNK", "TC_TILES", "BASES_BYTES",
            "PRECISIONS", "SLAB_FROM_ROWS", "SLAB_BYTES", "SLAB_IN", "SLAB_ROWS", "BLAS_BYTES", "LUT_FLOATS", "LUT_STEP", "LUT_MAX_K", "PACKED_NR", "PACKED_SLAB_FROM", "KERNELS",
-           "PACKED_KERNELS", "CLUSTER_KERNELS", "PACKED_TC_STEP", "PACKED_TC_STAGES", "PACKED_TC_TILES", "PACKED_TC_THREADS", "packed_launch", "packed_tc_launch",
+           "PACKED_KERNELS", "CLUSTER_KERNELS", "PACKED_TC_STEP", "PACKED_TC_STAGES",  "packed_launch", "packed_tc_launch",
            "packed_tc_partials", "row1_gathers", "row1_launch", "row1_partials",
            "defines", "launches", "products", "uses_slab", "fragment_bytes", "bases_scratch", "tc_slabs",
            "slab_slots", "slab_sections", "slab_workspace", "slab_launches"]
@@ -47,9 +47,7 @@ PACKED_NR = (1, 4, 8)  # rows a packed_lut / packed_gather block covers
 PACKED_SLAB_FROM = 64  # rows from which packed heads run as cuBLAS slabs
 PACKED_TC_STEP = 8    # packed_tc: inputs a phase
 PACKED_TC_STAGES = 4  # packed_tc: phases in the cp.async ring (TC_STAGES - 1 in flight)
-PACKED_TC_TILES = (2, 4, 8)  # packed_tc: n-tiles (8 rows each) a block covers
-PACKED_TC_THREADS = 512  # packed_tc: 16 warps a block (the rows' bases built once for 256 outputs)
-_PACKED_TC_BLOCKS_PER_SM = 1  # packed_tc: blocks in flight to aim for (its __launch_bounds__)
+_PACKED_TC_BLOCKS_PER_SM = 2  # packed_tc: blocks in flight to aim for (its __launch_bounds__)
 _PACKED_WARPS_PER_SM = 32  # packed_lut / packed_gather: warps in flight to aim for
 _ROW1_BLOCKS_PER_SM = 3  # packed_row1: blocks in flight to aim for (its __launch_bounds__)
 ROW1_CLUSTER = 8       # packed_row1_lutc (sm_90): chunks a cluster adds up before one partial row is written
@@ -62,8 +60,7 @@ PACKED_KERNELS = (*(f"packed_row1_{m}_i{i}_s{s}" for m in ("lut", "gather") for 
                   *(f"packed_lut_i{i}_s{s}_r{r}" for i in (1, 2) for s in (4, 8, 16) for r in PACKED_NR),
                   *(f"packed_gather_i2_s{s}_r{r}" for s in (4, 8, 16) for r in PACKED_NR),
                   *(f"packed_slab_i{i}_s{s}_p{p}" for i in (1, 2) for s in (4, 8, 16) for p in (1, 2, 3)),
-                  *(f"packed_tc_i{i}_s{s}_p{p}_n{t}" for i in (1, 2) for s in (4, 8, 16) for p in (1, 2, 3)
-                    for t in PACKED_TC_TILES))
+                  *(f"packed_tc_i{i}_s{s}_p{p}" for i in (1, 2) for s in (4, 8, 16) for p in (1, 2, 3)))
 _WARPS_PER_SM = 48   # lutham_row1: warps in flight to aim for
 _TC_WARPS_PER_SM = 16  # lutham_tc: warps in flight to aim for (2 blocks of 8 at 128 registers)
 _MAX_SHARED = 227 << 10  # shared memory a block may opt in to (sm_90)
@@ -78,7 +75,7 @@ def defines() -> list[str]:
                                       ("SLAB_ROWS", SLAB_ROWS), ("LUT_FLOATS", LUT_FLOATS),
                                       ("LUT_STEP", LUT_STEP),
                                       ("ROW1_CLUSTER", ROW1_CLUSTER),
-                                      ("TC_WARPS", PACKED_TC_THREADS // 32), ("TC_STEP", PACKED_TC_STEP),
+                                      ("TC_WARPS", THREADS // 32), ("TC_STEP", PACKED_TC_STEP),
                                       ("TC_STAGES", PACKED_TC_STAGES))]
 
 
@@ -232,26 +229,24 @@ def packed_launch(rows: int, in_f: int, out_f: int, n_sm: int) -> tuple[int, int
 
 
 def packed_tc_launch(rows: int, in_f: int, out_f: int, n_sm: int, ib: int, sb: int, p: int):
-    """``(kernel suffix, chunk, grid, block, shared bytes, wide)`` of the ``packed_tc`` launch of one
-    layer at ``rows`` rows and ``p`` products: 16 warps a block on consecutive 16-output tiles (x),
-    chunks of inputs, a multiple of ``PACKED_TC_STEP``, over about ``_PACKED_TC_BLOCKS_PER_SM``
-    blocks an SM (y: partial rows for ``packed_sum`` where there are several), blocks of ``8 NT`` rows
-    (z; ``NT`` of :data:`PACKED_TC_TILES`, the fewest n-tiles that hold the rows, at most the last).
-    Shared memory: the cp.async ring (a phase's words of 32 groups of every plane and its inputs of
-    ``8 NT`` rows a stage), then two buffers of a phase's B fragments. ``wide``: every block's run of
-    words is 16-byte aligned (16-byte copies; else 4-byte)."""
+    """``(chunk, grid, block, shared bytes, wide)`` of the ``packed_tc`` launch of one layer at ``rows``
+    rows and ``p`` products: 8 warps a block on consecutive 16-output tiles (x), chunks of inputs, a
+    multiple of ``PACKED_TC_STEP``, over about ``_PACKED_TC_BLOCKS_PER_SM`` blocks an SM (y: partial
+    rows for ``packed_sum`` where there are several), 64-row blocks (z). Shared memory: the cp.async
+    ring (a phase's words of 16 groups of every plane and its inputs of 64 rows a stage), then two
+    buffers of a phase's B fragments. ``wide``: every block's run of words is 16-byte aligned (16-byte
+    copies; else 4-byte)."""
     if rows < 1:
         raise ValueError(f"rows must be ≥ 1, got {rows}")
     if p not in PRECISIONS.values():
         raise ValueError(f"products must be one of {sorted(PRECISIONS.values())}, got {p}")
-    nt = next((t for t in PACKED_TC_TILES if 8 * t >= rows), PACKED_TC_TILES[-1])
-    warps, groups = PACKED_TC_THREADS // 32, _cdiv(out_f, 8)
-    gx, gz = _cdiv(_cdiv(out_f, TILE_O), warps), _cdiv(rows, 8 * nt)
+    warps, groups = THREADS // 32, _cdiv(out_f, 8)
+    gx, gz = _cdiv(_cdiv(out_f, TILE_O), warps), _cdiv(rows, 64)
     chunk = _splits(in_f, gx * gz, _PACKED_TC_BLOCKS_PER_SM * n_sm)
-    stage = PACKED_TC_STEP * (2 * warps * (8 * ib + 3 * sb) + 8 * nt * 4)
-    smem = PACKED_TC_STAGES * stage + 2 * PACKED_TC_STEP * nt * 32 * 8 * (2 if p == 3 else 1)
+    stage = PACKED_TC_STEP * (2 * warps * (8 * ib + 3 * sb) + 64 * 4)
+    smem = PACKED_TC_STAGES * stage + 2 * PACKED_TC_STEP * min(8, _cdiv(rows, 8)) * 32 * 8 * (2 if p == 3 else 1)
     wide = groups * sb % 16 == 0 and groups * 8 * ib % 16 == 0
-    return f"p{p}_n{nt}", chunk, (gx, _cdiv(in_f, chunk), gz), (PACKED_TC_THREADS,), smem, wide
+    return chunk, (gx, _cdiv(in_f, chunk), gz), (THREADS,), smem, wide
 
 
 def packed_tc_partials(layers, rows: int, n_sm: int, ib: int, sb: int, p: int) -> int:
@@ -259,7 +254,7 @@ def packed_tc_partials(layers, rows: int, n_sm: int, ib: int, sb: int, p: int) -
     rows × outputs) for the layer (``(in, out)`` pairs) that needs the most; 0 where none is split."""
     need = 0
     for in_f, out_f in layers:
-        grid = packed_tc_launch(rows, in_f, out_f, n_sm, ib, sb, p)[2]
+        grid = packed_tc_launch(rows, in_f, out_f, n_sm, ib, sb, p)[1]
         if grid[1] > 1:
             need = max(need, grid[1] * rows * out_f)
     return need

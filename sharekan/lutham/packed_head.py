@@ -153,9 +153,9 @@ class PackedHead(ArenaHead):
                                                                          np.int32(groups * 8), np.int32(o_f), yout))
                 continue
             if self.tc:
-                suffix, chunk, grid, block, smem, wide = packed_tc_launch(rows, i_f, o_f, self._sms, self.ib, self.sb,
-                                                                          self.products)
-                kernel = self.kernels[f"packed_tc_{widths}_{suffix}"]
+                chunk, grid, block, smem, wide = packed_tc_launch(rows, i_f, o_f, self._sms, self.ib, self.sb,
+                                                                  self.products)
+                kernel = self.kernels[f"packed_tc_{widths}_p{self.products}"]
                 if smem > 48 << 10:
                     kernel.max_dynamic_shared_size_bytes = smem
                 part = self.view("partials") if grid[1] > 1 else yout

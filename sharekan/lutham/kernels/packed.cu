@@ -491,29 +491,28 @@ PACKED_ROW1C(1, 4) PACKED_ROW1C(1, 8) PACKED_ROW1C(1, 16)
 PACKED_ROW1C(2, 4) PACKED_ROW1C(2, 8) PACKED_ROW1C(2, 16)
 #endif
 
-// ---- several rows: packed_tc<IB, SB, P, NT> (tensor cores) -------------------------------------------------
+// ---- several rows: packed_tc<IB, SB, P> (tensor cores) ------------------------------------------------------
 // mma.m16n8k16 (common.cuh: mma16816) with K = the 16 slots of one input: lane (g = lane / 4, q = lane % 4)
 // of a warp holds the A values of outputs g and g + 8 of its 16-output tile (groups 2t and 2t + 1: value g
 // of each group's words) at slots 4q .. 4q+3, and the B values of row g of an n-tile (8 rows) at those
 // slots. A block is TC_WARPS warps on consecutive output tiles (blockIdx.x) over a chunk of inputs
-// (blockIdx.y, a multiple of TC_STEP) for NT (2, 4 or 8) n-tiles of rows from row 8 NT blockIdx.z. A phase
-// is TC_STEP inputs: the block's words of every plane (2 TC_WARPS groups) and the rows' inputs arrive by cp.async
-// TC_STAGES - 1 phases ahead into a ring in shared memory (no registers held: Marlin's pipeline), and
-// while one phase is multiplied the next phase's B fragments are built into the other of two buffers, a
-// thread per (input, row) zeroing its 16 slots and putting its bases and SiLU in place: one barrier a
-// phase. An edge's weights, w_s = q_g c_s + (s_b/s_g) q_b (s < 15: slots past C meet zero bases) and
-// w_15 = (s_w/s_g) q_w, come from its codeword's aligned window q (cbw, through L1) straight into A
-// fragments used by all NT n-tiles; P products as v12's (1: fp16; 2: weights hi + lo; 3: bases hi + lo
-// too, each input's products added in fp32). y = s_g * the sum; chunks write partial rows that packed_sum
-// adds in a fixed order. Dynamic shared memory (geometry.packed_tc_launch): TC_STAGES stages of
-// (TC_STEP inputs' words, then the rows' inputs), then the two fragment buffers.
-__device__ __forceinline__ void cp_async(void* to, const void* from, int bytes) {  // 16 bytes; those past `bytes` zero
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"((unsigned)__cvta_generic_to_shared(to)), "l"(from),
-                 "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void cp_async4(void* to, const void* from, bool valid) {  // 4 bytes, or zero
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"((unsigned)__cvta_generic_to_shared(to)), "l"(from),
-                 "r"(valid ? 4 : 0) : "memory");
+// (blockIdx.y, a multiple of TC_STEP) for up to 8 n-tiles of rows from row 64 blockIdx.z. A phase is
+// TC_STEP inputs: the block's words of every plane (2 TC_WARPS groups) and the rows' inputs arrive by
+// cp.async TC_STAGES - 1 phases ahead into a ring in shared memory (no registers held: Marlin's
+// pipeline), and while one phase is multiplied the next phase's B fragments are built, a thread per
+// (input, row), into the other of two buffers: one barrier a phase. An edge's weights, w_s = q_g c_s +
+// (s_b/s_g) q_b (s < 15: slots past C meet zero bases) and w_15 = (s_w/s_g) q_w, come from its
+// codeword's aligned window q (cbw, through L1) straight into A fragments used by every n-tile; P
+// products as v12's (1: fp16; 2: weights hi + lo; 3: bases hi + lo too, each input's products added in
+// fp32). y = s_g * the sum; chunks write partial rows that packed_sum adds in a fixed order. Dynamic
+// shared memory (geometry.packed_tc_launch): TC_STAGES stages of (TC_STEP inputs' words, then the rows'
+// inputs), then the two fragment buffers.
+__device__ __forceinline__ void cp_async(void* to, const void* from, int bytes, bool valid) {
+    const unsigned at = (unsigned)__cvta_generic_to_shared(to);
+    if (bytes == 16)
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(at), "l"(from), "r"(valid ? 16 : 0) : "memory");
+    else
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(at), "l"(from), "r"(valid ? 4 : 0) : "memory");
 }
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int N>
@@ -523,25 +522,6 @@ template <int IB, int SB>
 struct TcWords {  // bytes of one input's words a block holds: 2 TC_WARPS groups of each plane
     static constexpr int GROUPS = 2 * TC_WARPS, IDX = GROUPS * 8 * IB, SIDE = GROUPS * SB, ALL = IDX + 3 * SIDE;
 };
-
-// the words of the block's groups [gx0, gx0 + GROUPS) of inputs [i, i + TC_STEP) into st, UNIT bytes a copy
-// (16: every run is 16-byte aligned); zero past `valid` inputs and past the layer's groups
-template <int UNIT, int IB, int SB>
-__device__ __forceinline__ void tc_words(unsigned char* st, long i, int valid, int gx0, int groups, const void* idx,
-                                         const void* gp, const void* bp, const void* wp) {
-    using Wd = TcWords<IB, SB>;
-    for (int e = threadIdx.x; e < TC_STEP * Wd::ALL / UNIT; e += blockDim.x) {
-        const int s = e / (Wd::ALL / UNIT), off = (e - s * (Wd::ALL / UNIT)) * UNIT;
-        const int pl = off < Wd::IDX ? 0 : 1 + (off - Wd::IDX) / Wd::SIDE;
-        const int within = pl == 0 ? off : off - Wd::IDX - (pl - 1) * Wd::SIDE;
-        const int wb = pl == 0 ? 8 * IB : SB;  // bytes of a group's word in this plane
-        const void* base = pl == 0 ? idx : pl == 1 ? gp : pl == 2 ? bp : wp;
-        const bool ok = s < valid && gx0 + within / wb < groups;
-        const unsigned char* from = reinterpret_cast<const unsigned char*>(base) + ((i + s) * groups + gx0) * wb + within;
-        if (UNIT == 16) cp_async(st + s * Wd::ALL + off, ok ? from : base, ok ? 16 : 0);
-        else cp_async4(st + s * Wd::ALL + off, ok ? from : base, ok);
-    }
-}
 
 // value g of group h's word in a staged side plane (stored unscaled: int4 as value + 8)
 template <int SB>
@@ -554,15 +534,7 @@ __device__ __forceinline__ float staged_side(const unsigned char* plane, int h, 
     return __half2float(reinterpret_cast<const __half*>(plane)[8 * h + g]);
 }
 
-// slot k of an (input, row)'s B fragments at `at` (lane q = k / 4 of its 4, element k % 4): fp16, or hi and lo
-template <int LB>
-__device__ __forceinline__ void put_slot(unsigned char* at, int k, float v) {
-    __half* h = reinterpret_cast<__half*>(at + (k >> 2) * 8 * LB) + (k & 3);
-    h[0] = __float2half_rn(v);
-    if (LB == 2) h[4] = __float2half_rn(v - __half2float(h[0]));
-}
-
-template <int IB, int SB, int P, int NT>
+template <int IB, int SB, int P>
 __device__ __forceinline__ void packed_tc(const float* __restrict__ x, int rows, int in_f, int out_f, int groups,
                                           int chunk, int wide, const float* __restrict__ t0,
                                           const float* __restrict__ hh, int nk, int n_coef,
@@ -572,54 +544,66 @@ __device__ __forceinline__ void packed_tc(const float* __restrict__ x, int rows,
     extern __shared__ __align__(16) unsigned char smem[];
     using Wd = TcWords<IB, SB>;
     constexpr int LB = P == 3 ? 2 : 1;  // uint2 a lane's B fragment takes (hi, lo)
-    constexpr int WORDS = TC_STEP * Wd::ALL, STAGE = WORDS + TC_STEP * NT * 8 * 4;  // a stage: words, then inputs
-    constexpr int FBUF = TC_STEP * NT * 32 * 8 * LB;  // bytes of a phase's B fragments
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, q = lane & 3;
-    const int r0 = blockIdx.z * NT * 8, nrow = min(NT * 8, rows - r0);
+    const int r0 = blockIdx.z * 64, nts = min(8, (rows - r0 + 7) >> 3), nrow = min(64, rows - r0);
     const int i_lo = blockIdx.y * chunk, n = min(in_f, i_lo + chunk) - i_lo, phases = (n + TC_STEP - 1) / TC_STEP;
     const int gx0 = blockIdx.x * Wd::GROUPS, tile = blockIdx.x * TC_WARPS + warp;
-    const bool live = 16 * tile < out_f, xwide = (in_f & 3) == 0;
-    unsigned char* F = smem + TC_STAGES * STAGE;  // [2][TC_STEP][NT][32 lanes] x 8 LB bytes
+    const bool live = 16 * tile < out_f;
+    constexpr int WORDS = TC_STEP * Wd::ALL;  // bytes of a stage's words; then the rows' inputs
+    const int stage = WORDS + TC_STEP * 64 * 4;
+    uint2* F = reinterpret_cast<uint2*>(smem + TC_STAGES * stage);  // [2][TC_STEP][nts][32] x LB
+    const int fbuf = TC_STEP * nts * 32 * LB;
 
-    // a phase's words and the rows' inputs into stage ph % TC_STAGES (zero past the chunk, the groups, the rows)
+    // a phase's words and inputs into stage ph % TC_STAGES (zero past the chunk, the groups, the rows)
     auto fetch = [&](int ph) {
         if (ph >= phases) return;
-        unsigned char* st = smem + (ph % TC_STAGES) * STAGE;
-        const int s0 = ph * TC_STEP;
-        if (wide) tc_words<16, IB, SB>(st, i_lo + s0, n - s0, gx0, groups, idx, gp, bp, wp);
-        else tc_words<4, IB, SB>(st, i_lo + s0, n - s0, gx0, groups, idx, gp, bp, wp);
-        float* xs = reinterpret_cast<float*>(st + WORDS);  // [row][TC_STEP]
-        if (xwide) {  // 4 inputs a copy
-            for (int e = tid; e < nrow * (TC_STEP / 4); e += blockDim.x) {
-                const int rl = e / (TC_STEP / 4), c = 4 * (e - rl * (TC_STEP / 4));
-                const int bytes = 4 * max(0, min(4, n - s0 - c));
-                cp_async(xs + rl * TC_STEP + c, bytes ? x + (long)(r0 + rl) * in_f + i_lo + s0 + c : x, bytes);
-            }
-        } else {
-            for (int e = tid; e < nrow * TC_STEP; e += blockDim.x) {
-                const int rl = e / TC_STEP, s = e - rl * TC_STEP;
-                const bool ok = s0 + s < n;
-                cp_async4(xs + e, ok ? x + (long)(r0 + rl) * in_f + i_lo + s0 + s : x, ok);
-            }
+        unsigned char* st = smem + (ph % TC_STAGES) * stage;
+        const int s0 = ph * TC_STEP, unit = wide ? 16 : 4;
+        for (int e = tid; e < WORDS / unit; e += blockDim.x) {
+            const int s = e / (Wd::ALL / unit), off = (e - s * (Wd::ALL / unit)) * unit;
+            const int pl = off < Wd::IDX ? 0 : 1 + (off - Wd::IDX) / Wd::SIDE;
+            const int within = pl == 0 ? off : (off - Wd::IDX) - (pl - 1) * Wd::SIDE;
+            const int wb = pl == 0 ? 8 * IB : SB;  // bytes of a group's word in this plane
+            const void* base = pl == 0 ? idx : pl == 1 ? gp : pl == 2 ? bp : wp;
+            const bool valid = s0 + s < n && gx0 + within / wb < groups;
+            const unsigned char* from = reinterpret_cast<const unsigned char*>(base) +
+                                        ((long)(i_lo + s0 + s) * groups + gx0) * wb + within;
+            cp_async(st + s * Wd::ALL + off, valid ? from : base, unit, valid);
+        }
+        float* xs = reinterpret_cast<float*>(st + WORDS);
+        for (int e = tid; e < TC_STEP * nrow; e += blockDim.x) {
+            const int rl = e / TC_STEP, s = e - rl * TC_STEP;
+            const bool valid = s0 + s < n;
+            cp_async(xs + e, valid ? x + (long)(r0 + rl) * in_f + i_lo + s0 + s : x, 4, valid);
         }
     };
-    // the B fragments of phase ph into buffer ph & 1, a thread per (input, row): its 16 slots zeroed, then its
-    // (up to) 4 bases and its SiLU put at their slots; zero past the chunk and the rows
+    // the B fragments of phase ph into buffer ph & 1: a thread per (input, row); zero past the chunk, rows
     auto build = [&](int ph) {
         if (ph >= phases) return;
-        const float* xs = reinterpret_cast<const float*>(smem + (ph % TC_STAGES) * STAGE + WORDS);
+        const float* xs = reinterpret_cast<const float*>(smem + (ph % TC_STAGES) * stage + WORDS);
+        uint2* fb = F + (ph & 1) * fbuf;
         const int s0 = ph * TC_STEP;
-        for (int e = tid; e < TC_STEP * NT * 8; e += blockDim.x) {
+        for (int e = tid; e < TC_STEP * nts * 8; e += blockDim.x) {
             const int rl = e / TC_STEP, s = e - rl * TC_STEP, i = i_lo + s0 + s;
-            unsigned char* at = F + (ph & 1) * FBUF + ((s * NT + (rl >> 3)) * 32 + (rl & 7) * 4) * 8 * LB;
+            float v[16];
 #pragma unroll
-            for (int w = 0; w < 2 * LB; ++w) reinterpret_cast<uint4*>(at)[w] = make_uint4(0u, 0u, 0u, 0u);
+            for (int k = 0; k < 16; ++k) v[k] = 0.f;
             if (s0 + s < n && rl < nrow) {
                 const Basis b = basis_of(xs[e], t0[i], hh[i], nk, n_coef);
 #pragma unroll
-                for (int j = 0; j < 4; ++j)
-                    if (b.first + j >= 0 && b.first + j < n_coef) put_slot<LB>(at, b.first + j, b.w[j]);
-                put_slot<LB>(at, BASE_SLOT, b.silu);
+                for (int k = 0; k < 16; ++k) v[k] = slot_value(b, k, BASE_SLOT);
+            }
+            uint2* at = fb + ((s * nts + (rl >> 3)) * 32 + (rl & 7) * 4) * LB;  // lanes 4 (row % 8) + q
+#pragma unroll
+            for (int qq = 0; qq < 4; ++qq) {
+                if (P == 3) {
+                    uint4 f;
+                    pack_split(v[4 * qq], v[4 * qq + 1], f.x, f.z);
+                    pack_split(v[4 * qq + 2], v[4 * qq + 3], f.y, f.w);
+                    reinterpret_cast<uint4*>(at)[qq] = f;
+                } else {
+                    at[qq] = make_uint2(pack(v[4 * qq], v[4 * qq + 1]), pack(v[4 * qq + 2], v[4 * qq + 3]));
+                }
             }
         }
     };
@@ -627,9 +611,9 @@ __device__ __forceinline__ void packed_tc(const float* __restrict__ x, int rows,
     const int out_pad = groups * 8, oa = min(16 * tile + g, out_pad - 1), ob = min(16 * tile + 8 + g, out_pad - 1);
     const float rba = scales[out_pad + oa], rwa = scales[2 * out_pad + oa];
     const float rbb = scales[out_pad + ob], rwb = scales[2 * out_pad + ob];
-    float acc[NT][4];
+    float acc[8][4];
 #pragma unroll
-    for (int t = 0; t < NT; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.f;
+    for (int t = 0; t < 8; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.f;
 
 #pragma unroll
     for (int ph = 0; ph < TC_STAGES - 1; ++ph) {
@@ -646,8 +630,8 @@ __device__ __forceinline__ void packed_tc(const float* __restrict__ x, int rows,
         cp_commit();
         build(ph + 1);
         if (!live) continue;
-        const unsigned char* st = smem + (ph % TC_STAGES) * STAGE;
-        const uint2* fb = reinterpret_cast<const uint2*>(F + (ph & 1) * FBUF) + lane * LB;
+        const unsigned char* st = smem + (ph % TC_STAGES) * stage;
+        const uint2* fb = F + (ph & 1) * fbuf + lane * LB;
 #pragma unroll
         for (int s = 0; s < TC_STEP; ++s) {
             const unsigned char* w = st + s * Wd::ALL;
@@ -670,30 +654,27 @@ __device__ __forceinline__ void packed_tc(const float* __restrict__ x, int rows,
                 wv[3] = rwb * staged_side<SB>(sg + 2 * Wd::SIDE, 1, g);
             }
             unsigned ahi[4], alo[4];  // rows g (regs 0, 2) and g + 8 (regs 1, 3)
-            if (P == 1) {
-                ahi[0] = pack(wa[0], wa[1]), ahi[1] = pack(wv[0], wv[1]);
-                ahi[2] = pack(wa[2], wa[3]), ahi[3] = pack(wv[2], wv[3]);
-            } else {
-                pack_split(wa[0], wa[1], ahi[0], alo[0]);
-                pack_split(wv[0], wv[1], ahi[1], alo[1]);
-                pack_split(wa[2], wa[3], ahi[2], alo[2]);
-                pack_split(wv[2], wv[3], ahi[3], alo[3]);
-            }
+            pack_split(wa[0], wa[1], ahi[0], alo[0]);
+            pack_split(wv[0], wv[1], ahi[1], alo[1]);
+            pack_split(wa[2], wa[3], ahi[2], alo[2]);
+            pack_split(wv[2], wv[3], ahi[3], alo[3]);
 #pragma unroll
-            for (int t = 0; t < NT; ++t) {
-                const uint2* src = fb + (s * NT + t) * 32 * LB;
-                const uint2 bh = src[0];
-                if (P == 3) {
-                    const uint2 bl = src[1];
-                    float d[4] = {0.f, 0.f, 0.f, 0.f};
-                    mma16816(d, ahi, bh.x, bh.y);
-                    mma16816(d, alo, bh.x, bh.y);
-                    mma16816(d, ahi, bl.x, bl.y);
+            for (int t = 0; t < 8; ++t) {
+                if (t < nts) {
+                    const uint2* src = fb + (s * nts + t) * 32 * LB;
+                    const uint2 bh = src[0];
+                    if (P == 3) {
+                        const uint2 bl = src[1];
+                        float d[4] = {0.f, 0.f, 0.f, 0.f};
+                        mma16816(d, ahi, bh.x, bh.y);
+                        mma16816(d, alo, bh.x, bh.y);
+                        mma16816(d, ahi, bl.x, bl.y);
 #pragma unroll
-                    for (int j = 0; j < 4; ++j) acc[t][j] += d[j];
-                } else {
-                    mma16816(acc[t], ahi, bh.x, bh.y);
-                    if (P == 2) mma16816(acc[t], alo, bh.x, bh.y);
+                        for (int j = 0; j < 4; ++j) acc[t][j] += d[j];
+                    } else {
+                        mma16816(acc[t], ahi, bh.x, bh.y);
+                        if (P == 2) mma16816(acc[t], alo, bh.x, bh.y);
+                    }
                 }
             }
         }
@@ -702,7 +683,8 @@ __device__ __forceinline__ void packed_tc(const float* __restrict__ x, int rows,
     const float sa = scales[oa], sb = scales[ob];
     float* to = gridDim.y > 1 ? y + (long)blockIdx.y * rows * out_f : y;  // a chunk's partial rows
 #pragma unroll
-    for (int t = 0; t < NT; ++t) {
+    for (int t = 0; t < 8; ++t) {
+        if (t >= nts) break;
         const int r = r0 + 8 * t + 2 * q, o = 16 * tile + g;
         put(to, r, o, rows, out_f, sa * acc[t][0], false);
         put(to, r + 1, o, rows, out_f, sa * acc[t][1], false);
@@ -711,17 +693,16 @@ __device__ __forceinline__ void packed_tc(const float* __restrict__ x, int rows,
     }
 }
 
-#define PACKED_TC(IB, SB, P, NT)                                                                                \
-    extern "C" __global__ void __launch_bounds__(32 * TC_WARPS, 1) packed_tc_i##IB##_s##SB##_p##P##_n##NT(      \
+#define PACKED_TC(IB, SB, P)                                                                                    \
+    extern "C" __global__ void __launch_bounds__(256, 2) packed_tc_i##IB##_s##SB##_p##P(                        \
         const float* __restrict__ x, int rows, int in_f, int out_f, int groups, int chunk, int wide,             \
         const float* __restrict__ t0, const float* __restrict__ hh, int nk, int n_coef,                          \
         const float4* __restrict__ cbw, int nwin, const void* idx, const void* gp, const void* bp, const void* wp, \
         const float* __restrict__ scales, float* __restrict__ y) {                                               \
-        packed_tc<IB, SB, P, NT>(x, rows, in_f, out_f, groups, chunk, wide, t0, hh, nk, n_coef, cbw, nwin, idx,  \
-                                 gp, bp, wp, scales, y);                                                         \
+        packed_tc<IB, SB, P>(x, rows, in_f, out_f, groups, chunk, wide, t0, hh, nk, n_coef, cbw, nwin, idx, gp,  \
+                             bp, wp, scales, y);                                                                 \
     }
-#define PACKED_TCP(IB, SB, P) PACKED_TC(IB, SB, P, 2) PACKED_TC(IB, SB, P, 4) PACKED_TC(IB, SB, P, 8)
-#define PACKED_TCS(IB, SB) PACKED_TCP(IB, SB, 1) PACKED_TCP(IB, SB, 2) PACKED_TCP(IB, SB, 3)
+#define PACKED_TCS(IB, SB) PACKED_TC(IB, SB, 1) PACKED_TC(IB, SB, 2) PACKED_TC(IB, SB, 3)
 
 // one stored value of output o, input i from a plane of 8-output words
 template <int SB>
