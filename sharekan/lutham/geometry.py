@@ -22,7 +22,7 @@ from __future__ import annotations
 
 __all__ = ["TILE_O", "BASE_SLOT", "THREADS", "ROW1_UNROLL", "ROW1_MAX_CHUNK", "TC_TILES", "BASES_BYTES",
            "PRECISIONS", "SLAB_FROM_ROWS", "SLAB_BYTES", "SLAB_IN", "SLAB_ROWS", "BLAS_BYTES", "LUT_FLOATS", "LUT_STEP", "LUT_MAX_K", "PACKED_NR", "PACKED_SLAB_FROM", "KERNELS",
-           "PACKED_KERNELS", "CLUSTER_KERNELS", "PACKED_TC_STEP", "PACKED_TC_STAGES",  "packed_launch", "packed_tc_launch",
+           "PACKED_KERNELS", "CLUSTER_KERNELS", "PACKED_TC_STEP", "PACKED_TC_STAGES", "packed_launch", "packed_tc_launch",
            "packed_tc_partials", "row1_gathers", "row1_launch", "row1_partials",
            "defines", "launches", "products", "uses_slab", "fragment_bytes", "bases_scratch", "tc_slabs",
            "slab_slots", "slab_sections", "slab_workspace", "slab_launches"]
@@ -63,7 +63,6 @@ PACKED_KERNELS = (*(f"packed_row1_{m}_i{i}_s{s}" for m in ("lut", "gather") for 
                   *(f"packed_tc_i{i}_s{s}_p{p}" for i in (1, 2) for s in (4, 8, 16) for p in (1, 2, 3)))
 _WARPS_PER_SM = 48   # lutham_row1: warps in flight to aim for
 _TC_WARPS_PER_SM = 16  # lutham_tc: warps in flight to aim for (2 blocks of 8 at 128 registers)
-_MAX_SHARED = 227 << 10  # shared memory a block may opt in to (sm_90)
 _MIN_SPLIT = 16      # inputs a split holds at least
 _STEP = 8            # a split is a multiple of this many inputs (every kernel's step divides it)
 
