@@ -14,6 +14,7 @@
 // packed_gather<IB, SB, NR> (larger K): the same loop, each edge reading the one 16-byte codebook
 // window its input's interval needs (cbw: [K][nwin] float4, plan.window_slot order) instead of a
 // table. Inputs split over blocks add into the output with fp32 atomics (the runtime zeroes it).
+// packed_row1 (one row) and packed_tc (tensor cores, from 2 rows): their own sections below.
 // packed_slab<IB, SB, P>: common.cuh's large-batch expansion with these planes' weights.
 #include "common.cuh"
 
