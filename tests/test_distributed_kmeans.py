@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import ray
 
 from sharekan.clustering import InMemory, kmeans
 from sharekan.kmeans_steps import assign_stats, init_centroids, lloyd
@@ -109,8 +110,6 @@ def test_concurrent_fits_queue_for_their_actors_instead_of_deadlocking(shapes):
     """Two fits at once on the 2-CPU cluster, each needing all of it (4 shard actors × 0.5 CPU):
     placed one after the other, whole, both finish with the codebook a fit alone gives. (Placed
     actor by actor, each fit could hold half its actors and wait on the other's for ever.)"""
-    import ray
-
     path, version, _ = shapes
     assert ray.cluster_resources()["CPU"] == 2
     alone, _ = distributed_kmeans(path, version, "shapes", 20, seed=7, niter=5, progress=False)
@@ -191,37 +190,29 @@ def test_empty_clusters_are_reseeded(shapes):
     assert np.all(assign_stats(pts, cb)[1] > 0)  # every cluster owns points at the end
 
 
-def _shard_actor_pids() -> list[int]:
-    out = subprocess.run(["pgrep", "-f", "^ray::ShardActor"], capture_output=True, text=True)
-    return [int(p) for p in out.stdout.split()]
-
-
 def test_killed_shard_actor_restarts_and_gives_the_same_codebook(shapes):
+    """A real SIGKILL of one shard actor's process between two Lloyd steps (at a fixed step, not
+    on a timer): Ray restarts it, the step is retried and the codebook is bit-for-bit the same."""
     path, version, pts = shapes
     init = init_centroids(pts, 16, seed=5)
-    undisturbed, _ = distributed_kmeans(path, version, "shapes", 16, init=init, niter=25, tol=0,
+    undisturbed, calm = distributed_kmeans(path, version, "shapes", 16, init=init, niter=25, tol=0,
                                            progress=False)
-    killed = []
+    with RayShards(path, version, "shapes") as source:
+        victim = source.actors[0]
+        before = ray.get(victim.pid.remote())
+        step, calls = source.stats, []
 
-    def kill_one_mid_run():
-        deadline = time.time() + 60
-        while not killed and time.time() < deadline:
-            pids = _shard_actor_pids()
-            if len(pids) >= 4:
-                time.sleep(0.3)  # let a few iterations run
-                try:
-                    os.kill(pids[0], signal.SIGKILL)  # a real process kill of one shard actor
-                except ProcessLookupError:  # it ended meanwhile: pick again
-                    continue
-                killed.append(pids[0])
-            time.sleep(0.02)
+        def stats_killing_at_the_fourth_step(centroids):
+            calls.append(1)
+            if len(calls) == 4:
+                os.kill(before, signal.SIGKILL)
+            return step(centroids)
 
-    t = threading.Thread(target=kill_one_mid_run)
-    t.start()
-    disturbed, hist = distributed_kmeans(path, version, "shapes", 16, init=init, niter=25, tol=0,
-                                            progress=False)
-    t.join()
-    assert killed
+        source.stats = stats_killing_at_the_fourth_step
+        disturbed, hist = kmeans(source, 16, init=init, niter=25, tol=0, progress=False)
+        after = ray.get(victim.pid.remote())
+    assert len(calls) > 4 and [h["objective"] for h in hist] == [h["objective"] for h in calm]
+    assert after != before  # a new process: the actor was restarted
     assert np.array_equal(disturbed, undisturbed)
 
 
