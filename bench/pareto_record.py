@@ -28,7 +28,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from readme_block import markers, rewrite_block  # noqa: E402
 from sharekan.studies import REFERENCE, SIDE_BITS, interval95, summary_interval95  # noqa: E402
 from sharekan.table import format_table, markdown_table  # noqa: E402
 
@@ -36,7 +38,7 @@ KEYS = ("variant", "kind", "k", "grid_size", "side_bits", "finetuned", "heads", 
         "map50_mean", "reference", "delta_map_mean", "delta_map_std", "delta_map_ci95", "per_seed", "per_seed_map",
         "delta_map_ood_mean", "delta_map_ood_std", "delta_map_ood_ci95", "seeds", "command")
 UNPENALISED = "dense head of the same G trained without the penalty (λ = 0)"
-BEGIN, END = "<!-- pareto-table:begin (bench/pareto_record.py) -->", "<!-- pareto-table:end -->"
+BEGIN, END = markers("pareto-table", "bench/pareto_record.py")
 # the README's rows: (id, G, λ, heads, test images, data sets, variant without "fine-tuned")
 SELECTED = tuple((rid, g, lam, heads, 200, 1, v) for rid, g, lam, heads, v in (
     ("T1", 10, 0.0, 1, "dense fp32"), ("T2", 10, 0.0, 1, "int8 PTQ"), ("T3", 10, 0.0, 1, "VQ K=256 int8"),
@@ -205,14 +207,6 @@ def readme_table(rows: list[dict]) -> str:
                                 for c in cols])
 
 
-def rewrite_readme(readme: Path, table: str) -> None:
-    text = readme.read_text()
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"{readme} has no {BEGIN} … {END} block for the study table")
-    head, rest = text.split(BEGIN, 1)
-    readme.write_text(head + BEGIN + "\n" + table + "\n" + END + rest.split(END, 1)[1])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sweep", type=Path, nargs="*", default=[], help="K×G sweep results (any λ)")
@@ -233,7 +227,7 @@ def main() -> None:
         args.out.write_text(json.dumps({"rows": rows}, indent=1) + "\n")
         print(f"{len(rows)} rows written to {args.out}")
     if args.readme:
-        rewrite_readme(args.readme, readme_table(rows))
+        rewrite_block(args.readme, BEGIN, END, readme_table(rows))
         print(f"study table rewritten in {args.readme}")
     def loss(r):  # against the best dense head where known, else against the row's own reference
         return r.get("delta_vs_unpenalised_mean", r["delta_map_mean"]), r.get("delta_vs_unpenalised_ci95")
