@@ -183,10 +183,24 @@ def test_the_kernels_refuse_to_compile_without_the_geometry(monkeypatch):
         c.nvrtc_compile("sm_90")
 
 
+COMPILES = [(source, arch) for source in ("packed", "lutham") for arch in ("sm_80", "sm_90")]  # longest first
+
+
+@pytest.fixture(scope="module")
+def compiles():
+    """Every (source, arch) NVRTC compile, two at a time in spawned processes (each compile is single-threaded
+    and takes up to half a minute; CI has two cores): a future each, so a failure belongs to its own test."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield {job: pool.submit(nvrtc_compile, job[1], job[0]) for job in COMPILES}
+
+
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 @pytest.mark.parametrize("source,names", [("lutham", KERNELS), ("packed", PACKED_KERNELS)])
-def test_every_kernel_compiles_with_nvrtc(arch, source, names):
-    cubin = nvrtc_compile(arch, source)
+def test_every_kernel_compiles_with_nvrtc(compiles, arch, source, names):
+    cubin = compiles[(source, arch)].result()
     assert cubin[:4] == b"\x7fELF"
     assert set(kernel_names(source, arch)) >= set(names)
     for name in kernel_names(source, arch):
