@@ -20,10 +20,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from readme_block import markers, rewrite_block  # noqa: E402
-from sharekan.table import format_table, markdown_table  # noqa: E402
+from sharekan.table import format_table, markdown_table, markers, rewrite_block  # noqa: E402
 
 RUNS = (("A", "bench/results/lutham_packed.json"), ("B", "bench/results/lutham_packed_49rows.json"))
 BEGIN, END = markers("lutham-v3-table", "bench/lutham_readme.py")

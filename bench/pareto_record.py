@@ -28,11 +28,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from readme_block import markers, rewrite_block  # noqa: E402
 from sharekan.studies import REFERENCE, SIDE_BITS, interval95, summary_interval95  # noqa: E402
-from sharekan.table import format_table, markdown_table  # noqa: E402
+from sharekan.table import format_table, markdown_table, markers, rewrite_block  # noqa: E402
 
 KEYS = ("variant", "kind", "k", "grid_size", "side_bits", "finetuned", "heads", "lipschitz", "ratio", "storage_bytes",
         "map50_mean", "reference", "delta_map_mean", "delta_map_std", "delta_map_ci95", "per_seed", "per_seed_map",

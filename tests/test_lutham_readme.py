@@ -2,6 +2,7 @@
 the accuracy rule picks the variant, a run without every dense form never meets a target."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ def gen():
     spec = importlib.util.spec_from_file_location("lutham_readme", ROOT / "bench" / "lutham_readme.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    # bench/ must not land on sys.path: processes spawned later would import bench/storage.py as `storage`
+    assert str(ROOT / "bench") not in sys.path
     return module
 
 
@@ -29,7 +32,7 @@ def _run(lut, forms=("eager", "sparse-basis kernel", "compiled (closed-form base
 
 
 def test_the_readme_tables_are_the_ones_generated_from_the_result_files(gen):
-    from readme_block import read_block  # bench/, on the path once the generator is loaded
+    from sharekan.table import read_block
 
     block = read_block((ROOT / "README.md").read_text(), gen.BEGIN, gen.END)
     assert block == gen.readme_tables(gen.load(list(gen.RUNS), ROOT))
