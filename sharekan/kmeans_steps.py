@@ -11,6 +11,8 @@ the fastest one present. All give the same assignments up to exact distance ties
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -83,7 +85,9 @@ def assign_stats(points: np.ndarray | torch.Tensor, centroids: np.ndarray, backe
     else:
         from .vq import nearest
 
-        labels = nearest(torch.from_numpy(pts), torch.from_numpy(cb)).numpy()
+        with warnings.catch_warnings():  # a shard from Ray's object store is read-only; torch only reads it here
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            labels = nearest(torch.from_numpy(pts), torch.from_numpy(cb)).numpy()
     k, d = cb.shape
     sums = np.stack([np.bincount(labels, weights=pts[:, j], minlength=k) for j in range(d)], axis=1)
     counts = np.bincount(labels, minlength=k).astype(np.int64)

@@ -147,5 +147,5 @@ def test_the_lipschitz_penalty_makes_trained_edges_smoother():
         head = KANDetectionHead(HeadConfig(in_channels=6, num_classes=2, hidden=4, grid_size=5))
         randomize(head.kan, 0.3)  # rough edges to start from
         train_head(head, x, cls, box, centres, epochs=10, batch_size=64, lr=1e-2, progress=False, lipschitz=lam)
-        slopes.append(float(head.kan.slope_penalty()))
+        slopes.append(float(head.kan.slope_penalty().detach()))
     assert slopes[1] < 0.5 * slopes[0]
