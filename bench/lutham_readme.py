@@ -98,7 +98,7 @@ def _ratio(r: dict) -> str:
 
 def judge(rows: list[dict]) -> list[dict]:
     """Each target: its figure, the row it rests on and met / missed / not judged / not measured."""
-    out = []
+    out, order = [], {run: i for i, run in enumerate(dict.fromkeys(r["run"] for r in rows))}  # runs as listed
     for text, kind, head, k, side, n, need in TARGETS:
         if kind == "never-above":
             over = [(r, v, b) for r in rows for v, b in r["peaks"] if b > r["eager32_mb"] * 1e6]
@@ -113,7 +113,7 @@ def judge(rows: list[dict]) -> list[dict]:
         if not found:
             out.append({"target": text, "figure": "—", "row": "—", "verdict": "not measured"})
             continue
-        r = max(found, key=lambda r: (r["complete"], r["run"]))
+        r = max(found, key=lambda r: (r["complete"], order[r["run"]]))
         if kind == "speed":
             figure, ok = _ratio(r), r["ratio"] >= need
             verdict = "missed" if not ok else "met" if r["complete"] else "not judged ‡"
